@@ -1,0 +1,87 @@
+//! Command line of `mesh-agent`.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, AgentConfig};
+
+#[derive(Debug, Parser)]
+#[command(name = "mesh-agent", version, about = "Weft node agent")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info,mesh_agent::proxy=debug`.
+    #[arg(long, global = true, env = "WEFT_LOG", default_value = "info")]
+    pub log: String,
+    /// Log format.
+    #[arg(long, global = true, env = "WEFT_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node agent: enroll this node's pods and carry their traffic.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Name of this node (its Node object).
+    #[arg(long, env = "WEFT_NODE")]
+    pub node: String,
+    /// Directory of Kubernetes-shaped YAML documents (file mode).
+    #[arg(long, env = "WEFT_CONFIG_DIR")]
+    pub config_dir: PathBuf,
+    /// Directory for the agent's own state.
+    #[arg(long, env = "WEFT_STATE_DIR", default_value = config::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// bpffs directory where programs, maps and links are pinned.
+    #[arg(long, env = "WEFT_BPF_PIN_DIR", default_value = config::DEFAULT_BPF_PIN_DIR)]
+    pub bpf_pin_dir: PathBuf,
+    /// Load the eBPF object from this file instead of the embedded one.
+    #[arg(long, env = "WEFT_BPF_OBJECT")]
+    pub bpf_object: Option<PathBuf>,
+    /// Admin endpoint (/healthz/ready, /config_dump), in the node's network namespace.
+    #[arg(long, env = "WEFT_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+    /// Destination CIDR never captured (repeatable), e.g. the API server's address.
+    #[arg(
+        long = "exclude-cidr",
+        env = "WEFT_EXCLUDE_CIDRS",
+        value_delimiter = ','
+    )]
+    pub excluded_cidrs: Vec<String>,
+    /// Destination port never captured (repeatable).
+    #[arg(
+        long = "exclude-port",
+        env = "WEFT_EXCLUDE_PORTS",
+        value_delimiter = ','
+    )]
+    pub excluded_ports: Vec<u16>,
+    /// How often the config directory is checked for changes, in milliseconds.
+    #[arg(long, env = "WEFT_RELOAD_INTERVAL_MS", default_value_t = config::DEFAULT_RELOAD_INTERVAL.as_millis() as u64)]
+    pub reload_interval_ms: u64,
+}
+
+impl RunArgs {
+    pub fn into_config(self) -> AgentConfig {
+        AgentConfig {
+            node: self.node,
+            config_dir: self.config_dir,
+            state_dir: self.state_dir,
+            bpf_pin_dir: self.bpf_pin_dir,
+            bpf_object: self.bpf_object,
+            admin_addr: self.admin_addr,
+            excluded_cidrs: self.excluded_cidrs,
+            excluded_ports: self.excluded_ports,
+            reload_interval: Duration::from_millis(self.reload_interval_ms),
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Agent settings: defaults and well-known names in one place, and the resolved configuration,
+//! which is `Serialize` so that it is logged at start and shown by /config_dump.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::Serialize;
+
+/// Namespace label that enrolls every pod in the namespace, and pod label value that opts out.
+pub const MESH_LABEL: &str = "weft.dev/mesh";
+pub const MESH_ENABLED: &str = "enabled";
+pub const MESH_DISABLED: &str = "disabled";
+/// File-mode pod annotations: the pod's netns path and cgroup v2 directory.
+pub const NETNS_ANNOTATION: &str = "weft.dev/netns";
+pub const CGROUP_ANNOTATION: &str = "weft.dev/cgroup";
+
+pub const DEFAULT_BPF_PIN_DIR: &str = "/sys/fs/bpf/weft";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/weft";
+pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_millis(200);
+/// Per-direction copy buffer: bounds memory per connection.
+pub const COPY_BUFFER_BYTES: usize = 32 * 1024;
+/// Accept backlog of the in-pod listeners.
+pub const LISTEN_BACKLOG: i32 = 4096;
+/// How long an onward connect may take before the client's connection is reset.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentConfig {
+    pub node: String,
+    pub config_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub bpf_pin_dir: PathBuf,
+    pub bpf_object: Option<PathBuf>,
+    pub admin_addr: SocketAddr,
+    pub excluded_cidrs: Vec<String>,
+    pub excluded_ports: Vec<u16>,
+    #[serde(with = "millis")]
+    pub reload_interval: Duration,
+}
+
+mod millis {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+}

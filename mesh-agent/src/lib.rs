@@ -1,0 +1,13 @@
+//! Weft's node agent: captures enrolled pods' TCP traffic with eBPF and carries it onward.
+//! `main.rs` and `bin/meshctl.rs` are thin; wiring lives in `app`.
+#![deny(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod netns;
+pub mod proxy;
+pub mod redirect;
+pub mod source;
+pub mod state;

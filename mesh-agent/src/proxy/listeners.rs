@@ -1,0 +1,119 @@
+//! Opening the in-pod listeners, inside the pod's netns (as ztunnel's in-pod mode does): the
+//! pod keeps its IP and routes, and the agent's sockets live where the pod's traffic is.
+
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use mesh_common::{ports, AGENT_MARK};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tracing::debug;
+
+use crate::{config::LISTEN_BACKLOG, netns::Netns};
+
+pub struct InpodListeners {
+    pub outbound: Vec<TcpListener>,
+    pub inbound: Vec<TcpListener>,
+    pub hbone: Vec<TcpListener>,
+}
+
+impl InpodListeners {
+    /// Opens the listeners for a pod whose address is `pod_ip`. IPv4 listeners are required;
+    /// IPv6 ones are opened when the pod's netns has IPv6.
+    pub fn open(netns: &Netns, pod_ip: IpAddr) -> io::Result<Self> {
+        let v4_any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let v6_any = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+        let mut l = Self {
+            outbound: vec![listen(
+                netns,
+                (Ipv4Addr::LOCALHOST, ports::OUTBOUND).into(),
+            )?],
+            inbound: vec![],
+            hbone: vec![listen(netns, (v4_any, ports::HBONE).into())?],
+        };
+        if pod_ip.is_ipv4() {
+            l.inbound
+                .push(listen(netns, (v4_any, ports::INBOUND).into())?);
+        }
+        // IPv6 is optional in the pod; a v6 pod address makes its inbound listener required.
+        match listen(netns, (Ipv6Addr::LOCALHOST, ports::OUTBOUND).into()) {
+            Ok(v6) => l.outbound.push(v6),
+            Err(e) => debug!(error = %e, "no IPv6 outbound listener"),
+        }
+        match listen(netns, (v6_any, ports::INBOUND).into()) {
+            Ok(v6) => l.inbound.push(v6),
+            Err(e) if pod_ip.is_ipv6() => return Err(e),
+            Err(e) => debug!(error = %e, "no IPv6 inbound listener"),
+        }
+        if let Ok(v6) = listen(netns, (v6_any, ports::HBONE).into()) {
+            l.hbone.push(v6);
+        }
+        Ok(l)
+    }
+
+    /// The inbound listener sk_lookup must steer the pod's address to.
+    pub fn inbound_for(&self, pod_ip: IpAddr) -> Option<&TcpListener> {
+        self.inbound.iter().find(|l| {
+            l.local_addr()
+                .is_ok_and(|a| a.is_ipv4() == pod_ip.is_ipv4())
+        })
+    }
+}
+
+fn listen(netns: &Netns, addr: SocketAddr) -> io::Result<TcpListener> {
+    let std_listener = netns.run(|| -> io::Result<std::net::TcpListener> {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        s.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        s.set_mark(AGENT_MARK)?;
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        s.listen(LISTEN_BACKLOG)?;
+        Ok(s.into())
+    })??;
+    TcpListener::from_std(std_listener)
+}
+
+/// A TCP socket created inside the pod's netns, marked as the agent's so the connect hooks leave
+/// it alone, optionally bound to a source address, ready for an async connect.
+pub fn pod_socket(
+    netns: &Netns,
+    dst: SocketAddr,
+    bind: Option<SocketAddr>,
+) -> io::Result<tokio::net::TcpSocket> {
+    let std_stream = netns.run(|| -> io::Result<std::net::TcpStream> {
+        let s = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+        s.set_mark(AGENT_MARK)?;
+        s.set_nodelay(true)?;
+        s.set_nonblocking(true)?;
+        if let Some(src) = bind {
+            s.bind(&src.into())?;
+        }
+        Ok(s.into())
+    })??;
+    Ok(tokio::net::TcpSocket::from_std_stream(std_stream))
+}
+
+/// Accepts forever, one task per connection. Accept errors (e.g. EMFILE) back off briefly
+/// instead of spinning.
+pub async fn accept_loop<F, Fut>(listener: TcpListener, handle: F)
+where
+    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio::spawn(handle(stream, peer));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! File mode: every regular, non-hidden file in the directory is read as a stream of YAML
+//! documents. A document that fails is reported with its file, index and field path and left
+//! out; the other documents still apply.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::objects::{NamespaceObject, NodeObject, Object, PodObject};
+use crate::state::State;
+
+/// A rejected document: where it is and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based index of the document in its file.
+    pub document: usize,
+    /// Field path inside the document (empty when the document itself is unreadable).
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: document {}", self.file.display(), self.document)?;
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// A directory's worth of configuration: the state and the documents that were rejected.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    pub state: State,
+    pub errors: Vec<ConfigError>,
+}
+
+/// Reads the whole directory into a `State`, with every rejected document.
+pub fn load_dir(dir: &Path) -> (State, Vec<ConfigError>) {
+    let mut state = State::default();
+    let mut errors = Vec::new();
+    let files = match list(dir) {
+        Ok(f) => f,
+        Err(e) => {
+            errors.push(ConfigError {
+                file: dir.to_owned(),
+                document: 0,
+                field: String::new(),
+                message: format!("cannot read directory: {e}"),
+            });
+            return (state, errors);
+        }
+    };
+    for (file, _) in files {
+        load_file(&file, &mut state, &mut errors);
+    }
+    (state, errors)
+}
+
+/// Regular files in the directory (recursively), sorted, with their modification times.
+fn list(dir: &Path) -> std::io::Result<Vec<(PathBuf, (SystemTime, u64))>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            out.extend(list(&entry.path())?);
+        } else if meta.is_file() {
+            out.push((entry.path(), (meta.modified()?, meta.len())));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn load_file(file: &Path, state: &mut State, errors: &mut Vec<ConfigError>) {
+    let err = |document, field: &str, message: String| ConfigError {
+        file: file.to_owned(),
+        document,
+        field: field.to_owned(),
+        message,
+    };
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => return errors.push(err(0, "", format!("cannot read file: {e}"))),
+    };
+    for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+        let index = i + 1;
+        let value = match serde_yaml::Value::deserialize(doc) {
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(err(index, "", format!("invalid YAML: {e}")));
+                // The parser cannot resynchronise after a syntax error.
+                break;
+            }
+        };
+        match parse_document(value) {
+            Ok(Some(object)) => object.apply(state),
+            Ok(None) => {}
+            Err((field, message)) => errors.push(err(index, &field, message)),
+        }
+    }
+}
+
+/// Parses one document. `Ok(None)`: empty, or a kind this agent does not use.
+pub fn parse_document(value: serde_yaml::Value) -> Result<Option<Object>, (String, String)> {
+    if value.is_null() {
+        return Ok(None);
+    }
+    let Some(map) = value.as_mapping() else {
+        return Err((
+            String::new(),
+            "expected a Kubernetes object (a mapping)".into(),
+        ));
+    };
+    let text = |key: &str| map.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    let kind = text("kind").ok_or(("kind".to_string(), "missing field `kind`".to_string()))?;
+    let api_version = text("apiVersion").ok_or((
+        "apiVersion".to_string(),
+        "missing field `apiVersion`".to_string(),
+    ))?;
+    if api_version != "v1" {
+        return Ok(None);
+    }
+    Ok(Some(match kind.as_str() {
+        "Node" => Object::Node(typed::<NodeObject>(value)?),
+        "Namespace" => Object::Namespace(typed::<NamespaceObject>(value)?),
+        "Pod" => Object::Pod(typed::<PodObject>(value)?),
+        _ => return Ok(None),
+    }))
+}
+
+fn typed<T: DeserializeOwned>(value: serde_yaml::Value) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." { String::new() } else { field };
+        (field, e.into_inner().to_string())
+    })
+}
+
+/// Watches the directory and publishes a new `State` whenever a file changes. Rejected
+/// documents are logged once per change.
+pub async fn watch(dir: PathBuf, interval: Duration, tx: watch::Sender<Option<Loaded>>) {
+    let mut last = None;
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tick.tick().await;
+        let fingerprint = list(&dir).ok();
+        if last.is_some() && fingerprint == last {
+            continue;
+        }
+        last = fingerprint;
+        let (state, errors) = load_dir(&dir);
+        for e in &errors {
+            warn!(file = %e.file.display(), document = e.document, field = %e.field, "rejected: {}", e.message);
+        }
+        info!(
+            pods = state.pods.len(),
+            namespaces = state.namespaces.len(),
+            rejected = errors.len(),
+            "configuration loaded"
+        );
+        if tx.send(Some(Loaded { state, errors })).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {weft.dev/mesh: enabled}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  namespace: shop
+  annotations: {weft.dev/netns: /run/netns/web, weft.dev/cgroup: /sys/fs/cgroup/web}
+spec: {nodeName: n1, serviceAccountName: web}
+status: {podIP: 10.0.1.2}
+"#;
+
+    #[test]
+    fn multi_document_file_builds_state() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("all.yaml"), GOOD).unwrap();
+        let (state, errors) = load_dir(dir.path());
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(state.enrolled_pods("n1").count(), 1);
+        let pod = state.enrolled_pods("n1").next().unwrap();
+        assert_eq!(pod.service_account, "web");
+        assert_eq!(pod.ip, Some("10.0.1.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_document_is_named_and_the_rest_applies() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad =
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {name: x}\nstatus: {podIP: not-an-ip}\n";
+        std::fs::write(dir.path().join("a.yaml"), GOOD).unwrap();
+        std::fs::write(dir.path().join("b.yaml"), format!("{GOOD}{bad}")).unwrap();
+        let (state, errors) = load_dir(dir.path());
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].document, 3);
+        assert_eq!(errors[0].field, "status.podIP");
+        assert!(errors[0].file.ends_with("b.yaml"));
+        assert_eq!(state.pods.len(), 1);
+    }
+
+    #[test]
+    fn missing_kind_and_non_mapping_are_errors() {
+        let v: serde_yaml::Value = serde_yaml::from_str("apiVersion: v1").unwrap();
+        assert_eq!(parse_document(v).err().unwrap().0, "kind");
+        let v: serde_yaml::Value = serde_yaml::from_str("[1, 2]").unwrap();
+        assert!(parse_document(v).is_err());
+    }
+}

@@ -1,0 +1,130 @@
+//! Kubernetes object shapes the file source understands, and their conversion into `State`.
+//! Unknown fields are accepted (real objects carry many); wrong types and missing required
+//! fields are errors that name the field.
+
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
+
+use serde::Deserialize;
+
+use crate::{
+    config::{CGROUP_ANNOTATION, NETNS_ANNOTATION},
+    state::{Namespace, Node, Pod, PodKey, State},
+};
+
+#[derive(Debug, Deserialize)]
+pub struct Meta {
+    pub name: String,
+    pub namespace: Option<String>,
+    pub uid: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PodObject {
+    pub metadata: Meta,
+    #[serde(default)]
+    pub spec: PodSpec,
+    #[serde(default)]
+    pub status: PodStatus,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpec {
+    pub node_name: Option<String>,
+    pub service_account_name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatus {
+    #[serde(rename = "podIP")]
+    pub pod_ip: Option<IpAddr>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NodeObject {
+    pub metadata: Meta,
+    #[serde(default)]
+    pub status: NodeStatus,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct NodeStatus {
+    #[serde(default)]
+    pub addresses: Vec<NodeAddress>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NodeAddress {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub address: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NamespaceObject {
+    pub metadata: Meta,
+}
+
+/// One parsed document.
+pub enum Object {
+    Node(NodeObject),
+    Namespace(NamespaceObject),
+    Pod(PodObject),
+}
+
+impl Object {
+    pub fn apply(self, state: &mut State) {
+        match self {
+            Object::Node(n) => {
+                let internal_ip = n
+                    .status
+                    .addresses
+                    .iter()
+                    .find(|a| a.kind == "InternalIP")
+                    .and_then(|a| a.address.parse().ok());
+                let name = n.metadata.name;
+                state.nodes.insert(name.clone(), Node { name, internal_ip });
+            }
+            Object::Namespace(ns) => {
+                let name = ns.metadata.name;
+                let labels = ns.metadata.labels;
+                state
+                    .namespaces
+                    .insert(name.clone(), Namespace { name, labels });
+            }
+            Object::Pod(p) => {
+                let pod = pod(p);
+                state.pods.insert(pod.key.clone(), pod);
+            }
+        }
+    }
+}
+
+fn pod(p: PodObject) -> Pod {
+    let PodObject {
+        metadata: m,
+        spec,
+        status,
+    } = p;
+    let path = |key: &str| m.annotations.get(key).map(PathBuf::from);
+    Pod {
+        key: PodKey {
+            namespace: m.namespace.clone().unwrap_or_else(|| "default".into()),
+            name: m.name.clone(),
+        },
+        uid: m.uid.clone(),
+        node: spec.node_name,
+        service_account: spec
+            .service_account_name
+            .unwrap_or_else(|| "default".into()),
+        ip: status.pod_ip,
+        netns: path(NETNS_ANNOTATION),
+        cgroup: path(CGROUP_ANNOTATION),
+        labels: m.labels,
+    }
+}

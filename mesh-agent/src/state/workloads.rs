@@ -1,0 +1,180 @@
+//! Nodes, namespaces and pods, and the enrollment rule that joins them.
+
+use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf};
+
+use serde::Serialize;
+
+use crate::config::{MESH_DISABLED, MESH_ENABLED, MESH_LABEL};
+
+/// `namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct PodKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for PodKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl PodKey {
+    /// A name usable on bpffs, which forbids dots: `namespace_name`, dots as `~` (Kubernetes
+    /// names never contain `~` or `_`, so this is unambiguous).
+    pub fn file_name(&self) -> String {
+        format!("{}_{}", self.namespace, self.name).replace('.', "~")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Node {
+    pub name: String,
+    pub internal_ip: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Pod {
+    pub key: PodKey,
+    pub uid: Option<String>,
+    pub node: Option<String>,
+    pub service_account: String,
+    pub ip: Option<IpAddr>,
+    pub labels: BTreeMap<String, String>,
+    /// File mode: the pod's netns path (`weft.dev/netns`).
+    pub netns: Option<PathBuf>,
+    /// File mode: the pod's cgroup v2 directory (`weft.dev/cgroup`).
+    pub cgroup: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct State {
+    pub nodes: BTreeMap<String, Node>,
+    pub namespaces: BTreeMap<String, Namespace>,
+    pub pods: BTreeMap<PodKey, Pod>,
+}
+
+/// Whether a pod is enrolled, and if not, why: the answer `meshctl explain` gives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Enrollment {
+    Enrolled,
+    NotOnThisNode,
+    NamespaceNotEnrolled,
+    OptedOut,
+    Incomplete(&'static str),
+}
+
+impl State {
+    pub fn enrollment(&self, pod: &Pod, node: &str) -> Enrollment {
+        if pod.node.as_deref() != Some(node) {
+            return Enrollment::NotOnThisNode;
+        }
+        let ns_enabled = self
+            .namespaces
+            .get(&pod.key.namespace)
+            .and_then(|ns| ns.labels.get(MESH_LABEL))
+            .is_some_and(|v| v == MESH_ENABLED);
+        if !ns_enabled {
+            return Enrollment::NamespaceNotEnrolled;
+        }
+        if pod
+            .labels
+            .get(MESH_LABEL)
+            .is_some_and(|v| v == MESH_DISABLED)
+        {
+            return Enrollment::OptedOut;
+        }
+        if pod.ip.is_none() {
+            return Enrollment::Incomplete("status.podIP");
+        }
+        if pod.netns.is_none() {
+            return Enrollment::Incomplete("metadata.annotations[weft.dev/netns]");
+        }
+        if pod.cgroup.is_none() {
+            return Enrollment::Incomplete("metadata.annotations[weft.dev/cgroup]");
+        }
+        Enrollment::Enrolled
+    }
+
+    /// Pods of `node` that must be enrolled.
+    pub fn enrolled_pods<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Pod> + 'a {
+        self.pods
+            .values()
+            .filter(move |p| self.enrollment(p, node) == Enrollment::Enrolled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(ns: &str, node: &str, labels: &[(&str, &str)]) -> Pod {
+        Pod {
+            key: PodKey {
+                namespace: ns.into(),
+                name: "p".into(),
+            },
+            uid: None,
+            node: Some(node.into()),
+            service_account: "default".into(),
+            ip: Some("10.0.0.2".parse().unwrap()),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            netns: Some("/run/netns/p".into()),
+            cgroup: Some("/sys/fs/cgroup/p".into()),
+        }
+    }
+
+    fn state() -> State {
+        let mut s = State::default();
+        for (name, enabled) in [("mesh", true), ("plain", false)] {
+            let mut labels = BTreeMap::new();
+            if enabled {
+                labels.insert(MESH_LABEL.to_string(), MESH_ENABLED.to_string());
+            }
+            s.namespaces.insert(
+                name.into(),
+                Namespace {
+                    name: name.into(),
+                    labels,
+                },
+            );
+        }
+        s
+    }
+
+    #[test]
+    fn namespace_label_enrolls_and_pod_label_opts_out() {
+        let s = state();
+        assert_eq!(
+            s.enrollment(&pod("mesh", "n1", &[]), "n1"),
+            Enrollment::Enrolled
+        );
+        assert_eq!(
+            s.enrollment(&pod("mesh", "n2", &[]), "n1"),
+            Enrollment::NotOnThisNode
+        );
+        assert_eq!(
+            s.enrollment(&pod("plain", "n1", &[]), "n1"),
+            Enrollment::NamespaceNotEnrolled
+        );
+        assert_eq!(
+            s.enrollment(&pod("mesh", "n1", &[(MESH_LABEL, MESH_DISABLED)]), "n1"),
+            Enrollment::OptedOut
+        );
+        let mut no_ip = pod("mesh", "n1", &[]);
+        no_ip.ip = None;
+        assert_eq!(
+            s.enrollment(&no_ip, "n1"),
+            Enrollment::Incomplete("status.podIP")
+        );
+    }
+}

@@ -1,0 +1,56 @@
+//! `cargo xtask`: build, test, lint, demo and bench Weft. Every command checks its prerequisites
+//! and installs what is missing (as root, from apt and crates.io) or says exactly what to run.
+
+mod ebpf;
+mod prereqs;
+mod run;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the eBPF object to target/bpf/weft.bpf.o (release, with BTF).
+    BuildEbpf,
+    /// Build the eBPF object, then the agent (which embeds it), meshctl and the test tools.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Unit and integration tests (integration tests need root; bpffs is mounted if needed).
+    Test {
+        /// Only tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// cargo fmt --check and cargo clippy -D warnings.
+    Lint,
+    /// A local two-node topology with pods and agents; shows what the mesh captured.
+    Demo,
+    /// Connect latency and throughput with and without Weft, as ratios measured in one run.
+    Bench {
+        /// Connections per measurement.
+        #[arg(long, default_value_t = 2000)]
+        connections: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::BuildEbpf => {
+            prereqs::ebpf_toolchain()?;
+            ebpf::build().map(|_| ())
+        }
+        Command::Build { release } => run::build(release),
+        Command::Test { filter } => run::test(filter),
+        Command::Lint => run::lint(),
+        Command::Demo => run::demo(),
+        Command::Bench { connections } => run::bench(connections),
+    }
+}
