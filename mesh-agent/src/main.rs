@@ -12,13 +12,17 @@ fn main() -> ExitCode {
         eprintln!("invalid --log filter {:?}: {e}; using info", cli.log);
         EnvFilter::new("info")
     });
+    // Colour only for a person at a terminal, never into files or log collectors.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    raise_fd_limit();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = match cli.command {
         Command::Run(args) => runtime.block_on(mesh_agent::app::run(args.into_config())),
@@ -29,6 +33,17 @@ fn main() -> ExitCode {
             tracing::error!("{e:#}");
             eprintln!("mesh-agent: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Each captured connection holds two sockets in the agent; the default soft limit (often 1024)
+/// would cap a node at a few hundred connections. Raise it to the hard limit.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            eprintln!("mesh-agent: cannot raise the open-file limit to {hard}: {e}");
         }
     }
 }

@@ -1,1 +1,321 @@
-fn main() {}
+//! `weft-probe`: the application in test pods. It reports what an application sees, so tests
+//! can assert on it: a server greets every connection with the addresses it sees and echoes;
+//! a client reports getsockname/getpeername, the greeting, and whether echoed bytes match.
+//!
+//!   weft-probe serve --name NAME --ports P[,P...]     prints "ready" once listening
+//!   weft-probe client                                 commands on stdin, one JSON line each:
+//!       connect ADDR BYTES | open ID ADDR | xfer ID BYTES | close ID
+//!   weft-probe parallel ADDR[,ADDR...] N              N simultaneous connections
+//!   weft-probe churn ADDR N                           N short connections in a row
+//!   weft-probe latency ADDR N                         N connect+greeting round trips (bench)
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    sync::{Arc, Barrier},
+    time::{Duration, Instant},
+};
+
+use serde_json::{json, Value};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn main() {
+    raise_fd_limit();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
+    match arg(0) {
+        "serve" => serve(&flag(&args, "--name"), &flag(&args, "--ports")),
+        "client" => client(),
+        "parallel" => println!("{}", parallel(&addrs(arg(1)), arg(2).parse().expect("N"))),
+        "churn" => println!("{}", churn(addr(arg(1)), arg(2).parse().expect("N"))),
+        "latency" => println!("{}", latency(addr(arg(1)), arg(2).parse().expect("N"))),
+        other => {
+            eprintln!("unknown command {other:?}; see the header of tests/src/bin/probe.rs");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn flag(args: &[String], name: &str) -> String {
+    let i = args
+        .iter()
+        .position(|a| a == name)
+        .unwrap_or_else(|| panic!("missing {name}"));
+    args[i + 1].clone()
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap_or_else(|_| panic!("bad address {s:?}"))
+}
+
+fn addrs(s: &str) -> Vec<SocketAddr> {
+    s.split(',').map(addr).collect()
+}
+
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // Safety: lim is a valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur = lim.rlim_max;
+        // Safety: lim is a valid rlimit.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    }
+}
+
+// ---- server ----
+
+fn serve(name: &str, ports: &str) {
+    let mut listeners = Vec::new();
+    for p in ports.split(',') {
+        let l = TcpListener::bind(("0.0.0.0", p.parse::<u16>().expect("port"))).expect("bind");
+        listeners.push(l);
+    }
+    for l in listeners {
+        let name = name.to_owned();
+        std::thread::spawn(move || {
+            for conn in l.incoming().flatten() {
+                let name = name.clone();
+                std::thread::Builder::new()
+                    .stack_size(64 * 1024)
+                    .spawn(move || greet_and_echo(&name, conn))
+                    .ok();
+            }
+        });
+    }
+    println!("ready");
+    std::io::stdout().flush().ok();
+    loop {
+        std::thread::park();
+    }
+}
+
+fn greet_and_echo(name: &str, mut conn: TcpStream) {
+    let fmt = |a: std::io::Result<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+    let greeting =
+        json!({"server": name, "peer": fmt(conn.peer_addr()), "local": fmt(conn.local_addr())});
+    if writeln!(conn, "{greeting}").is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if conn.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = conn.shutdown(Shutdown::Write);
+}
+
+// ---- client ----
+
+struct Conn {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+fn open(addr: SocketAddr) -> Result<(Conn, Value), String> {
+    let stream = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(TIMEOUT)).ok();
+    let local = stream.local_addr().map_err(|e| e.to_string())?;
+    let peer = stream.peer_addr().map_err(|e| e.to_string())?;
+    let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+    let mut line = String::new();
+    match reader.read_line(&mut line) {
+        Ok(0) => return Err(format!("closed before greeting (local {local})")),
+        Err(e) => return Err(format!("{e} (local {local})")),
+        Ok(_) => {}
+    }
+    let greeting: Value =
+        serde_json::from_str(&line).map_err(|e| format!("bad greeting {line:?}: {e}"))?;
+    let report = json!({"ok": true, "local": local.to_string(), "peer": peer.to_string(), "greeting": greeting});
+    Ok((Conn { stream, reader }, report))
+}
+
+/// Deterministic bytes and an FNV-1a digest, so both directions can be checked.
+fn pattern(i: u64) -> u8 {
+    (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8
+}
+
+fn fnv(h: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+}
+
+const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn xfer(conn: &mut Conn, bytes: u64) -> Value {
+    let mut writer = match conn.stream.try_clone() {
+        Ok(w) => w,
+        Err(e) => return json!({"ok": false, "error": e.to_string()}),
+    };
+    let sender = std::thread::spawn(move || {
+        let mut h = FNV_START;
+        let mut sent = 0u64;
+        let mut chunk = vec![0u8; 64 * 1024];
+        while sent < bytes {
+            let n = (bytes - sent).min(chunk.len() as u64) as usize;
+            for (k, b) in chunk[..n].iter_mut().enumerate() {
+                *b = pattern(sent + k as u64);
+            }
+            if writer.write_all(&chunk[..n]).is_err() {
+                break;
+            }
+            h = fnv(h, &chunk[..n]);
+            sent += n as u64;
+        }
+        (sent, h)
+    });
+    let mut h = FNV_START;
+    let mut received = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut error = None;
+    while received < bytes {
+        let want = (bytes - received).min(buf.len() as u64) as usize;
+        match conn.reader.read(&mut buf[..want]) {
+            Ok(0) => {
+                error = Some("connection closed early".to_owned());
+                break;
+            }
+            Ok(n) => {
+                h = fnv(h, &buf[..n]);
+                received += n as u64;
+            }
+            Err(e) => {
+                error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let (sent, sent_hash) = sender.join().unwrap_or((0, 0));
+    let intact = error.is_none() && sent == bytes && received == bytes && sent_hash == h;
+    json!({"ok": error.is_none(), "error": error, "sent": sent, "received": received, "intact": intact})
+}
+
+fn connect(addr: SocketAddr, bytes: u64) -> Value {
+    let (mut conn, mut report) = match open(addr) {
+        Ok(c) => c,
+        Err(e) => return json!({"ok": false, "error": e}),
+    };
+    let x = xfer(&mut conn, bytes);
+    // Half-close: the far end must see our EOF and answer with its own.
+    let _ = conn.stream.shutdown(Shutdown::Write);
+    let mut rest = Vec::new();
+    let clean_eof = conn.reader.read_to_end(&mut rest).is_ok() && rest.is_empty();
+    for k in ["ok", "error", "sent", "received", "intact"] {
+        report[k] = x[k].clone();
+    }
+    report["clean_eof"] = json!(clean_eof);
+    report
+}
+
+fn client() {
+    let mut conns: HashMap<String, Conn> = HashMap::new();
+    let stdin = std::io::stdin();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let out = match w.as_slice() {
+            ["connect", a, n] => connect(addr(a), n.parse().expect("bytes")),
+            ["open", id, a] => match open(addr(a)) {
+                Ok((c, report)) => {
+                    conns.insert(id.to_string(), c);
+                    report
+                }
+                Err(e) => json!({"ok": false, "error": e}),
+            },
+            ["xfer", id, n] => match conns.get_mut(*id) {
+                Some(c) => xfer(c, n.parse().expect("bytes")),
+                None => json!({"ok": false, "error": "no such connection"}),
+            },
+            ["close", id] => json!({"ok": conns.remove(*id).is_some()}),
+            _ => json!({"ok": false, "error": format!("unknown command {line:?}")}),
+        };
+        println!("{out}");
+        std::io::stdout().flush().ok();
+    }
+}
+
+// ---- load shapes ----
+
+fn parallel(targets: &[SocketAddr], n: usize) -> Value {
+    let start = Arc::new(Barrier::new(n));
+    let done = Arc::new(Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let target = targets[i % targets.len()];
+            let (start, done) = (start.clone(), done.clone());
+            std::thread::Builder::new()
+                .stack_size(128 * 1024)
+                .spawn(move || {
+                    start.wait();
+                    let r = open(target).map(|(mut c, report)| {
+                        let x = xfer(&mut c, 8);
+                        let seen_local = report["greeting"]["local"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_owned();
+                        let seen_peer = report["peer"].as_str().unwrap_or("").to_owned();
+                        (
+                            seen_local == target.to_string()
+                                && seen_peer == target.to_string()
+                                && x["intact"] == true,
+                            c,
+                        )
+                    });
+                    // Hold every connection until all are through: they are truly concurrent.
+                    done.wait();
+                    r.map(|(matched, _c)| matched)
+                })
+                .expect("spawn")
+        })
+        .collect();
+    let (mut ok, mut mismatched, mut errors) = (0, 0, Vec::new());
+    for h in handles {
+        match h.join().expect("thread") {
+            Ok(true) => ok += 1,
+            Ok(false) => mismatched += 1,
+            Err(e) => errors.push(e),
+        }
+    }
+    let failed = errors.len();
+    errors.truncate(5);
+    json!({"total": n, "ok": ok, "mismatched": mismatched, "failed": failed, "errors": errors})
+}
+
+fn churn(target: SocketAddr, n: usize) -> Value {
+    let (mut ok, mut errors) = (0, Vec::new());
+    for _ in 0..n {
+        match open(target) {
+            Ok(_) => ok += 1,
+            Err(e) => errors.push(e),
+        }
+    }
+    let failed = errors.len();
+    errors.truncate(5);
+    json!({"ok": ok, "failed": failed, "errors": errors})
+}
+
+/// Connect + first byte (the greeting) latencies in microseconds, sorted.
+fn latency(target: SocketAddr, n: usize) -> Value {
+    let mut micros = Vec::with_capacity(n);
+    let mut failed = 0;
+    for _ in 0..n {
+        let t = Instant::now();
+        match open(target) {
+            Ok(_) => micros.push(t.elapsed().as_micros() as u64),
+            Err(_) => failed += 1,
+        }
+    }
+    micros.sort_unstable();
+    json!({"micros": micros, "failed": failed})
+}

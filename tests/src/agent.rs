@@ -1,0 +1,230 @@
+//! A real `mesh-agent` process in a node's network namespace, and its admin endpoint.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::{
+    eventually, netns,
+    topology::{Node, Pod, Topology},
+};
+
+/// bpffs directory under which each test agent pins (one directory per topology and node).
+pub const PIN_ROOT: &str = "/sys/fs/bpf/weft-test";
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const ENROLL_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("WEFT_AGENT_BIN") {
+        return p.into();
+    }
+    sibling_bin("mesh-agent")
+}
+
+/// A binary built next to the running one (test binaries live one level down, in deps/).
+pub fn sibling_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_owned();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} not built: run `cargo xtask test`",
+        bin.display()
+    );
+    bin
+}
+
+pub struct Agent {
+    pub node: Node,
+    pub pin_dir: PathBuf,
+    config_dir: PathBuf,
+    state_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+}
+
+impl Agent {
+    /// Starts an agent for `node` and waits until it has applied the configuration.
+    pub fn start(topo: &Topology, node: &Node) -> Self {
+        Self::start_with(topo, node, &[])
+    }
+
+    pub fn start_with(topo: &Topology, node: &Node, extra_args: &[&str]) -> Self {
+        let mut a = Self {
+            node: node.clone(),
+            pin_dir: PathBuf::from(PIN_ROOT).join(&topo.tag).join(&node.name),
+            config_dir: topo.config_dir(),
+            state_dir: topo.dir.join(format!("state-{}", node.name)),
+            log: topo.dir.join(format!("agent-{}.log", node.name)),
+            child: None,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        a.spawn();
+        a
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("agent log");
+        let mut cmd = Command::new(agent_bin());
+        cmd.arg("run")
+            .args(["--node", &self.node.name])
+            .arg("--config-dir")
+            .arg(&self.config_dir)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--bpf-pin-dir")
+            .arg(&self.pin_dir)
+            .args(["--reload-interval-ms", "50"])
+            .args(&self.extra_args)
+            .env("WEFT_LOG", "info,mesh_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log);
+        netns::command_in(&mut cmd, &self.node.netns, None).expect("node netns");
+        self.child = Some(cmd.spawn().expect("start mesh-agent"));
+        self.wait_ready();
+    }
+
+    pub fn wait_ready(&mut self) {
+        let node = self.node.name.clone();
+        eventually(
+            &format!("agent on {node} to be ready"),
+            READY_TIMEOUT,
+            || {
+                if let Some(status) = self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                {
+                    panic!("agent on {node} exited: {status}\n{}", tail(&self.log));
+                }
+                self.get("/healthz/ready")
+                    .ok()
+                    .filter(|(code, _)| *code == 200)
+            },
+        );
+    }
+
+    /// GET on the admin endpoint (127.0.0.1:15000 in the node's netns): (status, body).
+    pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        let stream = netns::run_in(&self.node.netns, || TcpStream::connect("127.0.0.1:15000"))??;
+        http_get(stream, path)
+    }
+
+    pub fn config_dump(&self) -> Value {
+        let (_, body) = self.get("/config_dump").expect("config_dump");
+        serde_json::from_str(&body).expect("config_dump is JSON")
+    }
+
+    pub fn counter(&self, name: &str) -> u64 {
+        self.config_dump()["bpf"]["counters"][name]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    pub fn map_entries(&self, name: &str) -> u64 {
+        self.config_dump()["bpf"]["map_entries"][name]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    fn enrolled(&self, pod: &Pod) -> Option<Value> {
+        let key = format!("{}/{}", pod.namespace, pod.name);
+        let dump = self.config_dump();
+        dump["pods"]
+            .as_array()?
+            .iter()
+            .find(|p| p["pod"] == key.as_str())
+            .cloned()
+    }
+
+    /// Waits until the agent reports the pod enrolled; returns its /config_dump entry.
+    pub fn wait_enrolled(&self, pod: &Pod) -> Value {
+        eventually(
+            &format!("{} to be enrolled", pod.name),
+            ENROLL_TIMEOUT,
+            || self.enrolled(pod),
+        )
+    }
+
+    pub fn wait_released(&self, pod: &Pod) {
+        eventually(
+            &format!("{} to be released", pod.name),
+            ENROLL_TIMEOUT,
+            || self.enrolled(pod).is_none().then_some(()),
+        )
+    }
+
+    /// SIGKILL: the agent gets no chance to clean up, as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn http_get(mut s: TcpStream, path: &str) -> std::io::Result<(u16, String)> {
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Prints the end of every agent log of a failed test.
+pub fn dump_logs(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "log") {
+            eprintln!("----- {} -----\n{}", p.display(), tail(&p));
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! A topology: nodes (network namespaces with a bridge for their pods), pods (own netns, veth
+//! into their node's bridge, own cgroup v2 directory), an optional wire between two nodes, and
+//! the Kubernetes-shaped YAML the agents read (file mode).
+//!
+//! Addressing: node i has pod subnet 10.i.0.0/24 (bridge 10.i.0.1) and wire address 10.255.0.i.
+//! Each topology lives in its own namespaces, so topologies of parallel tests never meet.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use crate::netns::{self, ip, sysctl};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub name: String,
+    pub index: u8,
+    pub netns: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pod {
+    pub name: String,
+    pub namespace: String,
+    pub node: String,
+    pub ip: Ipv4Addr,
+    pub netns: String,
+    pub cgroup: PathBuf,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Pod {
+    pub fn addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.ip.into(), port)
+    }
+}
+
+pub struct Topology {
+    pub tag: String,
+    pub dir: PathBuf,
+    cgroup_dir: PathBuf,
+    nodes: Vec<Node>,
+    pods: Vec<Pod>,
+    namespaces: BTreeMap<String, bool>,
+    netns: Vec<String>,
+    pub(crate) children: Vec<std::process::Child>,
+}
+
+/// The cgroup v2 mount point (xtask passes it; otherwise found in mountinfo).
+pub fn cgroup2_root() -> PathBuf {
+    if let Some(p) = std::env::var_os("WEFT_CGROUP2") {
+        return p.into();
+    }
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+    info.lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mount_point = pre.split_whitespace().nth(4)?;
+            (post.split_whitespace().next() == Some("cgroup2")).then(|| PathBuf::from(mount_point))
+        })
+        .expect("no cgroup2 mount: mount -t cgroup2 none /sys/fs/cgroup/unified")
+}
+
+impl Topology {
+    pub fn new() -> Self {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "integration tests need root (network namespaces, cgroups, eBPF): run `cargo xtask test`"
+        );
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("w{}{}", std::process::id() % 100_000, n);
+        let dir = std::env::temp_dir().join(format!("weft-test-{tag}"));
+        std::fs::create_dir_all(dir.join("config")).expect("create config dir");
+        let cgroup_dir = cgroup2_root().join("weft-test").join(&tag);
+        std::fs::create_dir_all(&cgroup_dir).expect("create test cgroup");
+        Self {
+            tag,
+            dir,
+            cgroup_dir,
+            nodes: Vec::new(),
+            pods: Vec::new(),
+            namespaces: BTreeMap::new(),
+            netns: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+
+    fn add_netns(&mut self, name: &str) -> String {
+        let ns = format!("{}-{name}", self.tag);
+        ip(&["netns", "add", &ns]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        self.netns.push(ns.clone());
+        ns
+    }
+
+    pub fn node(&mut self, name: &str) -> Node {
+        let index = self.nodes.len() as u8 + 1;
+        let ns = self.add_netns(name);
+        ip(&["-n", &ns, "link", "add", "br0", "type", "bridge"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("10.{index}.0.1/24"),
+            "dev",
+            "br0",
+        ]);
+        ip(&["-n", &ns, "link", "set", "br0", "up"]);
+        sysctl(&ns, "net.ipv4.ip_forward", "1");
+        let node = Node {
+            name: name.into(),
+            index,
+            netns: ns,
+        };
+        self.nodes.push(node.clone());
+        self.write_config();
+        node
+    }
+
+    /// A veth wire between two nodes, with routes to each other's pod subnet.
+    pub fn wire(&mut self, a: &Node, b: &Node) {
+        let (ia, ib) = (format!("{}wa", self.tag), format!("{}wb", self.tag));
+        ip(&["link", "add", &ia, "type", "veth", "peer", "name", &ib]);
+        for (node, iface) in [(a, &ia), (b, &ib)] {
+            ip(&["link", "set", iface, "netns", &node.netns]);
+            ip(&["-n", &node.netns, "link", "set", iface, "name", "wire0"]);
+            let addr = format!("10.255.0.{}/24", node.index);
+            ip(&["-n", &node.netns, "addr", "add", &addr, "dev", "wire0"]);
+            ip(&["-n", &node.netns, "link", "set", "wire0", "up"]);
+        }
+        for (from, to) in [(a, b), (b, a)] {
+            let subnet = format!("10.{}.0.0/24", to.index);
+            let via = format!("10.255.0.{}", to.index);
+            ip(&["-n", &from.netns, "route", "add", &subnet, "via", &via]);
+        }
+    }
+
+    /// A Kubernetes namespace; `enrolled` sets the `weft.dev/mesh: enabled` label.
+    pub fn namespace(&mut self, name: &str, enrolled: bool) {
+        self.namespaces.insert(name.into(), enrolled);
+        self.write_config();
+    }
+
+    pub fn pod(&mut self, node: &Node, namespace: &str, name: &str) -> Pod {
+        if !self.namespaces.contains_key(namespace) {
+            self.namespaces.insert(namespace.into(), false);
+        }
+        let k = self.pods.iter().filter(|p| p.node == node.name).count() as u8 + 2;
+        let ns = self.add_netns(name);
+        let host_if = format!("{}p{}", self.tag, self.pods.len());
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ]);
+        ip(&["link", "set", &host_if, "netns", &node.netns]);
+        ip(&[
+            "-n",
+            &node.netns,
+            "link",
+            "set",
+            &host_if,
+            "master",
+            "br0",
+            "up",
+        ]);
+        let addr = Ipv4Addr::new(10, node.index, 0, k);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        ip(&[
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.{}.0.1", node.index),
+        ]);
+        let cgroup = self.cgroup_dir.join(name);
+        std::fs::create_dir_all(&cgroup).expect("create pod cgroup");
+        let pod = Pod {
+            name: name.into(),
+            namespace: namespace.into(),
+            node: node.name.clone(),
+            ip: addr,
+            netns: ns,
+            cgroup,
+            labels: BTreeMap::new(),
+        };
+        self.pods.push(pod.clone());
+        self.write_config();
+        pod
+    }
+
+    pub fn set_namespace_enrolled(&mut self, name: &str, enrolled: bool) {
+        self.namespace(name, enrolled);
+    }
+
+    pub fn set_pod_label(&mut self, pod: &str, key: &str, value: &str) {
+        let p = self
+            .pods
+            .iter_mut()
+            .find(|p| p.name == pod)
+            .expect("known pod");
+        p.labels.insert(key.into(), value.into());
+        self.write_config();
+    }
+
+    pub fn config_dir(&self) -> PathBuf {
+        self.dir.join("config")
+    }
+
+    pub fn node_named(&self, name: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .expect("known node")
+    }
+
+    /// Rewrites the cluster's YAML atomically (write, then rename), as a real apply would.
+    fn write_config(&self) {
+        let mut y = String::new();
+        for n in &self.nodes {
+            let _ = write!(
+                y,
+                "apiVersion: v1\nkind: Node\nmetadata: {{name: {}}}\nstatus: {{addresses: [{{type: InternalIP, address: 10.255.0.{}}}]}}\n---\n",
+                n.name, n.index
+            );
+        }
+        for (ns, enrolled) in &self.namespaces {
+            let labels = if *enrolled {
+                "{weft.dev/mesh: enabled}"
+            } else {
+                "{}"
+            };
+            let _ = write!(y, "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {labels}}}\n---\n");
+        }
+        for p in &self.pods {
+            let labels: Vec<String> = p.labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            let _ = write!(
+                y,
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels: {{{}}}\n  annotations: {{weft.dev/netns: {}, weft.dev/cgroup: {}}}\nspec: {{nodeName: {}, serviceAccountName: {}}}\nstatus: {{podIP: {}}}\n---\n",
+                p.name,
+                p.namespace,
+                labels.join(", "),
+                netns::path(&p.netns).display(),
+                p.cgroup.display(),
+                p.node,
+                p.name,
+                p.ip
+            );
+        }
+        let tmp = self.dir.join("cluster.yaml.tmp");
+        std::fs::write(&tmp, y).expect("write config");
+        std::fs::rename(&tmp, self.config_dir().join("cluster.yaml")).expect("rename config");
+    }
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            crate::agent::dump_logs(&self.dir);
+        }
+        for ns in &self.netns {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .status();
+        }
+        for p in &self.pods {
+            let _ = std::fs::remove_dir(&p.cgroup);
+        }
+        let _ = std::fs::remove_dir(&self.cgroup_dir);
+        let _ = std::fs::remove_dir_all(PathBuf::from(crate::agent::PIN_ROOT).join(&self.tag));
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
