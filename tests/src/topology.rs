@@ -48,7 +48,6 @@ pub struct Topology {
     nodes: Vec<Node>,
     pods: Vec<Pod>,
     namespaces: BTreeMap<String, bool>,
-    netns: Vec<String>,
     pub(crate) children: Vec<std::process::Child>,
 }
 
@@ -86,7 +85,6 @@ impl Topology {
             nodes: Vec::new(),
             pods: Vec::new(),
             namespaces: BTreeMap::new(),
-            netns: Vec::new(),
             children: Vec::new(),
         }
     }
@@ -95,7 +93,6 @@ impl Topology {
         let ns = format!("{}-{name}", self.tag);
         ip(&["netns", "add", &ns]);
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        self.netns.push(ns.clone());
         ns
     }
 
@@ -284,18 +281,65 @@ impl Drop for Topology {
         if std::thread::panicking() {
             crate::agent::dump_logs(&self.dir);
         }
-        for ns in &self.netns {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", ns])
-                .status();
-        }
-        for p in &self.pods {
-            let _ = std::fs::remove_dir(&p.cgroup);
-        }
-        let _ = std::fs::remove_dir(&self.cgroup_dir);
-        let _ = std::fs::remove_dir_all(PathBuf::from(crate::agent::PIN_ROOT).join(&self.tag));
+        cleanup(&self.tag);
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// Removes everything a topology tagged `tag` made, whoever started it: processes in its
+/// namespaces and cgroups, the namespaces, the cgroups, the pinned eBPF state. Usable from a
+/// signal handler thread (the demo's Ctrl-C) without the `Topology` itself.
+pub fn cleanup(tag: &str) {
+    let prefix = format!("{tag}-");
+    let names: Vec<String> = output(&["netns", "list"])
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect();
+    for ns in &names {
+        kill_all(&output(&["netns", "pids", ns]));
+    }
+    let cgroups = cgroup2_root().join("weft-test").join(tag);
+    if let Ok(entries) = std::fs::read_dir(&cgroups) {
+        for e in entries.filter_map(Result::ok) {
+            kill_all(&std::fs::read_to_string(e.path().join("cgroup.procs")).unwrap_or_default());
+            // A cgroup can be removed once its killed processes are reaped; bounded retry.
+            for _ in 0..200 {
+                if std::fs::remove_dir(e.path()).is_ok() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(&cgroups);
+    for ns in &names {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", ns])
+            .status();
+    }
+    let _ = std::fs::remove_dir_all(PathBuf::from(crate::agent::PIN_ROOT).join(tag));
+}
+
+fn output(ip_args: &[&str]) -> String {
+    std::process::Command::new("ip")
+        .args(ip_args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn kill_all(pids: &str) {
+    for pid in pids
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }

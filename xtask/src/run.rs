@@ -51,31 +51,66 @@ pub fn test(filter: Option<String>) -> Result<()> {
     if let Some(f) = &filter {
         args.push(f);
     }
-    let status = cargo(&args)
+    let mut child = cargo(&args)
         .env("WEFT_AGENT_BIN", target_dir(false).join("mesh-agent"))
         .env("WEFT_CGROUP2", &cgroup)
         .env("WEFT_SKIP_LOG", &skips)
-        .status();
-    report_skips(&skips);
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let totals = tee_and_count(child.stdout.take().expect("piped stdout"));
+    let status = child.wait();
+    let skipped = report_skips(&skips);
+    // One closing line for the whole run: cargo's own last line is for whichever crate ran
+    // last, which may have no tests at all.
+    println!(
+        "\ntests: {} passed, {} failed, {skipped} skipped",
+        totals.0, totals.1
+    );
     check("cargo test", status)
+}
+
+/// Echoes cargo test's output and sums its `test result:` lines: (passed, failed).
+fn tee_and_count(out: std::process::ChildStdout) -> (u64, u64) {
+    use std::io::BufRead as _;
+    let (mut passed, mut failed) = (0, 0);
+    for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let n: u64 = n.parse().unwrap_or(0);
+                match what {
+                    "passed" => passed += n,
+                    "failed" => failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    (passed, failed)
 }
 
 /// Tests that could not run for want of a kernel feature say so here, by name, so a skip is
 /// never mistaken for a pass.
-fn report_skips(log: &std::path::Path) {
+fn report_skips(log: &std::path::Path) -> usize {
     let Ok(text) = std::fs::read_to_string(log) else {
-        return;
+        return 0;
     };
     let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
     if !lines.is_empty() {
-        eprintln!(
+        println!(
             "\n{} test(s) SKIPPED for missing kernel features:",
             lines.len()
         );
-        for l in lines {
-            eprintln!("  {l}");
+        for l in &lines {
+            println!("  {l}");
         }
     }
+    lines.len()
 }
 
 pub fn lint() -> Result<()> {

@@ -225,6 +225,19 @@ status: {podIP: 10.0.1.2}
     }
 
     #[test]
+    fn shipped_examples_validate() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/file-mode");
+        let (state, errors) = load_dir(&dir);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            state.enrolled_pods("node-a").count(),
+            1,
+            "web is enrolled, debug opted out"
+        );
+    }
+
+    #[test]
     fn missing_kind_and_non_mapping_are_errors() {
         let v: serde_yaml::Value = serde_yaml::from_str("apiVersion: v1").unwrap();
         assert_eq!(parse_document(v).err().unwrap().0, "kind");
