@@ -24,6 +24,8 @@ const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     netns::init();
     info!(config = %serde_json::to_string(&cfg)?, "starting mesh-agent");
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating state directory {}", cfg.state_dir.display()))?;
     let redirect = Redirect::load(&cfg).context("loading eBPF programs")?;
     let maps = redirect.maps.clone();
     let status = Arc::new(RwLock::new(Status::new(&cfg)));

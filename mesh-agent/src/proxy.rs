@@ -44,6 +44,21 @@ pub fn serve(ctx: Arc<PodContext>, listeners: InpodListeners) -> Vec<JoinHandle<
     tasks
 }
 
+/// Copies both ways until the connection ends and logs its one closing line (bytes, duration):
+/// the per-connection record, inside the caller's span.
+pub async fn relay(down: TcpStream, up: TcpStream, start: std::time::Instant) {
+    let duration_ms = |s: std::time::Instant| s.elapsed().as_millis() as u64;
+    match copy::bidirectional(down, up).await {
+        Ok(t) => tracing::info!(
+            sent = t.sent,
+            received = t.received,
+            duration_ms = duration_ms(start),
+            "connection closed"
+        ),
+        Err(e) => tracing::info!(error = %e, duration_ms = duration_ms(start), "connection reset"),
+    }
+}
+
 /// Closes a connection with a reset, so the client sees a refusal at once instead of a hang or
 /// a clean end of stream that would look like success.
 pub fn reset(stream: TcpStream) {

@@ -7,11 +7,13 @@
 
 pub mod agent;
 pub mod features;
+pub mod fixture;
 pub mod netns;
 pub mod probe;
 pub mod topology;
 
 pub use agent::Agent;
+pub use fixture::OneNode;
 pub use probe::{Client, ConnectResult};
 pub use topology::{Pod, Topology};
 

@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use weft_tests::{eventually, features, probe, Agent, Client, Topology};
+use weft_tests::{eventually, features, probe, Agent, Client, OneNode, Topology};
 
 const LOCALHOST: &str = "127.0.0.1";
 
@@ -82,21 +82,34 @@ fn getpeername_shows_original_destination() {
     if !features::require("getpeername_shows_original_destination", features::CAPTURE) {
         return;
     }
-    let mut topo = Topology::new();
-    let n1 = topo.node("n1");
-    topo.namespace("mesh", true);
-    topo.namespace("plain", false);
-    let client_pod = topo.pod(&n1, "mesh", "client");
-    let server_pod = topo.pod(&n1, "plain", "server");
-    probe::serve(&mut topo, &server_pod, &[8080, 9090]);
-    let a1 = Agent::start(&topo, &n1);
-    a1.wait_enrolled(&client_pod);
-    let mut client = Client::start(&mut topo, &client_pod);
+    let mut f = OneNode::new(&[8080, 9090]);
+    let (client_pod, server_pod) = (f.client.clone(), f.server.clone());
+    let mut client = Client::start(&mut f.topo, &client_pod);
     for port in [8080, 9090] {
         let r = client.connect(server_pod.addr(port), 16);
         assert!(r.ok() && captured(r.local()), "{:?}", r.raw);
         assert_eq!(r.peer(), server_pod.addr(port));
     }
+    // A dual-stack (AF_INET6) socket dialing a v4-mapped address goes through connect6,
+    // sock_ops' v4-mapped normalisation and getpeername6.
+    let mapped: SocketAddr = format!("[::ffff:{}]:8080", server_pod.ip).parse().unwrap();
+    let r = client.connect(mapped, 64 * 1024);
+    assert!(r.ok() && r.intact(), "{:?}", r.raw);
+    assert_eq!(
+        r.local().ip().to_string(),
+        "::ffff:127.0.0.1",
+        "captured: {:?}",
+        r.raw
+    );
+    assert_eq!(
+        r.peer(),
+        mapped,
+        "getpeername6 shows the original destination"
+    );
+    assert_eq!(
+        r.server_saw_peer().ip(),
+        std::net::IpAddr::V4(client_pod.ip)
+    );
 }
 
 /// 2: opted-out pods and pods of unenrolled namespaces are not captured. Checked by who
@@ -206,16 +219,10 @@ fn agent_down_fails_closed_and_restart_resumes() {
     ) {
         return;
     }
-    let mut topo = Topology::new();
-    let n1 = topo.node("n1");
-    topo.namespace("mesh", true);
-    topo.namespace("plain", false);
-    let client_pod = topo.pod(&n1, "mesh", "client");
-    let server_pod = topo.pod(&n1, "plain", "server");
-    probe::serve(&mut topo, &server_pod, &[8080]);
-    let mut a1 = Agent::start(&topo, &n1);
-    a1.wait_enrolled(&client_pod);
-    let mut c = Client::start(&mut topo, &client_pod);
+    let mut f = OneNode::new(&[8080]);
+    let (client_pod, server_pod) = (f.client.clone(), f.server.clone());
+    let a1 = &mut f.agent;
+    let mut c = Client::start(&mut f.topo, &client_pod);
     let kept = c.open("kept", server_pod.addr(8080));
     assert!(kept.ok() && captured(kept.local()), "{:?}", kept.raw);
 
@@ -288,15 +295,9 @@ fn churn_does_not_leak_and_unenroll_restores_direct() {
     ) {
         return;
     }
-    let mut topo = Topology::new();
-    let n1 = topo.node("n1");
-    topo.namespace("mesh", true);
-    topo.namespace("plain", false);
-    let client_pod = topo.pod(&n1, "mesh", "client");
-    let server_pod = topo.pod(&n1, "plain", "server");
-    probe::serve(&mut topo, &server_pod, &[8080]);
-    let a1 = Agent::start(&topo, &n1);
-    a1.wait_enrolled(&client_pod);
+    let mut f = OneNode::new(&[8080]);
+    let (client_pod, server_pod) = (f.client.clone(), f.server.clone());
+    let (a1, topo) = (&f.agent, &mut f.topo);
     let dst = server_pod.addr(8080).to_string();
 
     let r = probe::run(&client_pod, &["churn", &dst, "10000"]);
@@ -307,7 +308,7 @@ fn churn_does_not_leak_and_unenroll_restores_direct() {
         });
     }
 
-    let mut c = Client::start(&mut topo, &client_pod);
+    let mut c = Client::start(topo, &client_pod);
     let kept = c.open("kept", server_pod.addr(8080));
     assert!(kept.ok() && captured(kept.local()), "{:?}", kept.raw);
     topo.set_namespace_enrolled("mesh", false);

@@ -1,7 +1,7 @@
 //! Inbound plaintext: a connection sk_lookup steered to :15006. The accepted socket's local
 //! address is the original destination (pod IP and port); the agent delivers it to the
-//! application inside the pod's netns from 127.0.0.6, which arrives over loopback and is
-//! therefore not steered again.
+//! application inside the pod's netns from 127.0.0.6, a loopback source that sk_lookup leaves
+//! alone, so it is not steered again.
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -13,13 +13,14 @@ use mesh_common::INBOUND_DELIVERY_SOURCE;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, info_span, warn, Instrument as _};
 
-use super::{copy, listeners::accept_loop, listeners::pod_socket, reset, PodContext};
-use crate::config::CONNECT_TIMEOUT;
+use super::{
+    listeners::{accept_loop, connect_from_pod},
+    relay, reset, PodContext,
+};
 
 pub async fn serve(ctx: Arc<PodContext>, listener: TcpListener) {
     accept_loop(listener, move |stream, peer| {
-        let ctx = ctx.clone();
-        async move { handle(ctx, stream, peer).await }
+        handle(ctx.clone(), stream, peer)
     })
     .await
 }
@@ -36,37 +37,17 @@ async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
     let span = info_span!("inbound", pod = %ctx.key, src = %peer, dst = %orig);
     async move {
         let start = Instant::now();
-        let up = match deliver(&ctx, orig).await {
-            Ok(up) => up,
+        let bind = orig
+            .is_ipv4()
+            .then(|| SocketAddr::new(Ipv4Addr::from(INBOUND_DELIVERY_SOURCE).into(), 0));
+        match connect_from_pod(&ctx.netns, orig, bind).await {
+            Ok(up) => relay(down, up, start).await,
             Err(e) => {
                 info!(error = %e, "delivery to the application failed; reset");
-                return reset(down);
+                reset(down)
             }
-        };
-        match copy::bidirectional(down, up).await {
-            Ok(t) => info!(
-                sent = t.sent,
-                received = t.received,
-                duration_ms = start.elapsed().as_millis() as u64,
-                "connection closed"
-            ),
-            Err(e) => info!(error = %e, "connection reset"),
         }
     }
     .instrument(span)
     .await
-}
-
-async fn deliver(ctx: &PodContext, orig: SocketAddr) -> std::io::Result<TcpStream> {
-    let bind = orig
-        .is_ipv4()
-        .then(|| SocketAddr::new(Ipv4Addr::from(INBOUND_DELIVERY_SOURCE).into(), 0));
-    let socket = pod_socket(&ctx.netns, orig, bind)?;
-    match tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(orig)).await {
-        Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "connect timed out",
-        )),
-    }
 }

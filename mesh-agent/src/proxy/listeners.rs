@@ -78,9 +78,21 @@ fn listen(netns: &Netns, addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(std_listener)
 }
 
-/// A TCP socket created inside the pod's netns, marked as the agent's so the connect hooks leave
-/// it alone, optionally bound to a source address, ready for an async connect.
-pub fn pod_socket(
+/// Connects from inside the pod's netns (optionally from a given source address), within
+/// CONNECT_TIMEOUT. The socket is marked as the agent's, so the connect hooks leave it alone.
+pub async fn connect_from_pod(
+    netns: &Netns,
+    dst: SocketAddr,
+    bind: Option<SocketAddr>,
+) -> io::Result<tokio::net::TcpStream> {
+    let socket = pod_socket(netns, dst, bind)?;
+    match tokio::time::timeout(crate::config::CONNECT_TIMEOUT, socket.connect(dst)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+    }
+}
+
+fn pod_socket(
     netns: &Netns,
     dst: SocketAddr,
     bind: Option<SocketAddr>,

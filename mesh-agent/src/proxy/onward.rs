@@ -8,13 +8,8 @@ use std::{io, net::SocketAddr};
 
 use tokio::net::TcpStream;
 
-use super::{listeners::pod_socket, PodContext};
-use crate::config::CONNECT_TIMEOUT;
+use super::{listeners::connect_from_pod, PodContext};
 
 pub async fn connect(ctx: &PodContext, dst: SocketAddr) -> io::Result<TcpStream> {
-    let socket = pod_socket(&ctx.netns, dst, None)?;
-    match tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(dst)).await {
-        Ok(r) => r,
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
-    }
+    connect_from_pod(&ctx.netns, dst, None).await
 }

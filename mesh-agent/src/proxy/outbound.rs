@@ -7,12 +7,11 @@ use std::{net::SocketAddr, sync::Arc, time::Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, info_span, warn, Instrument as _};
 
-use super::{copy, listeners::accept_loop, onward, reset, PodContext};
+use super::{listeners::accept_loop, onward, relay, reset, PodContext};
 
 pub async fn serve(ctx: Arc<PodContext>, listener: TcpListener) {
     accept_loop(listener, move |stream, peer| {
-        let ctx = ctx.clone();
-        async move { handle(ctx, stream, peer).await }
+        handle(ctx.clone(), stream, peer)
     })
     .await
 }
@@ -32,22 +31,12 @@ async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
             }
         }
         let start = Instant::now();
-        let up = match onward::connect(&ctx, orig).await {
-            Ok(up) => up,
+        match onward::connect(&ctx, orig).await {
+            Ok(up) => relay(down, up, start).await,
             Err(e) => {
                 info!(error = %e, "onward connect failed; reset");
-                return reset(down);
+                reset(down)
             }
-        };
-        debug!("connection opened");
-        match copy::bidirectional(down, up).await {
-            Ok(t) => info!(
-                sent = t.sent,
-                received = t.received,
-                duration_ms = start.elapsed().as_millis() as u64,
-                "connection closed"
-            ),
-            Err(e) => info!(error = %e, duration_ms = start.elapsed().as_millis() as u64, "connection reset"),
         }
     }
     .instrument(span)

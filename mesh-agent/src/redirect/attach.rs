@@ -17,6 +17,20 @@ use tracing::{info, warn};
 use super::{loader::program, Error, Redirect};
 use crate::netns::Netns;
 
+/// Attaches a cgroup program (CgroupSockAddr or SockOps: same shape, no shared trait in aya)
+/// and hands back its link, ready to pin.
+macro_rules! cgroup_link {
+    ($prog:expr, $name:expr, $cg:expr) => {{
+        let name = $name;
+        let err = |error| Error::Program { name, error };
+        $prog
+            .attach($cg, CgroupAttachMode::Single)
+            .map_err(err)
+            .and_then(|id| $prog.take_link(id).map_err(err))
+            .and_then(|link| FdLink::try_from(link).map_err(|error| Error::Link { name, error }))
+    }};
+}
+
 /// Hooks attached per pod, in attach order.
 const CGROUP_SOCK_ADDR: [&str; 4] = [
     programs::CONNECT4,
@@ -85,25 +99,11 @@ impl Redirect {
     fn attach_all(&mut self, dir: &Path, cg: &File, netns: &Netns) -> Result<(), Error> {
         for name in CGROUP_SOCK_ADDR {
             let p = program::<CgroupSockAddr>(&mut self.ebpf, name)?;
-            let err = |error| Error::Program { name, error };
-            let id = p.attach(cg, CgroupAttachMode::Single).map_err(err)?;
-            let link: FdLink = p
-                .take_link(id)
-                .map_err(err)?
-                .try_into()
-                .map_err(|error| Error::Link { name, error })?;
-            pin(link, dir, name)?;
+            pin(cgroup_link!(p, name, cg)?, dir, name)?;
         }
         let name = programs::SOCK_OPS;
         let p = program::<SockOps>(&mut self.ebpf, name)?;
-        let err = |error| Error::Program { name, error };
-        let id = p.attach(cg, CgroupAttachMode::Single).map_err(err)?;
-        let link: FdLink = p
-            .take_link(id)
-            .map_err(err)?
-            .try_into()
-            .map_err(|error| Error::Link { name, error })?;
-        pin(link, dir, name)?;
+        pin(cgroup_link!(p, name, cg)?, dir, name)?;
 
         let name = programs::SK_LOOKUP;
         let ns = File::open(netns.path()).map_err(Error::io("opening netns", netns.path()))?;

@@ -11,7 +11,7 @@
 use std::{net::SocketAddr, time::Instant};
 
 use serde_json::{json, Value};
-use weft_tests::{probe, Agent, Client, Pod, Topology};
+use weft_tests::{probe, Client, OneNode, Pod};
 
 const EXCLUDED_PORT: u16 = 9999;
 const ROUNDS: usize = 5;
@@ -24,16 +24,12 @@ fn main() {
         .position(|a| a == "--connections")
         .and_then(|i| args.get(i + 1)?.parse().ok())
         .unwrap_or(2000);
-    let mut topo = Topology::new();
-    let n1 = topo.node("n1");
-    topo.namespace("mesh", true);
-    topo.namespace("plain", false);
-    let meshed = topo.pod(&n1, "mesh", "meshed");
-    let plain = topo.pod(&n1, "plain", "plain");
-    let server = topo.pod(&n1, "plain", "server");
-    probe::serve(&mut topo, &server, &[8080, EXCLUDED_PORT]);
-    let agent = Agent::start_with(&topo, &n1, &["--exclude-port", &EXCLUDED_PORT.to_string()]);
-    agent.wait_enrolled(&meshed);
+    let excluded = EXCLUDED_PORT.to_string();
+    let mut f = OneNode::with_agent_args(&[8080, EXCLUDED_PORT], &["--exclude-port", &excluded]);
+    let (meshed, server) = (f.client.clone(), f.server.clone());
+    let node = f.node.clone();
+    let plain = f.topo.pod(&node, "plain", "plain");
+    let topo = &mut f.topo;
 
     let paths: [(&str, &Pod, SocketAddr); 3] = [
         ("direct", &plain, server.addr(8080)),
@@ -58,7 +54,7 @@ fn main() {
     let throughput: Vec<f64> = [(&plain, server.addr(8080)), (&meshed, server.addr(8080))]
         .iter()
         .map(|(pod, dst)| {
-            let mut c = Client::start(&mut topo, pod);
+            let mut c = Client::start(topo, pod);
             let t = Instant::now();
             let r = c.connect(*dst, THROUGHPUT_BYTES);
             assert!(r.intact(), "{:?}", r.raw);
