@@ -18,7 +18,13 @@ use serde::Serialize;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::debug;
 
-use crate::{app::enrollment::PodStatus, config::AgentConfig, redirect::Maps, source::ConfigError};
+use crate::{
+    app::enrollment::PodStatus,
+    config::AgentConfig,
+    identity::{manager::CertStatus, CertManager},
+    redirect::Maps,
+    source::ConfigError,
+};
 
 /// What the agent reports about itself.
 #[derive(Debug, Clone, Serialize)]
@@ -47,10 +53,19 @@ impl Status {
     }
 }
 
+/// What the endpoint reads, live, on each request.
+struct Live {
+    status: Arc<RwLock<Status>>,
+    maps: Arc<Maps>,
+    certs: Option<CertManager>,
+}
+
 #[derive(Serialize)]
 struct ConfigDump<'a> {
     #[serde(flatten)]
     status: &'a Status,
+    /// One entry per workload identity of this node (absent without a CA).
+    certificates: Option<Vec<CertStatus>>,
     bpf: BpfDump,
 }
 
@@ -67,18 +82,24 @@ pub async fn serve(
     addr: SocketAddr,
     status: Arc<RwLock<Status>>,
     maps: Arc<Maps>,
+    certs: Option<CertManager>,
 ) -> std::io::Result<JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
+    let live = Arc::new(Live {
+        status,
+        maps,
+        certs,
+    });
     Ok(tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let (status, maps) = (status.clone(), maps.clone());
+            let live = live.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
-                    let (status, maps) = (status.clone(), maps.clone());
-                    async move { Ok::<_, Infallible>(route(req, &status, &maps)) }
+                    let live = live.clone();
+                    async move { Ok::<_, Infallible>(route(req, &live)) }
                 });
                 if let Err(e) = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
@@ -91,21 +112,22 @@ pub async fn serve(
     }))
 }
 
-fn route(req: Request<Incoming>, status: &RwLock<Status>, maps: &Maps) -> Response<Full<Bytes>> {
-    let status = status.read().expect("status lock");
+fn route(req: Request<Incoming>, live: &Live) -> Response<Full<Bytes>> {
+    let status = live.status.read().expect("status lock");
     match req.uri().path() {
-        "/healthz/ready" if status.ready => text(StatusCode::OK, "ready\n"),
+        "/healthz/ready" if status.ready => text(StatusCode::OK, readiness(live.certs.as_ref())),
         "/healthz/ready" => text(
             StatusCode::SERVICE_UNAVAILABLE,
-            "configuration not loaded yet\n",
+            "configuration not loaded yet\n".into(),
         ),
         "/config_dump" => {
             let dump = ConfigDump {
                 status: &status,
+                certificates: live.certs.as_ref().map(CertManager::statuses),
                 bpf: BpfDump {
                     pin_dir: status.config.bpf_pin_dir.clone(),
-                    counters: maps.stats(),
-                    map_entries: maps.entry_counts(),
+                    counters: live.maps.stats(),
+                    map_entries: live.maps.entry_counts(),
                 },
             };
             let body = serde_json::to_vec_pretty(&dump).unwrap_or_default();
@@ -116,15 +138,38 @@ fn route(req: Request<Incoming>, status: &RwLock<Status>, maps: &Maps) -> Respon
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /healthz/ready or /config_dump\n",
+            "not found: try /healthz/ready or /config_dump\n".into(),
         ),
     }
 }
 
-fn text(code: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+/// Ready means the configuration is applied. Certificate trouble does not make the agent unready
+/// (it keeps serving with the last good certificates) but is said here, one line per problem.
+fn readiness(certs: Option<&CertManager>) -> String {
+    let mut out = String::from("ready\n");
+    for s in certs.map(CertManager::statuses).unwrap_or_default() {
+        let id = &s.identity;
+        match (&s.last_error, s.expires_in_secs) {
+            (e, None) => {
+                out += &format!(
+                    "certificate {id}: none yet ({})\n",
+                    e.as_deref().unwrap_or("requesting")
+                )
+            }
+            (_, Some(t)) if t <= 0 => out += &format!("certificate {id}: EXPIRED\n"),
+            (Some(e), Some(_)) => {
+                out += &format!("certificate {id}: renewal failing, last good kept: {e}\n")
+            }
+            (None, Some(_)) => {}
+        }
+    }
+    out
+}
+
+fn text(code: StatusCode, body: String) -> Response<Full<Bytes>> {
     Response::builder()
         .status(code)
         .header("content-type", "text/plain")
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .body(Full::new(Bytes::from(body)))
         .expect("static response")
 }

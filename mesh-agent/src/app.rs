@@ -1,20 +1,25 @@
-//! Wiring: load the kernel programs, follow the configuration, keep enrollment in step with it,
-//! serve the admin endpoint.
+//! Wiring: load the kernel programs, set up identities (when a CA is configured), follow the
+//! configuration, keep enrollment in step with it, serve the admin endpoint.
 
 pub mod enrollment;
 
 use std::sync::{Arc, RwLock};
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     admin::{self, Status},
     config::AgentConfig,
+    identity::{CaClient, CertManager},
     netns,
+    proxy::{Mtls, Shared},
     redirect::Redirect,
     source,
+    state::State,
+    tunnel,
 };
 use enrollment::Enrollment;
 
@@ -27,9 +32,15 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating state directory {}", cfg.state_dir.display()))?;
     let redirect = Redirect::load(&cfg).context("loading eBPF programs")?;
-    let maps = redirect.maps.clone();
+    let shared = Arc::new(Shared {
+        node: cfg.node.clone(),
+        trust_domain: cfg.trust_domain.clone(),
+        state: ArcSwap::from_pointee(State::default()),
+        mtls: mtls(&cfg)?,
+    });
+    let certs = shared.mtls.as_ref().map(|m| m.certs.clone());
     let status = Arc::new(RwLock::new(Status::new(&cfg)));
-    let admin = admin::serve(cfg.admin_addr, status.clone(), maps.clone())
+    let admin = admin::serve(cfg.admin_addr, status.clone(), redirect.maps.clone(), certs)
         .await
         .with_context(|| format!("binding admin endpoint {}", cfg.admin_addr))?;
 
@@ -39,7 +50,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         cfg.reload_interval,
         tx,
     ));
-    let mut enrollment = Enrollment::new(redirect, cfg.node.clone());
+    let mut enrollment = Enrollment::new(redirect, shared.clone());
     let mut retry = tokio::time::interval(RETRY_INTERVAL);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -54,7 +65,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         let Some(loaded) = rx.borrow_and_update().clone() else {
             continue;
         };
-        enrollment.reconcile(&loaded.state);
+        shared.state.store(Arc::new(loaded.state));
+        enrollment.reconcile(&shared.state.load());
         let mut s = status.write().expect("status lock");
         s.pods = enrollment.status();
         s.enrollment_errors = enrollment.failures();
@@ -65,6 +77,22 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     info!("shutting down; enrolled pods stay hooked");
     admin.abort();
     Ok(())
+}
+
+/// With a CA, meshed traffic is carried in mTLS tunnels; without one, capture still works and
+/// the onward leg is plain TCP (said loudly, once).
+fn mtls(cfg: &AgentConfig) -> anyhow::Result<Option<Mtls>> {
+    let Some(addr) = cfg.ca_addr else {
+        warn!(
+            "no --ca-addr: workload identities and mTLS are off; meshed traffic is NOT encrypted"
+        );
+        return Ok(None);
+    };
+    let client = CaClient::from_bootstrap(addr, &cfg.node, &cfg.ca_bootstrap)?;
+    let certs = CertManager::new(client, &cfg.state_dir)?;
+    let pool = tunnel::Pool::new(certs.clone());
+    info!(ca = %addr, trust_domain = %cfg.trust_domain, "mTLS on: workload certificates from the mesh CA");
+    Ok(Some(Mtls { certs, pool }))
 }
 
 async fn shutdown_signal() {

@@ -29,6 +29,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the node agent: enroll this node's pods and carry their traffic.
     Run(RunArgs),
+    /// Run the mesh CA: sign workload certificates for agents, each only for its own pods.
+    Ca(crate::ca::CaArgs),
 }
 
 #[derive(Debug, Args)]
@@ -65,6 +67,15 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub excluded_ports: Vec<u16>,
+    /// The mesh CA. Without it the agent captures but carries traffic in plaintext.
+    #[arg(long, env = "WEFT_CA_ADDR")]
+    pub ca_addr: Option<SocketAddr>,
+    /// This node's bootstrap credential from the CA (token, root.pem); default
+    /// <state-dir>/bootstrap.
+    #[arg(long, env = "WEFT_CA_BOOTSTRAP")]
+    pub ca_bootstrap: Option<PathBuf>,
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = crate::identity::spiffe::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
     /// How often the config directory is checked for changes, in milliseconds.
     #[arg(long, env = "WEFT_RELOAD_INTERVAL_MS", default_value_t = config::DEFAULT_RELOAD_INTERVAL.as_millis() as u64)]
     pub reload_interval_ms: u64,
@@ -75,12 +86,17 @@ impl RunArgs {
         AgentConfig {
             node: self.node,
             config_dir: self.config_dir,
-            state_dir: self.state_dir,
+            state_dir: self.state_dir.clone(),
             bpf_pin_dir: self.bpf_pin_dir,
             bpf_object: self.bpf_object,
             admin_addr: self.admin_addr,
             excluded_cidrs: self.excluded_cidrs,
             excluded_ports: self.excluded_ports,
+            ca_bootstrap: self
+                .ca_bootstrap
+                .unwrap_or_else(|| self.state_dir.join("bootstrap")),
+            ca_addr: self.ca_addr,
+            trust_domain: self.trust_domain,
             reload_interval: Duration::from_millis(self.reload_interval_ms),
         }
     }

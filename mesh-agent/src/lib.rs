@@ -4,10 +4,14 @@
 
 pub mod admin;
 pub mod app;
+pub mod ca;
 pub mod cli;
 pub mod config;
+pub mod identity;
 pub mod netns;
 pub mod proxy;
 pub mod redirect;
 pub mod source;
 pub mod state;
+pub mod tls;
+pub mod tunnel;

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = match cli.command {
         Command::Run(args) => runtime.block_on(mesh_agent::app::run(args.into_config())),
+        Command::Ca(args) => runtime.block_on(mesh_agent::ca::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

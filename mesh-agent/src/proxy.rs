@@ -1,31 +1,59 @@
 //! The agent's in-pod listeners and what they do with a connection.
 //!
 //! - outbound (127.0.0.1:15001, [::1]:15001): connections the connect hooks captured; the
-//!   original destination comes from the eBPF map, the onward leg from `onward`.
-//! - inbound (:15006): connections sk_lookup steered; delivered to the application.
-//! - HBONE (:15008): the mTLS tunnel endpoint.
+//!   original destination comes from the eBPF map, the onward leg from `onward` (an HBONE
+//!   tunnel to a meshed destination, plain TCP otherwise).
+//! - inbound (:15006): plaintext connections sk_lookup steered; delivered to the application
+//!   unless the pod's PeerAuthentication is STRICT.
+//! - HBONE (:15008): mTLS tunnels from other agents (`tunnel::server`).
 
 pub mod copy;
-pub mod hbone;
 pub mod inbound;
 pub mod listeners;
 pub mod onward;
 pub mod outbound;
 
-use std::{net::IpAddr, sync::Arc};
+use std::{net::IpAddr, sync::Arc, time::Instant};
 
-use tokio::{net::TcpStream, task::JoinHandle};
+use arc_swap::ArcSwap;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+    task::JoinHandle,
+};
 
 pub use listeners::InpodListeners;
 
-use crate::{netns::Netns, redirect::Maps, state::PodKey};
+use crate::{
+    identity::{CertManager, Identity},
+    netns::Netns,
+    redirect::Maps,
+    state::{PodKey, State},
+    tunnel::{self, H2Stream},
+};
+
+/// What every connection handler of the node shares.
+pub struct Shared {
+    pub node: String,
+    pub trust_domain: String,
+    pub state: ArcSwap<State>,
+    /// Present when the agent has a CA: meshed traffic is then carried in mTLS tunnels.
+    pub mtls: Option<Mtls>,
+}
+
+pub struct Mtls {
+    pub certs: CertManager,
+    pub pool: tunnel::Pool,
+}
 
 /// What a connection handler knows about the pod it serves.
 pub struct PodContext {
     pub key: PodKey,
     pub ip: IpAddr,
+    pub identity: Identity,
     pub netns: Netns,
     pub maps: Arc<Maps>,
+    pub shared: Arc<Shared>,
 }
 
 /// Starts the accept loops of a pod's listeners. Aborting the returned tasks closes the
@@ -39,15 +67,42 @@ pub fn serve(ctx: Arc<PodContext>, listeners: InpodListeners) -> Vec<JoinHandle<
         tasks.push(tokio::spawn(inbound::serve(ctx.clone(), l)));
     }
     for l in listeners.hbone {
-        tasks.push(tokio::spawn(hbone::serve(ctx.clone(), l)));
+        tasks.push(tokio::spawn(tunnel::server::serve(ctx.clone(), l)));
     }
     tasks
 }
 
+/// Ends a connection as a failure, so the peer sees a refusal at once instead of a hang or a
+/// clean end of stream that would look like success.
+pub trait Reset {
+    fn reset(self);
+}
+
+impl Reset for TcpStream {
+    fn reset(self) {
+        // A zero linger turns close into RST; it never blocks.
+        let _ = socket2::SockRef::from(&self).set_linger(Some(std::time::Duration::ZERO));
+    }
+}
+
+impl Reset for H2Stream {
+    fn reset(self) {
+        H2Stream::reset(self)
+    }
+}
+
+pub fn reset(stream: TcpStream) {
+    stream.reset()
+}
+
 /// Copies both ways until the connection ends and logs its one closing line (bytes, duration):
 /// the per-connection record, inside the caller's span.
-pub async fn relay(down: TcpStream, up: TcpStream, start: std::time::Instant) {
-    let duration_ms = |s: std::time::Instant| s.elapsed().as_millis() as u64;
+pub async fn relay<D, U>(down: D, up: U, start: Instant)
+where
+    D: AsyncRead + AsyncWrite + Unpin + Reset,
+    U: AsyncRead + AsyncWrite + Unpin + Reset,
+{
+    let duration_ms = |s: Instant| s.elapsed().as_millis() as u64;
     match copy::bidirectional(down, up).await {
         Ok(t) => tracing::info!(
             sent = t.sent,
@@ -57,12 +112,4 @@ pub async fn relay(down: TcpStream, up: TcpStream, start: std::time::Instant) {
         ),
         Err(e) => tracing::info!(error = %e, duration_ms = duration_ms(start), "connection reset"),
     }
-}
-
-/// Closes a connection with a reset, so the client sees a refusal at once instead of a hang or
-/// a clean end of stream that would look like success.
-pub fn reset(stream: TcpStream) {
-    // A zero linger turns close into RST; it never blocks.
-    let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
-    drop(stream);
 }

@@ -1,6 +1,8 @@
 //! The agent's picture of the cluster: what its source (file or Kubernetes) says, reduced to
 //! what the data path needs. Immutable once built; a new `State` replaces the old one whole.
 
+pub mod peer_auth;
 pub mod workloads;
 
+pub use peer_auth::{MtlsMode, PeerAuthentication};
 pub use workloads::{Enrollment, Namespace, Node, Pod, PodKey, State};

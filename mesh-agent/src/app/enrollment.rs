@@ -13,8 +13,9 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::{
+    identity::Identity,
     netns::Netns,
-    proxy::{self, InpodListeners, PodContext},
+    proxy::{self, InpodListeners, PodContext, Shared},
     redirect::{PodHooks, Redirect},
     state::{Pod, PodKey, State},
 };
@@ -25,14 +26,16 @@ struct Target {
     ip: IpAddr,
     netns: PathBuf,
     cgroup: PathBuf,
+    identity: Identity,
 }
 
 impl Target {
-    fn of(pod: &Pod) -> Option<Self> {
+    fn of(pod: &Pod, trust_domain: &str) -> Option<Self> {
         Some(Self {
             ip: pod.ip?,
             netns: pod.netns.clone()?,
             cgroup: pod.cgroup.clone()?,
+            identity: Identity::new(trust_domain, &pod.key.namespace, &pod.service_account),
         })
     }
 }
@@ -49,6 +52,7 @@ struct Enrolled {
 pub struct PodStatus {
     pub pod: String,
     pub ip: IpAddr,
+    pub identity: Identity,
     pub netns: PathBuf,
     pub netns_cookie: u64,
     pub cgroup: PathBuf,
@@ -60,17 +64,17 @@ pub struct PodStatus {
 
 pub struct Enrollment {
     redirect: Redirect,
-    node: String,
+    shared: Arc<Shared>,
     pods: BTreeMap<PodKey, Enrolled>,
     failures: BTreeMap<PodKey, String>,
     swept: bool,
 }
 
 impl Enrollment {
-    pub fn new(redirect: Redirect, node: String) -> Self {
+    pub fn new(redirect: Redirect, shared: Arc<Shared>) -> Self {
         Self {
             redirect,
-            node,
+            shared,
             pods: BTreeMap::new(),
             failures: BTreeMap::new(),
             swept: false,
@@ -78,9 +82,10 @@ impl Enrollment {
     }
 
     pub fn reconcile(&mut self, state: &State) {
+        let td = &self.shared.trust_domain;
         let desired: BTreeMap<PodKey, Target> = state
-            .enrolled_pods(&self.node)
-            .filter_map(|p| Some((p.key.clone(), Target::of(p)?)))
+            .enrolled_pods(&self.shared.node)
+            .filter_map(|p| Some((p.key.clone(), Target::of(p, td)?)))
             .collect();
         let gone: Vec<PodKey> = self
             .pods
@@ -134,11 +139,16 @@ impl Enrollment {
             .inbound_for(target.ip)
             .context("no inbound listener for the pod's address family")?;
         maps.register_pod(target.ip, netns.cookie(), inbound)?;
+        if let Some(mtls) = &self.shared.mtls {
+            mtls.certs.ensure(&target.identity);
+        }
         let ctx = Arc::new(PodContext {
             key: key.clone(),
             ip: target.ip,
+            identity: target.identity.clone(),
             netns,
             maps,
+            shared: self.shared.clone(),
         });
         let tasks = proxy::serve(ctx.clone(), listeners);
         let hooks = match self
@@ -174,6 +184,13 @@ impl Enrollment {
         for t in e.tasks {
             t.abort();
         }
+        let still_used = self
+            .pods
+            .values()
+            .any(|p| p.target.identity == e.target.identity);
+        if let (Some(mtls), false) = (&self.shared.mtls, still_used) {
+            mtls.certs.release(&e.target.identity);
+        }
         info!(pod = %key, "pod released");
     }
 
@@ -194,6 +211,7 @@ impl Enrollment {
             .map(|(k, e)| PodStatus {
                 pod: k.to_string(),
                 ip: e.target.ip,
+                identity: e.target.identity.clone(),
                 netns: e.target.netns.clone(),
                 netns_cookie: e.ctx.netns.cookie(),
                 cgroup: e.target.cgroup.clone(),

@@ -3,8 +3,9 @@
 
 use std::io;
 
-use tokio::{io::copy_bidirectional_with_sizes, net::TcpStream};
+use tokio::io::{copy_bidirectional_with_sizes, AsyncRead, AsyncWrite};
 
+use super::Reset;
 use crate::config::COPY_BUFFER_BYTES;
 
 /// Bytes moved each way: from the downstream (client side) and from the upstream.
@@ -16,14 +17,18 @@ pub struct Transferred {
 
 /// Copies both ways until both sides have closed. On an error (e.g. a reset from one side) the
 /// other side is reset too, so neither end mistakes a failure for a clean close.
-pub async fn bidirectional(mut down: TcpStream, mut up: TcpStream) -> io::Result<Transferred> {
+pub async fn bidirectional<D, U>(mut down: D, mut up: U) -> io::Result<Transferred>
+where
+    D: AsyncRead + AsyncWrite + Unpin + Reset,
+    U: AsyncRead + AsyncWrite + Unpin + Reset,
+{
     match copy_bidirectional_with_sizes(&mut down, &mut up, COPY_BUFFER_BYTES, COPY_BUFFER_BYTES)
         .await
     {
         Ok((sent, received)) => Ok(Transferred { sent, received }),
         Err(e) => {
-            super::reset(down);
-            super::reset(up);
+            down.reset();
+            up.reset();
             Err(e)
         }
     }

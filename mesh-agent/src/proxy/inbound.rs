@@ -13,6 +13,8 @@ use mesh_common::INBOUND_DELIVERY_SOURCE;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, info_span, warn, Instrument as _};
 
+use crate::state::MtlsMode;
+
 use super::{
     listeners::{accept_loop, connect_from_pod},
     relay, reset, PodContext,
@@ -33,6 +35,14 @@ async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
         // Our own delivery steered back to us would loop; sk_lookup never does that.
         warn!(pod = %ctx.key, %peer, %orig, "inbound connection from loopback; reset");
         return reset(down);
+    }
+    let state = ctx.shared.state.load();
+    if let Some(pod) = state.pods.get(&ctx.key) {
+        if let (MtlsMode::Strict, policy) = state.mtls_mode(pod) {
+            let policy = policy.unwrap_or_default();
+            warn!(pod = %ctx.key, %peer, %orig, %policy, "plaintext refused: PeerAuthentication STRICT");
+            return reset(down);
+        }
     }
     let span = info_span!("inbound", pod = %ctx.key, src = %peer, dst = %orig);
     async move {

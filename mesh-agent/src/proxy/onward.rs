@@ -1,15 +1,137 @@
 //! The one place where the onward leg of an outbound connection is made.
 //!
-//! Today: plain TCP from inside the source pod's netns, so the destination (and any
-//! NetworkPolicy on the way) sees the pod's own IP as the source. The identity issue replaces
-//! this with the mTLS tunnel to the destination's HBONE port.
+//! A destination that is a meshed pod (enrolled on its node, PeerAuthentication not DISABLE) is
+//! reached through an HBONE tunnel to its :15008, presenting the source pod's identity and
+//! requiring the destination's. Anything else goes as plain TCP, still from inside the source
+//! pod's netns so that the destination (and any NetworkPolicy) sees the pod's own IP.
 
-use std::{io, net::SocketAddr};
+use std::{
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+};
 
-use tokio::net::TcpStream;
+use mesh_common::ports;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
 
-use super::{listeners::connect_from_pod, PodContext};
+use super::{listeners::connect_from_pod, PodContext, Reset};
+use crate::{
+    identity::Identity,
+    state::{MtlsMode, State},
+    tunnel::H2Stream,
+};
 
-pub async fn connect(ctx: &PodContext, dst: SocketAddr) -> io::Result<TcpStream> {
-    connect_from_pod(&ctx.netns, dst, None).await
+/// Where an outbound connection goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Through the destination pod's HBONE endpoint, which must present `identity`.
+    Tunnel {
+        identity: Identity,
+        hbone: SocketAddr,
+    },
+    /// Plain TCP: the destination is not in the mesh (or has mTLS disabled).
+    Direct,
+}
+
+pub fn route(state: &State, trust_domain: &str, dst: SocketAddr) -> Route {
+    let Some(pod) = state.pod_by_ip(dst.ip()) else {
+        return Route::Direct;
+    };
+    let node = pod.node.as_deref().unwrap_or_default();
+    if state.enrollment(pod, node) != crate::state::Enrollment::Enrolled
+        || state.mtls_mode(pod).0 == MtlsMode::Disable
+    {
+        return Route::Direct;
+    }
+    Route::Tunnel {
+        identity: Identity::new(trust_domain, &pod.key.namespace, &pod.service_account),
+        hbone: SocketAddr::new(dst.ip(), ports::HBONE),
+    }
+}
+
+pub async fn connect(ctx: &PodContext, dst: SocketAddr) -> io::Result<Upstream> {
+    let shared = &ctx.shared;
+    if let Some(mtls) = &shared.mtls {
+        if let Route::Tunnel { identity, hbone } =
+            route(&shared.state.load(), &shared.trust_domain, dst)
+        {
+            let stream = mtls
+                .pool
+                .connect(&ctx.netns, &ctx.identity, &identity, hbone, dst)
+                .await?;
+            return Ok(Upstream::Tunnel(stream, identity));
+        }
+    }
+    Ok(Upstream::Direct(
+        connect_from_pod(&ctx.netns, dst, None).await?,
+    ))
+}
+
+/// The onward leg, whichever way it goes.
+pub enum Upstream {
+    Direct(TcpStream),
+    Tunnel(H2Stream, Identity),
+}
+
+impl Upstream {
+    /// The identity the destination proved, if it was tunneled.
+    pub fn peer_identity(&self) -> Option<&Identity> {
+        match self {
+            Upstream::Direct(_) => None,
+            Upstream::Tunnel(_, id) => Some(id),
+        }
+    }
+}
+
+impl Reset for Upstream {
+    fn reset(self) {
+        match self {
+            Upstream::Direct(s) => s.reset(),
+            Upstream::Tunnel(s, _) => s.reset(),
+        }
+    }
+}
+
+impl AsyncRead for Upstream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Direct(s) => Pin::new(s).poll_read(cx, buf),
+            Upstream::Tunnel(s, _) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Upstream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Direct(s) => Pin::new(s).poll_write(cx, buf),
+            Upstream::Tunnel(s, _) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Direct(s) => Pin::new(s).poll_flush(cx),
+            Upstream::Tunnel(s, _) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Direct(s) => Pin::new(s).poll_shutdown(cx),
+            Upstream::Tunnel(s, _) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }

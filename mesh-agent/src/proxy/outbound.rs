@@ -32,7 +32,13 @@ async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
         }
         let start = Instant::now();
         match onward::connect(&ctx, orig).await {
-            Ok(up) => relay(down, up, start).await,
+            Ok(up) => {
+                match up.peer_identity() {
+                    Some(id) => debug!(dst_identity = %id, "tunneled over HBONE"),
+                    None => debug!("direct: destination is outside the mesh"),
+                }
+                relay(down, up, start).await
+            }
             Err(e) => {
                 info!(error = %e, "onward connect failed; reset");
                 reset(down)

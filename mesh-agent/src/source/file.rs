@@ -12,7 +12,10 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::objects::{NamespaceObject, NodeObject, Object, PodObject};
+use super::objects::{NamespaceObject, NodeObject, Object, PeerAuthenticationObject, PodObject};
+
+/// API group/version of Weft's own kinds.
+pub const WEFT_API_VERSION: &str = "weft.dev/v1alpha1";
 use crate::state::State;
 
 /// A rejected document: where it is and what is wrong with it.
@@ -62,6 +65,7 @@ pub fn load_dir(dir: &Path) -> (State, Vec<ConfigError>) {
     for (file, _) in files {
         load_file(&file, &mut state, &mut errors);
     }
+    state.reindex();
     (state, errors)
 }
 
@@ -131,13 +135,19 @@ pub fn parse_document(value: serde_yaml::Value) -> Result<Option<Object>, (Strin
         "apiVersion".to_string(),
         "missing field `apiVersion`".to_string(),
     ))?;
-    if api_version != "v1" {
-        return Ok(None);
-    }
-    Ok(Some(match kind.as_str() {
-        "Node" => Object::Node(typed::<NodeObject>(value)?),
-        "Namespace" => Object::Namespace(typed::<NamespaceObject>(value)?),
-        "Pod" => Object::Pod(typed::<PodObject>(value)?),
+    Ok(Some(match (api_version.as_str(), kind.as_str()) {
+        ("v1", "Node") => Object::Node(typed::<NodeObject>(value)?),
+        ("v1", "Namespace") => Object::Namespace(typed::<NamespaceObject>(value)?),
+        ("v1", "Pod") => Object::Pod(typed::<PodObject>(value)?),
+        (WEFT_API_VERSION, "PeerAuthentication") => {
+            Object::PeerAuthentication(typed::<PeerAuthenticationObject>(value)?)
+        }
+        (WEFT_API_VERSION, other) => {
+            return Err((
+                "kind".into(),
+                format!("unknown {WEFT_API_VERSION} kind {other:?}"),
+            ));
+        }
         _ => return Ok(None),
     }))
 }
@@ -235,6 +245,27 @@ status: {podIP: 10.0.1.2}
             1,
             "web is enrolled, debug opted out"
         );
+    }
+
+    #[test]
+    fn peer_authentication_parses_and_typos_are_named() {
+        let ok = "apiVersion: weft.dev/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: strict, namespace: shop}\nspec: {mtls: {mode: STRICT}}\n";
+        let v: serde_yaml::Value = serde_yaml::from_str(ok).unwrap();
+        assert!(matches!(
+            parse_document(v),
+            Ok(Some(Object::PeerAuthentication(_)))
+        ));
+        let typo = ok.replace("mode: STRICT", "mdoe: STRICT");
+        let v: serde_yaml::Value = serde_yaml::from_str(&typo).unwrap();
+        let (field, msg) = parse_document(v).err().unwrap();
+        assert_eq!(
+            field, "spec.mtls.mdoe",
+            "the path names the unknown field itself"
+        );
+        assert!(msg.contains("mdoe"), "{msg}");
+        let bad_mode = ok.replace("STRICT", "SOMETIMES");
+        let v: serde_yaml::Value = serde_yaml::from_str(&bad_mode).unwrap();
+        assert_eq!(parse_document(v).err().unwrap().0, "spec.mtls.mode");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::{
     config::{CGROUP_ANNOTATION, NETNS_ANNOTATION},
-    state::{Namespace, Node, Pod, PodKey, State},
+    state::{MtlsMode, Namespace, Node, PeerAuthentication, Pod, PodKey, State},
 };
 
 #[derive(Debug, Deserialize)]
@@ -70,11 +70,41 @@ pub struct NamespaceObject {
     pub metadata: Meta,
 }
 
+/// weft.dev/v1alpha1 PeerAuthentication. Its spec is ours, so unknown fields there are errors
+/// (a typo must not silently weaken a policy).
+#[derive(Debug, Deserialize)]
+pub struct PeerAuthenticationObject {
+    pub metadata: Meta,
+    #[serde(default)]
+    pub spec: PeerAuthenticationSpec,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerAuthenticationSpec {
+    pub selector: Option<Selector>,
+    pub mtls: Option<MtlsSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Selector {
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtlsSpec {
+    pub mode: MtlsMode,
+}
+
 /// One parsed document.
 pub enum Object {
     Node(NodeObject),
     Namespace(NamespaceObject),
     Pod(PodObject),
+    PeerAuthentication(PeerAuthenticationObject),
 }
 
 impl Object {
@@ -100,6 +130,18 @@ impl Object {
             Object::Pod(p) => {
                 let pod = pod(p);
                 state.pods.insert(pod.key.clone(), pod);
+            }
+            Object::PeerAuthentication(pa) => {
+                let namespace = pa.metadata.namespace.unwrap_or_else(|| "default".into());
+                let policy = PeerAuthentication {
+                    namespace: namespace.clone(),
+                    name: pa.metadata.name.clone(),
+                    selector: pa.spec.selector.map(|s| s.match_labels),
+                    mode: pa.spec.mtls.map(|m| m.mode).unwrap_or_default(),
+                };
+                state
+                    .peer_authentications
+                    .insert((namespace, pa.metadata.name), policy);
             }
         }
     }

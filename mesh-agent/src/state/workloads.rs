@@ -1,9 +1,15 @@
 //! Nodes, namespaces and pods, and the enrollment rule that joins them.
 
-use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    net::IpAddr,
+    path::PathBuf,
+};
 
 use serde::Serialize;
 
+use super::PeerAuthentication;
 use crate::config::{MESH_DISABLED, MESH_ENABLED, MESH_LABEL};
 
 /// `namespace/name`.
@@ -58,6 +64,19 @@ pub struct State {
     pub nodes: BTreeMap<String, Node>,
     pub namespaces: BTreeMap<String, Namespace>,
     pub pods: BTreeMap<PodKey, Pod>,
+    /// (namespace, name) → policy.
+    #[serde(serialize_with = "values")]
+    pub peer_authentications: BTreeMap<(String, String), PeerAuthentication>,
+    /// Index: pod IP → pod. Rebuilt by [`State::reindex`] once a source has filled the state.
+    #[serde(skip)]
+    by_ip: HashMap<IpAddr, PodKey>,
+}
+
+fn values<S: serde::Serializer, K, V: Serialize>(
+    m: &BTreeMap<K, V>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(m.values())
 }
 
 /// Whether a pod is enrolled, and if not, why: the answer `meshctl explain` gives.
@@ -71,6 +90,19 @@ pub enum Enrollment {
 }
 
 impl State {
+    /// Rebuilds the indexes after the maps changed.
+    pub fn reindex(&mut self) {
+        self.by_ip = self
+            .pods
+            .values()
+            .filter_map(|p| Some((p.ip?, p.key.clone())))
+            .collect();
+    }
+
+    pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&Pod> {
+        self.pods.get(self.by_ip.get(&ip)?)
+    }
+
     pub fn enrollment(&self, pod: &Pod, node: &str) -> Enrollment {
         if pod.node.as_deref() != Some(node) {
             return Enrollment::NotOnThisNode;

@@ -1,0 +1,294 @@
+//! The CA's endpoint: HTTPS (its own serving certificate, chained to the mesh root), one route,
+//! `POST /v1/sign`. Every decision is logged with the node, the identity and the reason.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::{
+    body::Incoming, server::conn::http1, service::service_fn, Request, Response, StatusCode,
+};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer};
+use tokio::{net::TcpListener, sync::watch};
+use tracing::{info, warn};
+
+use super::{
+    authority::{write_secret, Refusal},
+    Authority, ErrorResponse, SignRequest, SignResponse, NODE_HEADER, SIGN_PATH,
+};
+use crate::{identity::Identity, source, state::State};
+
+const MAX_BODY: usize = 64 * 1024;
+
+#[derive(Debug, clap::Args)]
+pub struct CaArgs {
+    /// Where the root, the intermediate and the per-node bootstrap credentials live.
+    #[arg(long, env = "WEFT_CA_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// Address to serve on.
+    #[arg(long, env = "WEFT_CA_LISTEN", default_value = "0.0.0.0:15012")]
+    pub listen: SocketAddr,
+    /// The cluster configuration (file mode): which pods run on which node.
+    #[arg(long, env = "WEFT_CONFIG_DIR")]
+    pub config_dir: PathBuf,
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = crate::identity::spiffe::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// Lifetime of workload certificates, in seconds (agents rotate at half-life).
+    #[arg(long, env = "WEFT_CERT_LIFETIME_SECS", default_value_t = 24 * 3600)]
+    pub cert_lifetime_secs: u64,
+}
+
+struct Ca {
+    authority: Authority,
+    state: ArcSwap<State>,
+    /// node → bootstrap token
+    tokens: RwLock<HashMap<String, String>>,
+    bootstrap_dir: PathBuf,
+}
+
+pub async fn run(args: CaArgs) -> anyhow::Result<()> {
+    let lifetime = Duration::from_secs(args.cert_lifetime_secs);
+    let authority = Authority::load_or_create(&args.state_dir, &args.trust_domain, lifetime)?;
+    let tls = server_tls(&authority)?;
+    let ca = Arc::new(Ca {
+        authority,
+        state: ArcSwap::from_pointee(State::default()),
+        tokens: RwLock::new(HashMap::new()),
+        bootstrap_dir: args.state_dir.join("bootstrap"),
+    });
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let (tx, mut rx) = watch::channel(None);
+    tokio::spawn(source::watch(
+        args.config_dir.clone(),
+        crate::config::DEFAULT_RELOAD_INTERVAL,
+        tx,
+    ));
+    let follower = ca.clone();
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let Some(loaded) = rx.borrow_and_update().clone() else {
+                continue;
+            };
+            if let Err(e) = follower.bootstrap(&loaded.state) {
+                warn!(error = format!("{e:#}"), "writing bootstrap credentials");
+            }
+            follower.state.store(Arc::new(loaded.state));
+        }
+    });
+    info!(listen = %args.listen, trust_domain = %args.trust_domain, "mesh CA serving");
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = listener.accept().await?;
+        let (ca, acceptor) = (ca.clone(), acceptor.clone());
+        tokio::spawn(async move {
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => return warn!(%peer, error = %e, "ca: TLS handshake failed"),
+                    Err(_) => return warn!(%peer, "ca: TLS handshake timed out"),
+                };
+            let svc = service_fn(move |req| {
+                let ca = ca.clone();
+                async move { Ok::<_, std::convert::Infallible>(ca.handle(req).await) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
+        });
+    }
+}
+
+fn server_tls(authority: &Authority) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let (chain, key) = authority.serving_cert()?;
+    let chain = chain
+        .iter()
+        .map(|p| CertificateDer::from_pem_slice(p.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes())?;
+    let cfg = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    Ok(Arc::new(cfg))
+}
+
+impl Ca {
+    /// Writes `<bootstrap>/<node>/{token,root.pem}` for every node that has none yet.
+    fn bootstrap(&self, state: &State) -> anyhow::Result<()> {
+        let mut tokens = self.tokens.write().expect("tokens lock");
+        for node in state.nodes.keys() {
+            let dir = self.bootstrap_dir.join(node);
+            let token_file = dir.join("token");
+            if !token_file.exists() {
+                std::fs::create_dir_all(&dir)?;
+                std::fs::write(dir.join("root.pem"), self.authority.root_pem())?;
+                write_secret(&token_file, &new_token())?;
+                info!(node, dir = %dir.display(), "bootstrap credential written");
+            }
+            tokens.insert(
+                node.clone(),
+                std::fs::read_to_string(&token_file)?.trim().to_owned(),
+            );
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != hyper::Method::POST || req.uri().path() != SIGN_PATH {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("only POST {SIGN_PATH} is served"),
+            );
+        }
+        let node = header(&req, NODE_HEADER).unwrap_or_default();
+        let token = header(&req, "authorization")
+            .and_then(|a| a.strip_prefix("Bearer ").map(str::to_owned))
+            .unwrap_or_default();
+        if !self.authenticated(&node, &token) {
+            warn!(%node, "ca: refused: unknown node or wrong bootstrap credential");
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unknown node or wrong bootstrap credential".into(),
+            );
+        }
+        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("reading request: {e}")),
+        };
+        let request: SignRequest = match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("request body: {e}")),
+        };
+        let state = self.state.load();
+        match self
+            .authority
+            .sign(&request.csr, |id| authorise(&state, &node, id))
+        {
+            Ok(signed) => {
+                info!(%node, identity = %signed.identity, "ca: signed");
+                json(
+                    StatusCode::OK,
+                    &SignResponse {
+                        chain: signed.chain,
+                        root: signed.root,
+                    },
+                )
+            }
+            Err(Refusal(reason)) => {
+                warn!(%node, %reason, "ca: refused");
+                error(StatusCode::FORBIDDEN, reason)
+            }
+        }
+    }
+
+    fn authenticated(&self, node: &str, token: &str) -> bool {
+        let tokens = self.tokens.read().expect("tokens lock");
+        tokens
+            .get(node)
+            .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
+    }
+}
+
+/// An agent may only obtain identities of pods scheduled on its own node.
+fn authorise(state: &State, node: &str, id: &Identity) -> Result<(), Refusal> {
+    let runs_here = state.pods.values().any(|p| {
+        p.node.as_deref() == Some(node)
+            && p.key.namespace == id.namespace
+            && p.service_account == id.service_account
+    });
+    if runs_here {
+        Ok(())
+    } else {
+        Err(Refusal(format!("no pod on node {node} runs as {id}")))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn new_token() -> String {
+    use rand::RngCore as _;
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn header(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.headers().get(name)?.to_str().ok().map(str::to_owned)
+}
+
+fn json<T: serde::Serialize>(code: StatusCode, body: &T) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(
+            serde_json::to_vec(body).unwrap_or_default(),
+        )))
+        .expect("static response")
+}
+
+fn error(code: StatusCode, error: String) -> Response<Full<Bytes>> {
+    json(code, &ErrorResponse { error })
+}
+
+/// Where an agent finds its bootstrap credential.
+pub fn bootstrap_dir(state_dir: &Path, node: &str) -> PathBuf {
+    state_dir.join("bootstrap").join(node)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Pod, PodKey};
+
+    #[test]
+    fn agents_only_get_identities_of_their_own_pods() {
+        let mut state = State::default();
+        let key = PodKey {
+            namespace: "shop".into(),
+            name: "web".into(),
+        };
+        state.pods.insert(
+            key.clone(),
+            Pod {
+                key,
+                uid: None,
+                node: Some("n1".into()),
+                service_account: "web".into(),
+                ip: None,
+                labels: Default::default(),
+                netns: None,
+                cgroup: None,
+            },
+        );
+        let id = Identity::new("cluster.local", "shop", "web");
+        assert!(authorise(&state, "n1", &id).is_ok());
+        let refusal = authorise(&state, "n2", &id).unwrap_err();
+        assert!(refusal.0.contains("no pod on node n2"), "{refusal}");
+        assert!(authorise(
+            &state,
+            "n1",
+            &Identity::new("cluster.local", "shop", "admin")
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}

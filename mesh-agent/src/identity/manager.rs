@@ -1,0 +1,299 @@
+//! One certificate per local workload identity. Keys are generated here and never leave the
+//! agent; certificates are requested from the CA, kept on disk (so an agent restarted while the
+//! CA is down still serves), and renewed at half-life with jitter. A failed renewal keeps the
+//! last good certificate, retries with backoff and is reported; it never affects other
+//! identities and never stops the agent.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, SystemTime},
+};
+
+use rcgen::{CertificateParams, KeyPair, SanType};
+use rustls::{
+    pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer, UnixTime},
+    sign::CertifiedKey,
+};
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::{CaClient, Identity};
+use crate::{ca::authority::write_secret, tls::TrustBundle};
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A certificate in use, with its key.
+#[derive(Debug)]
+pub struct WorkloadCert {
+    pub identity: Identity,
+    pub certified: Arc<CertifiedKey>,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl WorkloadCert {
+    /// When to renew: at half-life, up to a tenth of the lifetime earlier (jitter spreads renewals).
+    fn renew_at(&self) -> SystemTime {
+        let life = self
+            .not_after
+            .duration_since(self.not_before)
+            .unwrap_or_default();
+        let jitter = life.mul_f64(rand::random::<f64>() * 0.1);
+        self.not_before + life / 2 - jitter
+    }
+}
+
+/// What /config_dump and /healthz say about one identity.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct CertStatus {
+    pub identity: String,
+    /// Seconds until the current certificate expires (negative: expired).
+    pub expires_in_secs: Option<i64>,
+    pub issued: u64,
+    pub loaded_from_disk: bool,
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct CertManager {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    client: CaClient,
+    dir: PathBuf,
+    trust: Arc<TrustBundle>,
+    certs: RwLock<HashMap<Identity, Arc<WorkloadCert>>>,
+    status: RwLock<BTreeMap<Identity, CertStatus>>,
+    tasks: Mutex<HashMap<Identity, JoinHandle<()>>>,
+}
+
+impl CertManager {
+    pub fn new(client: CaClient, state_dir: &Path) -> anyhow::Result<Self> {
+        let trust = Arc::new(TrustBundle::default());
+        trust.set(client.roots())?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                dir: state_dir.join("certs"),
+                trust,
+                certs: RwLock::new(HashMap::new()),
+                status: RwLock::new(BTreeMap::new()),
+                tasks: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub fn trust(&self) -> Arc<TrustBundle> {
+        self.inner.trust.clone()
+    }
+
+    pub fn get(&self, id: &Identity) -> Option<Arc<WorkloadCert>> {
+        self.inner
+            .certs
+            .read()
+            .expect("certs lock")
+            .get(id)
+            .cloned()
+    }
+
+    /// Starts keeping a certificate for `id` (idempotent).
+    pub fn ensure(&self, id: &Identity) {
+        let mut tasks = self.inner.tasks.lock().expect("tasks lock");
+        if tasks.contains_key(id) {
+            return;
+        }
+        let mut status = CertStatus {
+            identity: id.to_string(),
+            ..Default::default()
+        };
+        match self.load(id) {
+            Ok(Some(cert)) => {
+                info!(identity = %id, "certificate loaded from disk");
+                status.loaded_from_disk = true;
+                self.inner
+                    .certs
+                    .write()
+                    .expect("certs lock")
+                    .insert(id.clone(), Arc::new(cert));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(identity = %id, error = %e, "certificate on disk is unusable; requesting a new one")
+            }
+        }
+        self.inner
+            .status
+            .write()
+            .expect("status lock")
+            .insert(id.clone(), status);
+        let me = self.clone();
+        let task_id = id.clone();
+        tasks.insert(
+            id.clone(),
+            tokio::spawn(async move { me.maintain(task_id).await }),
+        );
+    }
+
+    /// Stops renewing `id` (no enrolled pod runs as it any more).
+    pub fn release(&self, id: &Identity) {
+        if let Some(t) = self.inner.tasks.lock().expect("tasks lock").remove(id) {
+            t.abort();
+        }
+        self.inner.certs.write().expect("certs lock").remove(id);
+        self.inner.status.write().expect("status lock").remove(id);
+    }
+
+    pub fn statuses(&self) -> Vec<CertStatus> {
+        let now = SystemTime::now();
+        let certs = self.inner.certs.read().expect("certs lock");
+        self.inner
+            .status
+            .read()
+            .expect("status lock")
+            .iter()
+            .map(|(id, s)| {
+                let mut s = s.clone();
+                s.expires_in_secs = certs.get(id).map(|c| secs_between(now, c.not_after));
+                s
+            })
+            .collect()
+    }
+
+    /// Every managed identity has an unexpired certificate.
+    pub fn healthy(&self) -> bool {
+        self.statuses()
+            .iter()
+            .all(|s| s.expires_in_secs.is_some_and(|t| t > 0))
+    }
+
+    async fn maintain(self, id: Identity) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            if let Some(cert) = self.get(&id) {
+                let wait = cert
+                    .renew_at()
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default();
+                tokio::time::sleep(wait).await;
+            }
+            match self.issue(&id).await {
+                Ok(cert) => {
+                    info!(identity = %id, expires_in_secs = secs_between(SystemTime::now(), cert.not_after), "certificate issued");
+                    self.inner
+                        .certs
+                        .write()
+                        .expect("certs lock")
+                        .insert(id.clone(), Arc::new(cert));
+                    let mut status = self.inner.status.write().expect("status lock");
+                    let s = status.entry(id.clone()).or_default();
+                    s.issued += 1;
+                    s.last_error = None;
+                    backoff = Duration::from_secs(1);
+                }
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    warn!(identity = %id, error = %e, retry_in_ms = backoff.as_millis() as u64,
+                        "certificate request failed; keeping the last good certificate");
+                    if let Some(s) = self.inner.status.write().expect("status lock").get_mut(&id) {
+                        s.last_error = Some(e);
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// A new key, a CSR for `id`, the CA's answer, checked before use, then kept on disk.
+    async fn issue(&self, id: &Identity) -> anyhow::Result<WorkloadCert> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(id.to_string().try_into()?)];
+        let csr = params.serialize_request(&key)?.pem()?;
+        let signed = self.inner.client.sign(&csr).await?;
+        let chain_pem = signed.chain.join("");
+        let key_pem = key.serialize_pem();
+        let cert = self.certified(id, &chain_pem, &key_pem)?;
+        self.store(id, &chain_pem, &key_pem)?;
+        Ok(cert)
+    }
+
+    /// Builds a usable certificate, refusing one that does not chain to the mesh root, is not
+    /// for `id`, or has expired.
+    fn certified(
+        &self,
+        id: &Identity,
+        chain_pem: &str,
+        key_pem: &str,
+    ) -> anyhow::Result<WorkloadCert> {
+        let chain =
+            CertificateDer::pem_slice_iter(chain_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+        let (leaf, intermediates) = chain
+            .split_first()
+            .ok_or_else(|| anyhow::anyhow!("empty certificate chain"))?;
+        let presented = self
+            .inner
+            .trust
+            .verify_chain(leaf, intermediates, UnixTime::now())?;
+        anyhow::ensure!(&presented == id, "certificate is for {presented}, not {id}");
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
+        let signer = crate::tls::provider().key_provider.load_private_key(key)?;
+        let (not_before, not_after) = validity(leaf)?;
+        let certified = CertifiedKey::new(chain, signer);
+        certified.keys_match()?;
+        Ok(WorkloadCert {
+            identity: id.clone(),
+            certified: Arc::new(certified),
+            not_before,
+            not_after,
+        })
+    }
+
+    fn path(&self, id: &Identity) -> PathBuf {
+        self.inner.dir.join(format!(
+            "{}_{}_{}",
+            id.trust_domain, id.namespace, id.service_account
+        ))
+    }
+
+    fn store(&self, id: &Identity, chain_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+        let dir = self.path(id);
+        std::fs::create_dir_all(&dir)?;
+        write_secret(&dir.join("key.pem"), key_pem)?;
+        std::fs::write(dir.join("chain.pem"), chain_pem)?;
+        Ok(())
+    }
+
+    fn load(&self, id: &Identity) -> anyhow::Result<Option<WorkloadCert>> {
+        let dir = self.path(id);
+        let (Ok(chain), Ok(key)) = (
+            std::fs::read_to_string(dir.join("chain.pem")),
+            std::fs::read_to_string(dir.join("key.pem")),
+        ) else {
+            return Ok(None);
+        };
+        self.certified(id, &chain, &key).map(Some)
+    }
+}
+
+fn validity(der: &CertificateDer<'_>) -> anyhow::Result<(SystemTime, SystemTime)> {
+    use x509_parser::prelude::FromDer as _;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der)?;
+    let t = |ts: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(ts.max(0) as u64);
+    Ok((
+        t(cert.validity().not_before.timestamp()),
+        t(cert.validity().not_after.timestamp()),
+    ))
+}
+
+fn secs_between(from: SystemTime, to: SystemTime) -> i64 {
+    match to.duration_since(from) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    }
+}

@@ -1,0 +1,10 @@
+//! HBONE: TCP carried in HTTP/2 CONNECT streams over mutual TLS to the destination pod's :15008
+//! (wire-compatible with Istio's ztunnel). `pool` is the client side, `server` the :15008 side,
+//! `h2` adapts an HTTP/2 stream to AsyncRead/AsyncWrite.
+
+pub mod h2;
+pub mod pool;
+pub mod server;
+
+pub use self::h2::H2Stream;
+pub use pool::Pool;
