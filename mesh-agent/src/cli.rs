@@ -67,6 +67,10 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub excluded_ports: Vec<u16>,
+    /// Splice same-node loopback legs with sk_msg. Off by default: on Linux up to at least 6.18
+    /// a socket in a sockmap can see a spurious EAGAIN on a blocking read (see README).
+    #[arg(long, env = "WEFT_SPLICE")]
+    pub splice: bool,
     /// The mesh CA. Without it the agent captures but carries traffic in plaintext.
     #[arg(long, env = "WEFT_CA_ADDR")]
     pub ca_addr: Option<SocketAddr>,
@@ -92,6 +96,7 @@ impl RunArgs {
             admin_addr: self.admin_addr,
             excluded_cidrs: self.excluded_cidrs,
             excluded_ports: self.excluded_ports,
+            splice: self.splice,
             ca_bootstrap: self
                 .ca_bootstrap
                 .unwrap_or_else(|| self.state_dir.join("bootstrap")),

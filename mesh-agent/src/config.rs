@@ -33,6 +33,7 @@ pub struct AgentConfig {
     pub admin_addr: SocketAddr,
     pub excluded_cidrs: Vec<String>,
     pub excluded_ports: Vec<u16>,
+    pub splice: bool,
     pub ca_addr: Option<SocketAddr>,
     pub ca_bootstrap: PathBuf,
     pub trust_domain: String,

@@ -71,6 +71,8 @@ pub mod maps {
     pub const EXCLUDED_PORTS: &str = "WEFT_EXCL_PORTS";
     /// Per-CPU array of u64 counters, indexed by [`crate::stats`].
     pub const STATS: &str = "WEFT_STATS";
+    /// Array of one u32: [`crate::CONFIG_SPLICE`] and future switches, set by the agent.
+    pub const CONFIG: &str = "WEFT_CONFIG";
 }
 
 /// Sizes of the maps. LRU maps bound memory even if a cleanup path is missed.
@@ -200,6 +202,10 @@ pub struct PodEntry {
 }
 
 pub const POD_FLAG_ENROLLED: u32 = 1;
+
+/// Bit in the CONFIG map: splice same-node loopback legs with sk_msg (off unless the agent is
+/// started with --splice; see the agent's README section on splicing for why).
+pub const CONFIG_SPLICE: u32 = 1;
 
 const _: () = {
     assert!(core::mem::size_of::<SockAddr>() == 20);

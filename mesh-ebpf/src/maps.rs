@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::Key, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
 };
 use mesh_common::{limits, stats, FlowKey, PairKey, PodEntry, SockAddr};
 
@@ -33,6 +33,15 @@ pub static EXCLUDED_V6: LpmTrie<[u32; 4], u32> = LpmTrie::pinned(limits::EXCLUDE
 
 #[map(name = "WEFT_EXCL_PORTS")]
 pub static EXCLUDED_PORTS: HashMap<u16, u32> = HashMap::pinned(limits::EXCLUDED_PORTS, 0);
+
+#[map(name = "WEFT_CONFIG")]
+pub static CONFIG: Array<u32> = Array::pinned(1, 0);
+
+/// Is a switch of the CONFIG map on?
+#[inline(always)]
+pub fn enabled(bit: u32) -> bool {
+    CONFIG.get(0).is_some_and(|flags| flags & bit != 0)
+}
 
 #[map(name = "WEFT_STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stats::COUNT, 0);

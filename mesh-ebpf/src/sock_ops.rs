@@ -17,9 +17,9 @@ use aya_ebpf::{
     programs::SockOpsContext,
     EbpfContext as _,
 };
-use mesh_common::{stats, FlowKey, PairKey, SockAddr, AF_INET, AF_INET6};
+use mesh_common::{stats, FlowKey, PairKey, SockAddr, AF_INET, AF_INET6, CONFIG_SPLICE};
 
-use crate::maps::{count, ORIG_BY_COOKIE, ORIG_BY_FLOW, SLOW, SOCKS};
+use crate::maps::{count, enabled, ORIG_BY_COOKIE, ORIG_BY_FLOW, SLOW, SOCKS};
 
 #[sock_ops]
 pub fn weft_sock_ops(ctx: SockOpsContext) -> u32 {
@@ -93,6 +93,9 @@ fn on_established(ctx: &SockOpsContext) {
         return;
     }
     count(stats::ESTABLISHED);
+    if !enabled(CONFIG_SPLICE) {
+        return;
+    }
     let mut key = key;
     // Safety: ctx.ops points at the live bpf_sock_ops the kernel handed us.
     let ops = unsafe { &mut *ctx.ops };

@@ -6,13 +6,17 @@
 //! sleeping for a guessed time.
 
 pub mod agent;
+pub mod ca;
 pub mod features;
 pub mod fixture;
 pub mod netns;
+pub mod peer;
 pub mod probe;
 pub mod topology;
+pub mod wire;
 
 pub use agent::Agent;
+pub use ca::Ca;
 pub use fixture::OneNode;
 pub use probe::{Client, ConnectResult};
 pub use topology::{Pod, Topology};
@@ -32,4 +36,10 @@ pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The bytes weft-probe clients send: position `i` of every transfer carries `pattern(i)`, so a
+/// test can look for them on the wire.
+pub fn pattern(i: u64) -> u8 {
+    (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8
 }

@@ -216,8 +216,19 @@ impl Topology {
         self.write_config();
     }
 
+    /// Adds (or replaces) a YAML file of extra objects, e.g. a PeerAuthentication.
+    pub fn apply(&self, name: &str, yaml: &str) {
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, yaml).expect("write yaml");
+        std::fs::rename(&tmp, self.config_dir().join(format!("{name}.yaml"))).expect("rename yaml");
+    }
+
     pub fn config_dir(&self) -> PathBuf {
         self.dir.join("config")
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
     }
 
     pub fn node_named(&self, name: &str) -> &Node {

@@ -24,6 +24,8 @@ use super::{CaClient, Identity};
 use crate::{ca::authority::write_secret, tls::TrustBundle};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Never renew more often than this, whatever lifetime the CA hands out.
+const MIN_RENEW_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A certificate in use, with its key.
 #[derive(Debug)]
@@ -32,17 +34,21 @@ pub struct WorkloadCert {
     pub certified: Arc<CertifiedKey>,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// When this agent obtained it. Half-life is measured from here: the CA backdates
+    /// not_before for clock skew, which would otherwise put half-life in the past.
+    pub obtained: SystemTime,
 }
 
 impl WorkloadCert {
-    /// When to renew: at half-life, up to a tenth of the lifetime earlier (jitter spreads renewals).
+    /// When to renew: at half of the life remaining at receipt, up to a tenth of it earlier
+    /// (jitter spreads renewals).
     fn renew_at(&self) -> SystemTime {
         let life = self
             .not_after
-            .duration_since(self.not_before)
+            .duration_since(self.obtained)
             .unwrap_or_default();
         let jitter = life.mul_f64(rand::random::<f64>() * 0.1);
-        self.not_before + life / 2 - jitter
+        self.obtained + life / 2 - jitter
     }
 }
 
@@ -179,7 +185,7 @@ impl CertManager {
                     .renew_at()
                     .duration_since(SystemTime::now())
                     .unwrap_or_default();
-                tokio::time::sleep(wait).await;
+                tokio::time::sleep(wait.max(MIN_RENEW_INTERVAL)).await;
             }
             match self.issue(&id).await {
                 Ok(cert) => {
@@ -218,7 +224,7 @@ impl CertManager {
         let signed = self.inner.client.sign(&csr).await?;
         let chain_pem = signed.chain.join("");
         let key_pem = key.serialize_pem();
-        let cert = self.certified(id, &chain_pem, &key_pem)?;
+        let cert = self.certified(id, &chain_pem, &key_pem, SystemTime::now())?;
         self.store(id, &chain_pem, &key_pem)?;
         Ok(cert)
     }
@@ -230,6 +236,7 @@ impl CertManager {
         id: &Identity,
         chain_pem: &str,
         key_pem: &str,
+        obtained: SystemTime,
     ) -> anyhow::Result<WorkloadCert> {
         let chain =
             CertificateDer::pem_slice_iter(chain_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
@@ -251,6 +258,7 @@ impl CertManager {
             certified: Arc::new(certified),
             not_before,
             not_after,
+            obtained: obtained.min(SystemTime::now()).max(not_before),
         })
     }
 
@@ -277,7 +285,8 @@ impl CertManager {
         ) else {
             return Ok(None);
         };
-        self.certified(id, &chain, &key).map(Some)
+        let written = std::fs::metadata(dir.join("chain.pem")).and_then(|m| m.modified())?;
+        self.certified(id, &chain, &key, written).map(Some)
     }
 }
 

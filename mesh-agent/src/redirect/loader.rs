@@ -42,6 +42,7 @@ impl Redirect {
         attach_sk_msg(&mut ebpf)?;
         let maps = Maps::take(&mut ebpf)?;
         maps.set_exclusions(&cfg.excluded_cidrs, &cfg.excluded_ports)?;
+        maps.set_splice(cfg.splice)?;
         info!(pin_dir = %pin_dir.display(), "ebpf programs loaded, maps pinned");
         Ok(Self {
             ebpf,

@@ -11,12 +11,13 @@ use std::{
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
-        HashMap, MapData, MapError, PerCpuArray, SockHash,
+        Array, HashMap, MapData, MapError, PerCpuArray, SockHash,
     },
     Ebpf,
 };
 use mesh_common::{
-    maps as names, stats, FlowKey, PairKey, PodEntry, SockAddr, AF_INET, POD_FLAG_ENROLLED,
+    maps as names, stats, FlowKey, PairKey, PodEntry, SockAddr, AF_INET, CONFIG_SPLICE,
+    POD_FLAG_ENROLLED,
 };
 
 use super::Error;
@@ -32,6 +33,8 @@ pub struct Maps {
     excluded_v6: Mutex<LpmTrie<MapData, [u32; 4], u32>>,
     excluded_ports: Mutex<HashMap<MapData, u16, u32>>,
     stats: PerCpuArray<MapData, u64>,
+    config: Mutex<Array<MapData, u32>>,
+    splice: std::sync::atomic::AtomicBool,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>
@@ -59,7 +62,21 @@ impl Maps {
             excluded_v6: Mutex::new(take(ebpf, names::EXCLUDED_V6)?),
             excluded_ports: Mutex::new(take(ebpf, names::EXCLUDED_PORTS)?),
             stats: take(ebpf, names::STATS)?,
+            config: Mutex::new(take(ebpf, names::CONFIG)?),
+            splice: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Turns sk_msg splicing of same-node loopback legs on or off (kernel and agent side).
+    pub fn set_splice(&self, on: bool) -> Result<(), Error> {
+        let flags = if on { CONFIG_SPLICE } else { 0 };
+        self.config
+            .lock()
+            .expect("map lock")
+            .set(0, flags, 0)
+            .map_err(map_err(names::CONFIG))?;
+        self.splice.store(on, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// The original destination of a captured connection, by the application socket's address
@@ -85,6 +102,9 @@ impl Maps {
         remote: SocketAddr,
         sock: &impl AsRawFd,
     ) -> Result<(), Error> {
+        if !self.splice.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
         let key = PairKey {
             netns,
             local: to_key(local),

@@ -8,6 +8,7 @@
 //!   weft-probe parallel ADDR[,ADDR...] N              N simultaneous connections
 //!   weft-probe churn ADDR N                           N short connections in a row
 //!   weft-probe latency ADDR N                         N connect+greeting round trips (bench)
+//!   weft-probe soak ADDR SECONDS                      connections with 4 KiB echoed, for a while
 
 use std::{
     collections::HashMap,
@@ -31,6 +32,7 @@ fn main() {
         "parallel" => println!("{}", parallel(&addrs(arg(1)), arg(2).parse().expect("N"))),
         "churn" => println!("{}", churn(addr(arg(1)), arg(2).parse().expect("N"))),
         "latency" => println!("{}", latency(addr(arg(1)), arg(2).parse().expect("N"))),
+        "soak" => println!("{}", soak(addr(arg(1)), arg(2).parse().expect("seconds"))),
         other => {
             eprintln!("unknown command {other:?}; see the header of tests/src/bin/probe.rs");
             std::process::exit(2);
@@ -140,10 +142,8 @@ fn open(addr: SocketAddr) -> Result<(Conn, Value), String> {
     Ok((Conn { stream, reader }, report))
 }
 
-/// Deterministic bytes and an FNV-1a digest, so both directions can be checked.
-fn pattern(i: u64) -> u8 {
-    (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8
-}
+/// Deterministic bytes (see weft_tests::pattern) and an FNV-1a digest of both directions.
+use weft_tests::pattern;
 
 fn fnv(h: u64, bytes: &[u8]) -> u64 {
     bytes
@@ -210,7 +210,12 @@ fn connect(addr: SocketAddr, bytes: u64) -> Value {
     // Half-close: the far end must see our EOF and answer with its own.
     let _ = conn.stream.shutdown(Shutdown::Write);
     let mut rest = Vec::new();
-    let clean_eof = conn.reader.read_to_end(&mut rest).is_ok() && rest.is_empty();
+    let eof = conn.reader.read_to_end(&mut rest);
+    let clean_eof = eof.is_ok() && rest.is_empty();
+    if !clean_eof {
+        report["eof_error"] = json!(eof.err().map(|e| e.to_string()));
+        report["bytes_after_echo"] = json!(rest.len());
+    }
     for k in ["ok", "error", "sent", "received", "intact"] {
         report[k] = x[k].clone();
     }
@@ -298,6 +303,23 @@ fn churn(target: SocketAddr, n: usize) -> Value {
         match open(target) {
             Ok(_) => ok += 1,
             Err(e) => errors.push(e),
+        }
+    }
+    let failed = errors.len();
+    errors.truncate(5);
+    json!({"ok": ok, "failed": failed, "errors": errors})
+}
+
+/// Connection after connection (4 KiB echoed and checked each) until `secs` have passed.
+fn soak(target: SocketAddr, secs: u64) -> Value {
+    let end = Instant::now() + Duration::from_secs(secs);
+    let (mut ok, mut errors) = (0u64, Vec::new());
+    while Instant::now() < end {
+        let r = connect(target, 4096);
+        if r["intact"] == true && r["clean_eof"] == true {
+            ok += 1;
+        } else {
+            errors.push(r);
         }
     }
     let failed = errors.len();

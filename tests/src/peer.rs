@@ -1,0 +1,156 @@
+//! A test-controlled HBONE peer: certificates minted directly from a CA's root files (so a test
+//! can present any identity, an expired certificate, or another trust domain's), and an mTLS +
+//! HTTP/2 CONNECT client dialing from inside a pod's netns.
+
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use mesh_agent::{
+    ca::Authority,
+    identity::Identity,
+    tls::{verify::ServerIdentityVerifier, TrustBundle},
+};
+use rustls::pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer, ServerName};
+
+use crate::netns;
+
+/// A certificate and key for `id`, signed by the CA whose state is in `ca_state_dir`.
+pub struct Minted {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub roots: Vec<CertificateDer<'static>>,
+}
+
+pub fn mint(ca_state_dir: &Path, trust_domain: &str, lifetime: Duration, id: &Identity) -> Minted {
+    let authority =
+        Authority::load_or_create(ca_state_dir, trust_domain, lifetime).expect("CA material");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(id.to_string().try_into().expect("uri"))];
+    let csr = params
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    let signed = authority.sign(&csr, |_| Ok(())).expect("signed");
+    let pems = |p: &str| {
+        CertificateDer::pem_slice_iter(p.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("pem")
+    };
+    Minted {
+        chain: pems(&signed.chain.concat()),
+        key: PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).expect("key pem"),
+        roots: pems(&signed.root),
+    }
+}
+
+/// What happened to one CONNECT attempt.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The tunnel answered with this HTTP status.
+    Status(u16),
+    /// TLS or HTTP/2 failed before an answer: the message says why.
+    Refused(String),
+}
+
+/// Dials `hbone` from inside netns `from_ns`, presents `me`, requires the server to be
+/// `expect` (verified against `trust` roots), and sends CONNECT `target`. On 200, writes
+/// `payload` and returns what came back.
+pub fn connect(
+    from_ns: &str,
+    me: &Minted,
+    trust: &[CertificateDer<'static>],
+    hbone: SocketAddr,
+    expect: &Identity,
+    target: SocketAddr,
+    payload: &[u8],
+) -> (Outcome, Vec<u8>) {
+    let tcp = netns::run_in(from_ns, move || {
+        std::net::TcpStream::connect_timeout(&hbone, Duration::from_secs(5))
+    })
+    .expect("netns")
+    .expect("tcp connect to hbone");
+    tcp.set_nonblocking(true).expect("nonblocking");
+    let bundle = Arc::new(TrustBundle::default());
+    bundle.set(trust).expect("trust");
+    let verifier = ServerIdentityVerifier {
+        bundle,
+        expected: expect.clone(),
+    };
+    let mut cfg = rustls::ClientConfig::builder_with_provider(mesh_agent::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(me.chain.clone(), me.key.clone_key())
+        .expect("client cert");
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let payload = payload.to_vec();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::from_std(tcp).expect("tokio tcp");
+        let name = ServerName::IpAddress(hbone.ip().into());
+        let tls = match tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => return (Outcome::Refused(e.to_string()), vec![]),
+        };
+        let (mut sender, conn) = match h2::client::handshake(tls).await {
+            Ok(x) => x,
+            Err(e) => return (Outcome::Refused(format!("http/2: {e}")), vec![]),
+        };
+        tokio::spawn(conn);
+        let req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(target.to_string())
+            .body(())
+            .expect("req");
+        let (resp, mut send) = match sender.send_request(req, false) {
+            Ok(x) => x,
+            Err(e) => return (Outcome::Refused(format!("send: {e}")), vec![]),
+        };
+        let resp = match resp.await {
+            Ok(r) => r,
+            Err(e) => return (Outcome::Refused(format!("response: {e}")), vec![]),
+        };
+        let status = resp.status().as_u16();
+        let mut got = Vec::new();
+        if status == 200 {
+            let _ = send.send_data(Bytes::from(payload.clone()), false);
+            let mut body = resp.into_body();
+            while got.len() < payload.len() + 200 {
+                match tokio::time::timeout(Duration::from_secs(5), body.data()).await {
+                    Ok(Some(Ok(d))) => {
+                        let _ = body.flow_control().release_capacity(d.len());
+                        got.extend_from_slice(&d);
+                        if got.ends_with(&payload) {
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+        }
+        (Outcome::Status(status), got)
+    })
+}
+
+/// Writes `bytes` to `addr` from inside `from_ns` and reads until the server closes (or 5 s):
+/// what a client speaking the wrong protocol gets back.
+pub fn raw(from_ns: &str, addr: SocketAddr, bytes: &'static [u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read as _, Write as _};
+    netns::run_in(from_ns, move || {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(bytes)?;
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        Ok(out)
+    })?
+}

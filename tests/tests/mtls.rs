@@ -1,0 +1,432 @@
+//! Identity and mutual TLS: the CA, workload certificates, HBONE tunnels between nodes, what
+//! crosses the wire, and every way a bad peer is refused. Run as root (`cargo xtask test`).
+
+use std::{net::SocketAddr, time::Duration};
+
+use mesh_agent::identity::{CaClient, Identity};
+use weft_tests::{
+    eventually, features, netns, pattern, peer, probe, wire, Agent, Ca, Client, Pod, Topology,
+};
+
+const TD: &str = "cluster.local";
+
+/// Two nodes joined by a wire, a CA on n1, meshed agents on both. `mesh/client` on n1,
+/// `mesh/server` on n2 (both enrolled), `plain/plain` on n2 (not), all serving echo on 8080.
+struct Mesh {
+    a1: Agent,
+    a2: Agent,
+    ca: Ca,
+    client: Pod,
+    server: Pod,
+    plain: Pod,
+    topo: Topology,
+}
+
+fn mesh(lifetime_secs: u64) -> Mesh {
+    let mut topo = Topology::new();
+    let n1 = topo.node("n1");
+    let n2 = topo.node("n2");
+    topo.wire(&n1, &n2);
+    topo.namespace("mesh", true);
+    topo.namespace("plain", false);
+    let client = topo.pod(&n1, "mesh", "client");
+    let server = topo.pod(&n2, "mesh", "server");
+    let plain = topo.pod(&n2, "plain", "plain");
+    for p in [&client, &server, &plain] {
+        probe::serve(&mut topo, p, &[8080]);
+    }
+    let ca = Ca::start(&topo, &n1, 15012, lifetime_secs, TD);
+    let args = |node: &str| ca.agent_args(node);
+    let a1 = Agent::start_with(
+        &topo,
+        &n1,
+        &args("n1").iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let a2 = Agent::start_with(
+        &topo,
+        &n2,
+        &args("n2").iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    a1.wait_enrolled(&client);
+    a2.wait_enrolled(&server);
+    for a in [&a1, &a2] {
+        eventually("workload certificates", Duration::from_secs(15), || {
+            let certs = a.config_dump()["certificates"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            (!certs.is_empty()
+                && certs
+                    .iter()
+                    .all(|c| c["expires_in_secs"].as_i64().is_some_and(|t| t > 0)))
+            .then_some(())
+        });
+    }
+    Mesh {
+        a1,
+        a2,
+        ca,
+        client,
+        server,
+        plain,
+        topo,
+    }
+}
+
+fn id(ns: &str, sa: &str) -> Identity {
+    Identity::new(TD, ns, sa)
+}
+
+fn hbone(p: &Pod) -> SocketAddr {
+    p.addr(15008)
+}
+
+#[test]
+fn meshed_traffic_is_only_tls_on_the_wire() {
+    if !features::require("meshed_traffic_is_only_tls_on_the_wire", features::CAPTURE) {
+        return;
+    }
+    let mut m = mesh(3600);
+    let n1 = m.topo.node_named("n1").clone();
+    let tap = wire::WireTap::start(&n1.netns, "wire0");
+    let mut c = Client::start(&mut m.topo, &m.client);
+    let meshed = c.connect(m.server.addr(8080), 1 << 20);
+    assert!(meshed.ok() && meshed.intact(), "{:?}", meshed.raw);
+    assert_eq!(
+        meshed.server_saw_peer().ip().to_string(),
+        "127.0.0.6",
+        "delivered by the server's agent"
+    );
+    // Control: the tap does see payload bytes when traffic is not meshed.
+    let control = c.connect(m.plain.addr(8080), 64 * 1024);
+    assert!(control.ok() && control.intact(), "{:?}", control.raw);
+    let segments = tap.finish();
+
+    let marker: Vec<u8> = (0..64).map(pattern).collect();
+    let to_plain: Vec<_> = segments
+        .iter()
+        .filter(|s| s.dst == m.plain.ip)
+        .cloned()
+        .collect();
+    assert!(
+        wire::contains(&wire::all_bytes(&to_plain), &marker),
+        "the tap must see plaintext payload (control)"
+    );
+    let to_server: Vec<_> = segments
+        .iter()
+        .filter(|s| s.dst == m.server.ip || s.src == m.server.ip)
+        .cloned()
+        .collect();
+    assert!(
+        to_server
+            .iter()
+            .all(|s| s.dst_port == 15008 || s.src_port == 15008),
+        "meshed traffic uses only the HBONE port"
+    );
+    assert!(
+        !wire::contains(&wire::all_bytes(&to_server), &marker),
+        "plaintext marker crossed the wire"
+    );
+    assert!(
+        to_server
+            .iter()
+            .any(|s| s.payload.starts_with(&[0x16, 0x03])),
+        "no TLS handshake seen"
+    );
+    assert!(
+        to_server
+            .iter()
+            .any(|s| s.payload.starts_with(&[0x17, 0x03, 0x03])),
+        "no TLS application data seen"
+    );
+
+    eventually("identities in the logs", Duration::from_secs(5), || {
+        let client_side =
+            m.a1.log()
+                .contains("dst_identity=spiffe://cluster.local/ns/mesh/sa/server");
+        let server_side =
+            m.a2.log()
+                .contains("src_identity=spiffe://cluster.local/ns/mesh/sa/client");
+        (client_side && server_side).then_some(())
+    });
+}
+
+#[test]
+fn hbone_refuses_bad_peers_and_keeps_serving() {
+    if !features::require(
+        "hbone_refuses_bad_peers_and_keeps_serving",
+        features::CAPTURE,
+    ) {
+        return;
+    }
+    let mut m = mesh(3600);
+    let from = m.client.netns.clone();
+    let good = peer::mint(
+        &m.ca.state_dir,
+        TD,
+        Duration::from_secs(3600),
+        &id("mesh", "client"),
+    );
+    let roots = good.roots.clone();
+    let server_id = id("mesh", "server");
+
+    // The happy path through the test peer: 200 and the greeting of the application.
+    let (ok, echoed) = peer::connect(
+        &from,
+        &good,
+        &roots,
+        hbone(&m.server),
+        &server_id,
+        m.server.addr(8080),
+        b"hello",
+    );
+    assert!(matches!(ok, peer::Outcome::Status(200)), "{ok:?}");
+    assert!(
+        String::from_utf8_lossy(&echoed).contains("\"server\":\"server\""),
+        "{}",
+        String::from_utf8_lossy(&echoed)
+    );
+
+    // Wrong destination identity: the client side refuses the server.
+    let (wrong, _) = peer::connect(
+        &from,
+        &good,
+        &roots,
+        hbone(&m.server),
+        &id("mesh", "imposter"),
+        m.server.addr(8080),
+        b"x",
+    );
+    assert!(
+        matches!(&wrong, peer::Outcome::Refused(e) if e.contains("expected spiffe://cluster.local/ns/mesh/sa/imposter")),
+        "{wrong:?}"
+    );
+
+    // A certificate from another trust domain (another root).
+    let foreign_dir = m.topo.dir.join("evil-ca");
+    let evil = peer::mint(
+        &foreign_dir,
+        "evil.local",
+        Duration::from_secs(3600),
+        &Identity::new("evil.local", "mesh", "client"),
+    );
+    let (foreign, _) = peer::connect(
+        &from,
+        &evil,
+        &roots,
+        hbone(&m.server),
+        &server_id,
+        m.server.addr(8080),
+        b"x",
+    );
+    assert!(matches!(foreign, peer::Outcome::Refused(_)), "{foreign:?}");
+
+    // An expired certificate from the right CA.
+    let expired = peer::mint(&m.ca.state_dir, TD, Duration::ZERO, &id("mesh", "client"));
+    std::thread::sleep(Duration::from_millis(1100)); // let its not-after pass
+    let (old, _) = peer::connect(
+        &from,
+        &expired,
+        &roots,
+        hbone(&m.server),
+        &server_id,
+        m.server.addr(8080),
+        b"x",
+    );
+    assert!(matches!(old, peer::Outcome::Refused(_)), "{old:?}");
+
+    // CONNECT to another pod, and to a port nothing listens on.
+    let (other, _) = peer::connect(
+        &from,
+        &good,
+        &roots,
+        hbone(&m.server),
+        &server_id,
+        m.plain.addr(8080),
+        b"x",
+    );
+    assert!(matches!(other, peer::Outcome::Status(403)), "{other:?}");
+    let (closed, _) = peer::connect(
+        &from,
+        &good,
+        &roots,
+        hbone(&m.server),
+        &server_id,
+        m.server.addr(9999),
+        b"x",
+    );
+    assert!(matches!(closed, peer::Outcome::Status(503)), "{closed:?}");
+
+    // Plaintext and garbage on :15008 get no answer.
+    let http = peer::raw(
+        &from,
+        hbone(&m.server),
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap_or_default();
+    assert!(
+        !http.starts_with(b"HTTP/"),
+        "plaintext HTTP must not be served on :15008"
+    );
+    let _ = peer::raw(&from, hbone(&m.server), b"\x00\x01\x02garbage\xff\xfe");
+
+    let log = m.a2.log();
+    for reason in ["mTLS handshake refused", "is not this pod", "delivery to"] {
+        assert!(log.contains(reason), "agent log must say {reason:?}");
+    }
+    // Unharmed: the real client still gets through.
+    let mut c = Client::start(&mut m.topo, &m.client);
+    let after = c.connect(m.server.addr(8080), 64 * 1024);
+    assert!(after.ok() && after.intact(), "{:?}", after.raw);
+}
+
+#[test]
+fn strict_peer_authentication_refuses_plaintext() {
+    if !features::require(
+        "strict_peer_authentication_refuses_plaintext",
+        features::CAPTURE,
+    ) {
+        return;
+    }
+    let mut m = mesh(3600);
+    let n1 = m.topo.node_named("n1").clone();
+    let outsider = m.topo.pod(&n1, "plain", "outsider");
+    let mut plain_client = Client::start(&mut m.topo, &outsider);
+    let permissive = plain_client.connect(m.server.addr(8080), 1024);
+    assert!(
+        permissive.ok(),
+        "PERMISSIVE accepts plaintext: {:?}",
+        permissive.raw
+    );
+
+    m.topo.apply(
+        "strict",
+        "apiVersion: weft.dev/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: strict, namespace: mesh}\nspec: {mtls: {mode: STRICT}}\n",
+    );
+    eventually("STRICT to apply", Duration::from_secs(5), || {
+        (!plain_client.connect(m.server.addr(8080), 16).ok()).then_some(())
+    });
+    assert!(m
+        .a2
+        .log()
+        .contains("plaintext refused: PeerAuthentication STRICT"));
+    let mut meshed = Client::start(&mut m.topo, &m.client);
+    let r = meshed.connect(m.server.addr(8080), 64 * 1024);
+    assert!(
+        r.ok() && r.intact(),
+        "mTLS still accepted under STRICT: {:?}",
+        r.raw
+    );
+}
+
+#[test]
+fn ca_signs_only_identities_of_the_callers_node() {
+    if !features::require(
+        "ca_signs_only_identities_of_the_callers_node",
+        features::CAPTURE,
+    ) {
+        return;
+    }
+    let m = mesh(3600);
+    let n1 = m.topo.node_named("n1").clone();
+    let (addr, boot1) = (m.ca.addr, m.ca.bootstrap("n1"));
+    let ask = move |ident: Identity, node: &'static str| {
+        let boot1 = boot1.clone();
+        netns::run_in(&n1.netns, move || {
+            let client = CaClient::from_bootstrap(addr, node, &boot1).expect("bootstrap");
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut p = rcgen::CertificateParams::default();
+            p.subject_alt_names = vec![rcgen::SanType::URI(ident.to_string().try_into().unwrap())];
+            let csr = p.serialize_request(&key).unwrap().pem().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(client.sign(&csr))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .expect("netns")
+    };
+    assert_eq!(ask(id("mesh", "client"), "n1"), Ok(()));
+    let other_node = ask(id("mesh", "server"), "n1").unwrap_err();
+    assert!(
+        other_node.contains("403") && other_node.contains("no pod on node n1"),
+        "{other_node}"
+    );
+    let wrong_token = ask(id("mesh", "server"), "n2").unwrap_err();
+    assert!(
+        wrong_token.contains("401"),
+        "n1's token must not authenticate n2: {wrong_token}"
+    );
+    assert!(m.ca.log().contains("refused"), "the CA logs refusals");
+}
+
+#[test]
+fn rotation_under_traffic_loses_nothing() {
+    if !features::require("rotation_under_traffic_loses_nothing", features::CAPTURE) {
+        return;
+    }
+    // 6 s certificates: each identity is renewed every ~3 s during the soak.
+    let m = mesh(6);
+    let r = probe::run(&m.client, &["soak", &m.server.addr(8080).to_string(), "10"]);
+    assert_eq!(r["failed"], 0, "{r}");
+    assert!(r["ok"].as_u64().unwrap() > 20, "{r}");
+    for a in [&m.a1, &m.a2] {
+        let certs = a.config_dump()["certificates"].as_array().cloned().unwrap();
+        for c in certs {
+            assert!(
+                c["issued"].as_u64().unwrap() >= 3,
+                "renewed during the soak: {c}"
+            );
+        }
+    }
+}
+
+#[test]
+fn ca_down_agents_keep_serving_with_certificates_on_disk() {
+    if !features::require(
+        "ca_down_agents_keep_serving_with_certificates_on_disk",
+        features::CAPTURE,
+    ) {
+        return;
+    }
+    // 20 s certificates: renewal (due at ~9-10 s) happens while the CA is down.
+    let mut m = mesh(20);
+    m.ca.kill();
+    m.a2.restart();
+    let entry = m.a2.wait_enrolled(&m.server);
+    assert_eq!(
+        entry["identity"],
+        "spiffe://cluster.local/ns/mesh/sa/server"
+    );
+    let dump = m.a2.config_dump();
+    assert_eq!(
+        dump["certificates"][0]["loaded_from_disk"], true,
+        "{}",
+        dump["certificates"]
+    );
+    let mut c = Client::start(&mut m.topo, &m.client);
+    let r = c.connect(m.server.addr(8080), 256 * 1024);
+    assert!(
+        r.ok() && r.intact(),
+        "restarted agent serves with its certificate from disk: {:?}",
+        r.raw
+    );
+
+    eventually(
+        "the failing renewal to be reported",
+        Duration::from_secs(20),
+        || {
+            let (_, body) = m.a1.get("/healthz/ready").ok()?;
+            body.contains("renewal failing, last good kept")
+                .then_some(())
+        },
+    );
+    let r = c.connect(m.server.addr(8080), 256 * 1024);
+    assert!(
+        r.ok() && r.intact(),
+        "traffic keeps flowing while the CA is down: {:?}",
+        r.raw
+    );
+}
