@@ -17,7 +17,7 @@ pub const DEFAULT_BPF_PIN_DIR: &str = "/sys/fs/bpf/weft";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/weft";
 pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_millis(200);
 /// Per-direction copy buffer: bounds memory per connection.
-pub const COPY_BUFFER_BYTES: usize = 32 * 1024;
+pub const COPY_BUFFER_BYTES: usize = 64 * 1024;
 /// Accept backlog of the in-pod listeners.
 pub const LISTEN_BACKLOG: i32 = 4096;
 /// How long an onward connect may take before the client's connection is reset.

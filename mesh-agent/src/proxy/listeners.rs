@@ -120,6 +120,8 @@ where
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                // Relayed bytes are already batched by the sender; Nagle would only add delay.
+                let _ = stream.set_nodelay(true);
                 tokio::spawn(handle(stream, peer));
             }
             Err(e) => {

@@ -125,6 +125,7 @@ impl Pool {
             h2::client::Builder::new()
                 .initial_window_size(STREAM_WINDOW)
                 .initial_connection_window_size(CONNECTION_WINDOW)
+                .max_frame_size(crate::tunnel::MAX_FRAME)
                 .handshake::<_, Bytes>(tls)
                 .await
                 .map_err(|e| io_err(io::ErrorKind::ConnectionReset, e))

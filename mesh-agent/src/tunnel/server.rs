@@ -65,6 +65,7 @@ async fn handle(ctx: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
     let mut conn = match h2::server::Builder::new()
         .initial_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
+        .max_frame_size(crate::tunnel::MAX_FRAME)
         .handshake::<_, Bytes>(tls)
         .await
     {

@@ -1,21 +1,21 @@
-//! `cargo xtask bench`: what capture costs, measured in one run on one topology so that the
-//! ratios hold on a noisy machine. Three paths from two pods on the same node to one server:
+//! `cargo xtask bench`: what Weft costs, measured in one run so that the ratios hold on a noisy
+//! machine. Two parts:
 //!
-//! - direct: a pod that is not enrolled (no hook runs);
-//! - hook only: an enrolled pod connecting to an excluded port (connect4 runs and lets go):
-//!   the cost of the connect hook itself;
-//! - captured: an enrolled pod, carried by the agent (hook + loopback leg + onward connect).
+//! 1. The connect hook, on one node: direct (pod not enrolled), hook only (enrolled pod to an
+//!    excluded port: connect4 runs and lets go), captured (hook + agent + onward TCP).
+//! 2. Across two nodes: direct pod-to-pod vs Weft (mTLS HBONE over HTTP/2): connect latency,
+//!    single-stream echo throughput, agent CPU seconds per GB and peak RSS.
 //!
-//! Rounds alternate between the paths. Prints a table and writes target/bench/capture.json.
+//! Rounds alternate between paths. Prints tables and writes target/bench/bench.json.
 
 use std::{net::SocketAddr, time::Instant};
 
 use serde_json::{json, Value};
-use weft_tests::{probe, Client, OneNode, Pod};
+use weft_tests::{eventually, probe, Agent, Ca, Client, OneNode, Pod, Topology};
 
 const EXCLUDED_PORT: u16 = 9999;
 const ROUNDS: usize = 5;
-const THROUGHPUT_BYTES: u64 = 256 << 20;
+const THROUGHPUT_BYTES: u64 = 128 << 20;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -24,19 +24,20 @@ fn main() {
         .position(|a| a == "--connections")
         .and_then(|i| args.get(i + 1)?.parse().ok())
         .unwrap_or(2000);
-    let excluded = EXCLUDED_PORT.to_string();
-    let mut f = OneNode::with_agent_args(&[8080, EXCLUDED_PORT], &["--exclude-port", &excluded]);
-    let (meshed, server) = (f.client.clone(), f.server.clone());
-    let node = f.node.clone();
-    let plain = f.topo.pod(&node, "plain", "plain");
-    let topo = &mut f.topo;
+    let hook = hook_cost(connections);
+    let mesh = cross_node(connections);
+    let out = json!({"hook": hook, "cross_node": mesh});
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join("bench.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&out).expect("json"))
+        .expect("write bench json");
+    println!("\nwritten to {}", path.display());
+}
 
-    let paths: [(&str, &Pod, SocketAddr); 3] = [
-        ("direct", &plain, server.addr(8080)),
-        ("hook only", &meshed, server.addr(EXCLUDED_PORT)),
-        ("captured", &meshed, server.addr(8080)),
-    ];
-    let mut samples: Vec<Vec<u64>> = vec![Vec::new(); paths.len()];
+/// Latency samples for each path, `connections` per path over interleaved rounds.
+fn latencies(paths: &[(&str, &Pod, SocketAddr)], connections: usize) -> Vec<Vec<u64>> {
+    let mut samples = vec![Vec::new(); paths.len()];
     let per_round = (connections / ROUNDS).max(1).to_string();
     for _ in 0..ROUNDS {
         for (i, (_, pod, dst)) in paths.iter().enumerate() {
@@ -51,62 +52,126 @@ fn main() {
             );
         }
     }
-    let throughput: Vec<f64> = [(&plain, server.addr(8080)), (&meshed, server.addr(8080))]
-        .iter()
-        .map(|(pod, dst)| {
-            let mut c = Client::start(topo, pod);
-            let t = Instant::now();
-            let r = c.connect(*dst, THROUGHPUT_BYTES);
-            assert!(r.intact(), "{:?}", r.raw);
-            // Bytes cross the path twice (echo).
-            (2 * THROUGHPUT_BYTES) as f64 / t.elapsed().as_secs_f64() / 1e6
-        })
-        .collect();
-    report(&paths.map(|p| p.0), &mut samples, &throughput, connections);
+    for s in &mut samples {
+        s.sort_unstable();
+    }
+    samples
 }
 
 fn pct(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn report(names: &[&str], samples: &mut [Vec<u64>], throughput: &[f64], connections: usize) {
-    for s in samples.iter_mut() {
-        s.sort_unstable();
-    }
+fn latency_table(title: &str, names: &[&str], samples: &[Vec<u64>]) -> Vec<Value> {
     let base = (pct(&samples[0], 0.5) as f64, pct(&samples[0], 0.99) as f64);
-    println!("\nconnect + first byte latency, {connections} connections per path, {ROUNDS} interleaved rounds");
+    println!("\n{title}");
     println!(
-        "{:<12} {:>9} {:>9} {:>12} {:>12}",
+        "{:<12} {:>9} {:>9} {:>11} {:>11}",
         "path", "p50 µs", "p99 µs", "p50 ratio", "p99 ratio"
     );
-    let mut rows = Vec::new();
-    for (name, s) in names.iter().zip(samples.iter()) {
-        let (p50, p99) = (pct(s, 0.5), pct(s, 0.99));
-        println!(
-            "{:<12} {:>9} {:>9} {:>11.2}x {:>11.2}x",
-            name,
-            p50,
-            p99,
-            p50 as f64 / base.0,
-            p99 as f64 / base.1
-        );
-        rows.push(json!({"path": name, "p50_us": p50, "p99_us": p99,
-            "p50_ratio": p50 as f64 / base.0, "p99_ratio": p99 as f64 / base.1}));
-    }
-    println!("\nsingle-stream echo throughput (256 MiB each way)");
-    println!("{:<12} {:>9.0} MB/s", "direct", throughput[0]);
-    println!(
-        "{:<12} {:>9.0} MB/s {:>10.2}x",
-        "captured",
-        throughput[1],
-        throughput[1] / throughput[0]
+    names
+        .iter()
+        .zip(samples)
+        .map(|(name, s)| {
+            let (p50, p99) = (pct(s, 0.5), pct(s, 0.99));
+            let (r50, r99) = (p50 as f64 / base.0, p99 as f64 / base.1);
+            println!("{name:<12} {p50:>9} {p99:>9} {r50:>10.2}x {r99:>10.2}x");
+            json!({"path": name, "p50_us": p50, "p99_us": p99, "p50_ratio": r50, "p99_ratio": r99})
+        })
+        .collect()
+}
+
+fn hook_cost(connections: usize) -> Value {
+    let excluded = EXCLUDED_PORT.to_string();
+    let mut f = OneNode::with_agent_args(&[8080, EXCLUDED_PORT], &["--exclude-port", &excluded]);
+    let node = f.node.clone();
+    let plain = f.topo.pod(&node, "plain", "plain");
+    let paths = [
+        ("direct", &plain, f.server.addr(8080)),
+        ("hook only", &f.client, f.server.addr(EXCLUDED_PORT)),
+        ("captured", &f.client, f.server.addr(8080)),
+    ];
+    let samples = latencies(&paths, connections);
+    let title = format!(
+        "1. connect hook, one node: connect + first byte, {connections} connections per path"
     );
-    let out = json!({"latency": rows, "throughput_mb_s": {"direct": throughput[0], "captured": throughput[1],
-        "ratio": throughput[1] / throughput[0]}});
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    let _ = std::fs::create_dir_all(&dir);
-    let path = dir.join("capture.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&out).expect("json"))
-        .expect("write bench json");
-    println!("\nwritten to {}", path.display());
+    json!({"latency": latency_table(&title, &paths.map(|p| p.0), &samples)})
+}
+
+fn cross_node(connections: usize) -> Value {
+    let mut topo = Topology::new();
+    let n1 = topo.node("n1");
+    let n2 = topo.node("n2");
+    topo.wire(&n1, &n2);
+    topo.namespace("mesh", true);
+    topo.namespace("plain", false);
+    let mc = topo.pod(&n1, "mesh", "mclient");
+    let ms = topo.pod(&n2, "mesh", "mserver");
+    let pc = topo.pod(&n1, "plain", "pclient");
+    let ps = topo.pod(&n2, "plain", "pserver");
+    probe::serve(&mut topo, &ms, &[8080]);
+    probe::serve(&mut topo, &ps, &[8080]);
+    let ca = Ca::start(&topo, &n1, 15012, 24 * 3600, "cluster.local");
+    let agent = |n| {
+        let a = ca.agent_args(&topo.node_named(n).name);
+        Agent::start_with(
+            &topo,
+            topo.node_named(n),
+            &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    };
+    let (a1, a2) = (agent("n1"), agent("n2"));
+    a1.wait_enrolled(&mc);
+    a2.wait_enrolled(&ms);
+    for a in [&a1, &a2] {
+        eventually("certificates", std::time::Duration::from_secs(15), || {
+            let c = a.config_dump()["certificates"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            (!c.is_empty()
+                && c.iter()
+                    .all(|c| c["expires_in_secs"].as_i64().is_some_and(|t| t > 0)))
+            .then_some(())
+        });
+    }
+    let paths = [
+        ("direct", &pc, ps.addr(8080)),
+        ("weft h2", &mc, ms.addr(8080)),
+    ];
+    let samples = latencies(&paths, connections);
+    let title =
+        format!("2. across nodes: connect + first byte, {connections} connections per path");
+    let latency = latency_table(&title, &paths.map(|p| p.0), &samples);
+
+    println!(
+        "\nsingle-stream echo throughput across nodes ({} MiB each way)",
+        THROUGHPUT_BYTES >> 20
+    );
+    let usage = |a: &Agent, b: &Agent| a.usage().0 + b.usage().0;
+    let mut rows = Vec::new();
+    let mut base = 0.0;
+    for (name, pod, dst) in paths {
+        let cpu_before = usage(&a1, &a2);
+        let mut c = Client::start(&mut topo, pod);
+        let t = Instant::now();
+        let r = c.connect(dst, THROUGHPUT_BYTES);
+        let secs = t.elapsed().as_secs_f64();
+        assert!(r.intact(), "{:?}", r.raw);
+        let moved = 2.0 * THROUGHPUT_BYTES as f64;
+        let mbps = moved / secs / 1e6;
+        if base == 0.0 {
+            base = mbps;
+        }
+        let cpu_per_gb = (usage(&a1, &a2) - cpu_before) / (moved / 1e9);
+        println!(
+            "{name:<12} {mbps:>9.0} MB/s {:>8.2}x   agents' CPU {cpu_per_gb:.2} s/GB",
+            mbps / base
+        );
+        rows.push(json!({"path": name, "mb_s": mbps, "ratio": mbps / base, "agent_cpu_s_per_gb": cpu_per_gb}));
+    }
+    let rss: Vec<u64> = [&a1, &a2].iter().map(|a| a.usage().1).collect();
+    println!("agents' peak RSS: {} KiB and {} KiB", rss[0], rss[1]);
+    drop(ca);
+    json!({"latency": latency, "throughput": rows, "agent_peak_rss_kib": rss})
 }

@@ -1,10 +1,12 @@
-//! `cargo xtask demo`: a local two-node mesh, built from network namespaces, with real agents.
-//! It walks through what Weft does, one step at a time, and cleans up after itself (also on
-//! Ctrl-C).
+//! `cargo xtask demo`: a local two-node mesh, built from network namespaces, with a real CA and
+//! real agents. It walks through what Weft does, one step at a time, shows what crosses the wire,
+//! and cleans up after itself (also on Ctrl-C).
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 
-use weft_tests::{probe, topology, Agent, Client, ConnectResult, Topology};
+use weft_tests::{
+    eventually, pattern, probe, topology, wire, Agent, Ca, Client, ConnectResult, Topology,
+};
 
 fn main() {
     let mut topo = Topology::new();
@@ -33,15 +35,18 @@ fn show(what: &str, r: &ConnectResult) {
     } else {
         "direct, not captured"
     };
+    println!("   {what}: {via}");
     println!(
-        "   {what}: {via}\n     app socket: local {} -> peer {} (getpeername)\n     server {:?} saw the connection come from {}\n     {} bytes echoed, intact: {}",
+        "     app socket: local {} -> peer {} (getpeername)",
         r.local(),
-        r.peer(),
-        r.server(),
-        r.server_saw_peer(),
-        r.received(),
-        r.intact()
+        r.peer()
     );
+    println!(
+        "     server {:?} saw the connection come from {}",
+        r.server(),
+        r.server_saw_peer()
+    );
+    println!("     {} bytes echoed, intact: {}", r.received(), r.intact());
 }
 
 fn run(topo: &mut Topology) {
@@ -71,16 +76,31 @@ fn run(topo: &mut Topology) {
 
     step(
         2,
-        "Start a mesh-agent on each node (it reads the cluster from YAML in file mode)",
+        "Start the mesh CA and a mesh-agent on each node (file mode: the cluster is YAML)",
     );
-    let agent_a = Agent::start(topo, &a);
-    let agent_b = Agent::start(topo, &b);
+    let ca = Ca::start(topo, &a, 15012, 24 * 3600, "cluster.local");
+    println!(
+        "   CA on {}; root and intermediate in {}",
+        ca.addr,
+        ca.state_dir.join("ca").display()
+    );
+    let agent = |n: &topology::Node| {
+        let args = ca.agent_args(&n.name);
+        Agent::start_with(
+            topo,
+            n,
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    };
+    let agent_a = agent(&a);
+    let agent_b = agent(&b);
     agent_b.wait_enrolled(&orders);
     println!(
         "   config: {}",
         topo.config_dir().join("cluster.yaml").display()
     );
-    println!("   node-b enrolled backend/orders: its inbound connections now pass the agent");
+    println!("   node-b enrolled backend/orders and got its workload certificate:");
+    show_certs(&agent_b);
 
     step(
         3,
@@ -92,7 +112,9 @@ fn run(topo: &mut Topology) {
         &format!("web -> orders {dst}"),
         &client.connect(dst, 64 * 1024),
     );
-    println!("   (orders is enrolled, so node-b's agent delivered it: the server sees 127.0.0.6)");
+    println!(
+        "   (plaintext: PERMISSIVE lets it in, and node-b's agent delivers it from 127.0.0.6)"
+    );
 
     step(
         4,
@@ -100,15 +122,19 @@ fn run(topo: &mut Topology) {
     );
     topo.set_namespace_enrolled("shop", true);
     let entry = agent_a.wait_enrolled(&web);
-    println!("   node-a hooked shop/web: {}", entry["hooks"]);
+    println!("   node-a hooked shop/web as {}", entry["identity"]);
+    show_certs(&agent_a);
+    let tap = wire::WireTap::start(&a.netns, "wire0");
     show(
         "the SAME running process connects again",
         &client.connect(dst, 4 << 20),
     );
+    show_wire(tap.finish(), orders.ip);
     show(
         &format!("web -> legacy/ledger {}", ledger.addr(5432)),
         &client.connect(ledger.addr(5432), 1024),
     );
+    println!("   (ledger is outside the mesh: captured, then carried as plain TCP)");
 
     step(5, "A pod outside the mesh is left alone");
     let mut other = Client::start(topo, &batch);
@@ -116,20 +142,21 @@ fn run(topo: &mut Topology) {
 
     step(
         6,
-        "What the agents saw (one log line per connection, with the original destination)",
+        "What the agents saw (one line per connection, with identities and destinations)",
     );
     for agent in [&agent_a, &agent_b] {
-        for line in agent
-            .log()
-            .lines()
-            .filter(|l| l.contains("connection closed"))
-        {
-            let short = line.split_once(" INFO ").map(|(_, r)| r).unwrap_or(line);
+        let log = agent.log();
+        let interesting =
+            |l: &&str| l.contains("connection closed") || l.contains("tunneled over HBONE");
+        for line in log.lines().filter(interesting) {
+            let short = line
+                .split_once(" INFO ")
+                .or_else(|| line.split_once(" DEBUG "))
+                .map(|(_, r)| r)
+                .unwrap_or(line);
             println!("   {}: {short}", agent.node.name);
         }
     }
-    let counters = &agent_a.config_dump()["bpf"]["counters"];
-    println!("   node-a kernel counters: {counters}");
     println!("\n   $ nsenter --net=/run/netns/{} meshctl status", a.netns);
     let mut cmd = std::process::Command::new(weft_tests::agent::sibling_bin("meshctl"));
     cmd.arg("status");
@@ -138,4 +165,78 @@ fn run(topo: &mut Topology) {
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         println!("   {line}");
     }
+}
+
+fn show_certs(agent: &Agent) {
+    let certs = eventually(
+        "workload certificates",
+        std::time::Duration::from_secs(15),
+        || {
+            let certs = agent.config_dump()["certificates"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let ok = !certs.is_empty()
+                && certs
+                    .iter()
+                    .all(|c| c["expires_in_secs"].as_i64().is_some_and(|t| t > 0));
+            ok.then_some(certs)
+        },
+    );
+    for c in certs {
+        println!(
+            "     {}  (expires in {} s; renewed at half-life)",
+            c["identity"].as_str().unwrap_or("?"),
+            c["expires_in_secs"]
+        );
+    }
+}
+
+/// What crossed the wire between the nodes for the meshed call: TLS only.
+fn show_wire(segments: Vec<wire::Segment>, server: Ipv4Addr) {
+    let meshed: Vec<_> = segments
+        .into_iter()
+        .filter(|s| s.dst == server || s.src == server)
+        .collect();
+    let marker: Vec<u8> = (0..64).map(pattern).collect();
+    let mut ports: Vec<u16> = meshed
+        .iter()
+        .flat_map(|s| [s.src_port, s.dst_port])
+        .filter(|p| *p < 30000)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    let records = |t: u8| {
+        meshed
+            .iter()
+            .filter(|s| s.payload.first() == Some(&t))
+            .count()
+    };
+    println!(
+        "   captured on node-a's wire0 during that call ({} segments to/from orders):",
+        meshed.len()
+    );
+    println!("     server ports seen: {ports:?} (HBONE; the application port 8080 never appears)");
+    println!(
+        "     segments starting a TLS handshake record: {}, TLS application data: {}",
+        records(0x16),
+        records(0x17)
+    );
+    if let Some(first) = meshed.iter().find(|s| s.payload.first() == Some(&0x16)) {
+        let hex: Vec<String> = first
+            .payload
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        println!(
+            "     first bytes: {} ...  (16 03 01: TLS ClientHello)",
+            hex.join(" ")
+        );
+    }
+    let leaked = wire::contains(&wire::all_bytes(&meshed), &marker);
+    println!(
+        "     the application's bytes in plaintext on the wire: {}",
+        if leaked { "FOUND" } else { "never" }
+    );
 }
