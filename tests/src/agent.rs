@@ -99,6 +99,29 @@ impl Agent {
         self.wait_ready();
     }
 
+    /// Starts an agent that gets its workload certificates from `ca`.
+    pub fn start_meshed(topo: &Topology, node: &Node, ca: &crate::Ca, extra: &[&str]) -> Self {
+        let mut args = ca.agent_args(&node.name);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::start_with(
+            topo,
+            node,
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    }
+
+    /// Waits until every local identity has an unexpired certificate; returns their entries.
+    pub fn wait_certificates(&self) -> Vec<Value> {
+        eventually("workload certificates", Duration::from_secs(15), || {
+            let certs = self.config_dump()["certificates"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let valid = |c: &Value| c["expires_in_secs"].as_i64().is_some_and(|t| t > 0);
+            (!certs.is_empty() && certs.iter().all(valid)).then_some(certs)
+        })
+    }
+
     pub fn wait_ready(&mut self) {
         let node = self.node.name.clone();
         eventually(

@@ -36,32 +36,12 @@ fn mesh(lifetime_secs: u64) -> Mesh {
         probe::serve(&mut topo, p, &[8080]);
     }
     let ca = Ca::start(&topo, &n1, 15012, lifetime_secs, TD);
-    let args = |node: &str| ca.agent_args(node);
-    let a1 = Agent::start_with(
-        &topo,
-        &n1,
-        &args("n1").iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    let a2 = Agent::start_with(
-        &topo,
-        &n2,
-        &args("n2").iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    let a1 = Agent::start_meshed(&topo, &n1, &ca, &[]);
+    let a2 = Agent::start_meshed(&topo, &n2, &ca, &[]);
     a1.wait_enrolled(&client);
     a2.wait_enrolled(&server);
-    for a in [&a1, &a2] {
-        eventually("workload certificates", Duration::from_secs(15), || {
-            let certs = a.config_dump()["certificates"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            (!certs.is_empty()
-                && certs
-                    .iter()
-                    .all(|c| c["expires_in_secs"].as_i64().is_some_and(|t| t > 0)))
-            .then_some(())
-        });
-    }
+    a1.wait_certificates();
+    a2.wait_certificates();
     Mesh {
         a1,
         a2,

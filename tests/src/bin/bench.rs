@@ -11,7 +11,7 @@
 use std::{net::SocketAddr, time::Instant};
 
 use serde_json::{json, Value};
-use weft_tests::{eventually, probe, Agent, Ca, Client, OneNode, Pod, Topology};
+use weft_tests::{probe, Agent, Ca, Client, OneNode, Pod, Topology};
 
 const EXCLUDED_PORT: u16 = 9999;
 const ROUNDS: usize = 5;
@@ -112,29 +112,12 @@ fn cross_node(connections: usize) -> Value {
     probe::serve(&mut topo, &ms, &[8080]);
     probe::serve(&mut topo, &ps, &[8080]);
     let ca = Ca::start(&topo, &n1, 15012, 24 * 3600, "cluster.local");
-    let agent = |n| {
-        let a = ca.agent_args(&topo.node_named(n).name);
-        Agent::start_with(
-            &topo,
-            topo.node_named(n),
-            &a.iter().map(String::as_str).collect::<Vec<_>>(),
-        )
-    };
-    let (a1, a2) = (agent("n1"), agent("n2"));
+    let a1 = Agent::start_meshed(&topo, &n1, &ca, &[]);
+    let a2 = Agent::start_meshed(&topo, &n2, &ca, &[]);
     a1.wait_enrolled(&mc);
     a2.wait_enrolled(&ms);
-    for a in [&a1, &a2] {
-        eventually("certificates", std::time::Duration::from_secs(15), || {
-            let c = a.config_dump()["certificates"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            (!c.is_empty()
-                && c.iter()
-                    .all(|c| c["expires_in_secs"].as_i64().is_some_and(|t| t > 0)))
-            .then_some(())
-        });
-    }
+    a1.wait_certificates();
+    a2.wait_certificates();
     let paths = [
         ("direct", &pc, ps.addr(8080)),
         ("weft h2", &mc, ms.addr(8080)),

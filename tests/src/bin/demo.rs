@@ -4,9 +4,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use weft_tests::{
-    eventually, pattern, probe, topology, wire, Agent, Ca, Client, ConnectResult, Topology,
-};
+use weft_tests::{pattern, probe, topology, wire, Agent, Ca, Client, ConnectResult, Topology};
 
 fn main() {
     let mut topo = Topology::new();
@@ -84,16 +82,8 @@ fn run(topo: &mut Topology) {
         ca.addr,
         ca.state_dir.join("ca").display()
     );
-    let agent = |n: &topology::Node| {
-        let args = ca.agent_args(&n.name);
-        Agent::start_with(
-            topo,
-            n,
-            &args.iter().map(String::as_str).collect::<Vec<_>>(),
-        )
-    };
-    let agent_a = agent(&a);
-    let agent_b = agent(&b);
+    let agent_a = Agent::start_meshed(topo, &a, &ca, &[]);
+    let agent_b = Agent::start_meshed(topo, &b, &ca, &[]);
     agent_b.wait_enrolled(&orders);
     println!(
         "   config: {}",
@@ -168,21 +158,7 @@ fn run(topo: &mut Topology) {
 }
 
 fn show_certs(agent: &Agent) {
-    let certs = eventually(
-        "workload certificates",
-        std::time::Duration::from_secs(15),
-        || {
-            let certs = agent.config_dump()["certificates"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            let ok = !certs.is_empty()
-                && certs
-                    .iter()
-                    .all(|c| c["expires_in_secs"].as_i64().is_some_and(|t| t > 0));
-            ok.then_some(certs)
-        },
-    );
+    let certs = agent.wait_certificates();
     for c in certs {
         println!(
             "     {}  (expires in {} s; renewed at half-life)",
