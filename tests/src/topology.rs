@@ -121,6 +121,14 @@ impl Topology {
         node
     }
 
+    /// Two nodes, `n1` and `n2`, joined by a wire: the shape of every cross-node test.
+    pub fn two_nodes(&mut self) -> (Node, Node) {
+        let n1 = self.node("n1");
+        let n2 = self.node("n2");
+        self.wire(&n1, &n2);
+        (n1, n2)
+    }
+
     /// A veth wire between two nodes, with routes to each other's pod subnet.
     pub fn wire(&mut self, a: &Node, b: &Node) {
         let (ia, ib) = (format!("{}wa", self.tag), format!("{}wb", self.tag));

@@ -24,9 +24,7 @@ fn running_client_is_captured_after_enrollment() {
         return;
     }
     let mut topo = Topology::new();
-    let n1 = topo.node("n1");
-    let n2 = topo.node("n2");
-    topo.wire(&n1, &n2);
+    let (n1, n2) = topo.two_nodes();
     topo.namespace("shop", false);
     topo.namespace("backend", false);
     let client_pod = topo.pod(&n1, "shop", "web");
@@ -210,9 +208,7 @@ fn inbound_plaintext_passes_the_agent() {
         return;
     }
     let mut topo = Topology::new();
-    let n1 = topo.node("n1");
-    let n2 = topo.node("n2");
-    topo.wire(&n1, &n2);
+    let (n1, n2) = topo.two_nodes();
     topo.namespace("plain", false);
     topo.namespace("mesh", true);
     let client_pod = topo.pod(&n1, "plain", "client");
@@ -293,9 +289,7 @@ fn parallel_connects_keep_their_original_destinations() {
         return;
     }
     let mut topo = Topology::new();
-    let n1 = topo.node("n1");
-    let n2 = topo.node("n2");
-    topo.wire(&n1, &n2);
+    let (n1, n2) = topo.two_nodes();
     topo.namespace("mesh", true);
     topo.namespace("plain", false);
     let client_pod = topo.pod(&n1, "mesh", "client");

@@ -24,9 +24,7 @@ struct Mesh {
 
 fn mesh(lifetime_secs: u64) -> Mesh {
     let mut topo = Topology::new();
-    let n1 = topo.node("n1");
-    let n2 = topo.node("n2");
-    topo.wire(&n1, &n2);
+    let (n1, n2) = topo.two_nodes();
     topo.namespace("mesh", true);
     topo.namespace("plain", false);
     let client = topo.pod(&n1, "mesh", "client");

@@ -100,9 +100,7 @@ fn hook_cost(connections: usize) -> Value {
 
 fn cross_node(connections: usize) -> Value {
     let mut topo = Topology::new();
-    let n1 = topo.node("n1");
-    let n2 = topo.node("n2");
-    topo.wire(&n1, &n2);
+    let (n1, n2) = topo.two_nodes();
     topo.namespace("mesh", true);
     topo.namespace("plain", false);
     let mc = topo.pod(&n1, "mesh", "mclient");
