@@ -10,8 +10,13 @@ pub use config::{client_config, server_config};
 pub use verify::TrustBundle;
 
 /// The crypto provider used everywhere (ring: no C toolchain beyond what Rust needs).
+/// Built once and shared: configs are made per connection and signatures checked per handshake.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    static PROVIDER: std::sync::OnceLock<Arc<rustls::crypto::CryptoProvider>> =
+        std::sync::OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
 }
 
 /// ALPN of HBONE: HTTP/2.

@@ -85,7 +85,7 @@ fn pki_error(e: webpki::Error) -> rustls::Error {
 }
 
 fn schemes() -> Vec<SignatureScheme> {
-    rustls::crypto::ring::default_provider()
+    super::provider()
         .signature_verification_algorithms
         .supported_schemes()
 }
@@ -99,7 +99,7 @@ fn tls13(
         message,
         cert,
         dss,
-        &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        &super::provider().signature_verification_algorithms,
     )
 }
 
