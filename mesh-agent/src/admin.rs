@@ -24,6 +24,7 @@ use crate::{
     identity::{manager::CertStatus, CertManager},
     redirect::Maps,
     source::ConfigError,
+    state::MeshConfig,
 };
 
 /// What the agent reports about itself.
@@ -33,6 +34,8 @@ pub struct Status {
     pub ready: bool,
     pub node: String,
     pub config: AgentConfig,
+    /// The mesh-wide settings in force (MeshConfig).
+    pub mesh: MeshConfig,
     pub pods: Vec<PodStatus>,
     /// Pods that should be enrolled but are not, with the reason (retried every second).
     pub enrollment_errors: BTreeMap<String, String>,
@@ -46,6 +49,7 @@ impl Status {
             ready: false,
             node: cfg.node.clone(),
             config: cfg.clone(),
+            mesh: MeshConfig::default(),
             pods: Vec::new(),
             enrollment_errors: BTreeMap::new(),
             config_errors: Vec::new(),

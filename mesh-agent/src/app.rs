@@ -71,6 +71,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         s.pods = enrollment.status();
         s.enrollment_errors = enrollment.failures();
         s.config_errors = loaded.errors;
+        s.mesh = shared.state.load().mesh.clone();
         s.ready = true;
     }
     // Pods stay hooked (pinned links) and fail closed until the next agent takes over.
@@ -91,8 +92,9 @@ fn mtls(cfg: &AgentConfig) -> anyhow::Result<Option<Mtls>> {
     let client = CaClient::from_bootstrap(addr, &cfg.node, &cfg.ca_bootstrap)?;
     let certs = CertManager::new(client, &cfg.state_dir)?;
     let pool = tunnel::Pool::new(certs.clone());
+    let quic = tunnel::quic::QuicPool::new(certs.clone());
     info!(ca = %addr, trust_domain = %cfg.trust_domain, "mTLS on: workload certificates from the mesh CA");
-    Ok(Some(Mtls { certs, pool }))
+    Ok(Some(Mtls { certs, pool, quic }))
 }
 
 async fn shutdown_signal() {

@@ -44,6 +44,7 @@ pub struct Shared {
 pub struct Mtls {
     pub certs: CertManager,
     pub pool: tunnel::Pool,
+    pub quic: tunnel::quic::QuicPool,
 }
 
 /// What a connection handler knows about the pod it serves.
@@ -54,6 +55,9 @@ pub struct PodContext {
     pub netns: Netns,
     pub maps: Arc<Maps>,
     pub shared: Arc<Shared>,
+    /// The TLS settings of this pod's HBONE endpoint (h2 and QUIC), when the agent has a CA.
+    /// Built once: certificates are resolved per handshake.
+    pub hbone_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Starts the accept loops of a pod's listeners. Aborting the returned tasks closes the
@@ -68,6 +72,16 @@ pub fn serve(ctx: Arc<PodContext>, listeners: InpodListeners) -> Vec<JoinHandle<
     }
     for l in listeners.hbone {
         tasks.push(tokio::spawn(tunnel::server::serve(ctx.clone(), l)));
+    }
+    if let Some(tls) = &ctx.hbone_tls {
+        for socket in listeners.quic {
+            match tunnel::quic::server::endpoint(socket, tls) {
+                Ok(ep) => tasks.push(tokio::spawn(tunnel::quic::server::serve(ctx.clone(), ep))),
+                Err(e) => {
+                    tracing::warn!(pod = %ctx.key, error = %e, "QUIC endpoint not started; peers will use h2")
+                }
+            }
+        }
     }
     tasks
 }
@@ -88,6 +102,12 @@ impl Reset for TcpStream {
 impl Reset for H2Stream {
     fn reset(self) {
         H2Stream::reset(self)
+    }
+}
+
+impl Reset for tunnel::quic::QuicStream {
+    fn reset(self) {
+        tunnel::quic::QuicStream::reset(self)
     }
 }
 

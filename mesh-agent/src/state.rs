@@ -1,8 +1,10 @@
 //! The agent's picture of the cluster: what its source (file or Kubernetes) says, reduced to
 //! what the data path needs. Immutable once built; a new `State` replaces the old one whole.
 
+pub mod mesh;
 pub mod peer_auth;
 pub mod workloads;
 
+pub use mesh::{MeshConfig, TunnelProtocol};
 pub use peer_auth::{MtlsMode, PeerAuthentication};
 pub use workloads::{Enrollment, Namespace, Node, Pod, PodKey, State};

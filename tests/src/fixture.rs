@@ -2,7 +2,7 @@
 //! `server` outside the mesh (namespace `plain`) serving echo on some ports, and an agent that
 //! has enrolled the client.
 
-use crate::{probe, topology::Node, Agent, Pod, Topology};
+use crate::{probe, topology::Node, Agent, Ca, Pod, Topology};
 
 pub struct OneNode {
     // Dropped in this order: the agent before the topology it runs in.
@@ -33,6 +33,58 @@ impl OneNode {
             client,
             server,
             node,
+            topo,
+        }
+    }
+}
+
+/// The trust domain of the meshed fixtures.
+pub const TRUST_DOMAIN: &str = "cluster.local";
+
+/// Two nodes joined by a wire, a CA on n1, meshed agents on both. `mesh/client` on n1,
+/// `mesh/server` on n2 (both enrolled), `plain/plain` on n2 (not), all serving echo on 8080.
+pub struct TwoNodeMesh {
+    // Dropped in this order: agents and CA before the topology they run in.
+    pub a1: Agent,
+    pub a2: Agent,
+    pub ca: Ca,
+    pub client: Pod,
+    pub server: Pod,
+    pub plain: Pod,
+    pub topo: Topology,
+}
+
+impl TwoNodeMesh {
+    /// Certificates live `lifetime_secs`; `config` (file name, YAML) is applied before the
+    /// agents start, so they begin with it.
+    pub fn start(lifetime_secs: u64, config: &[(&str, &str)]) -> Self {
+        let mut topo = Topology::new();
+        let (n1, n2) = topo.two_nodes();
+        topo.namespace("mesh", true);
+        topo.namespace("plain", false);
+        let client = topo.pod(&n1, "mesh", "client");
+        let server = topo.pod(&n2, "mesh", "server");
+        let plain = topo.pod(&n2, "plain", "plain");
+        for p in [&client, &server, &plain] {
+            probe::serve(&mut topo, p, &[8080]);
+        }
+        for (name, yaml) in config {
+            topo.apply(name, yaml);
+        }
+        let ca = Ca::start(&topo, &n1, 15012, lifetime_secs, TRUST_DOMAIN);
+        let a1 = Agent::start_meshed(&topo, &n1, &ca, &[]);
+        let a2 = Agent::start_meshed(&topo, &n2, &ca, &[]);
+        a1.wait_enrolled(&client);
+        a2.wait_enrolled(&server);
+        a1.wait_certificates();
+        a2.wait_certificates();
+        Self {
+            a1,
+            a2,
+            ca,
+            client,
+            server,
+            plain,
             topo,
         }
     }

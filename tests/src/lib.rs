@@ -17,7 +17,7 @@ pub mod wire;
 
 pub use agent::Agent;
 pub use ca::Ca;
-pub use fixture::OneNode;
+pub use fixture::{OneNode, TwoNodeMesh};
 pub use probe::{Client, ConnectResult};
 pub use topology::{Pod, Topology};
 

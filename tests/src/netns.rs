@@ -66,6 +66,29 @@ pub fn ip(args: &[&str]) {
     );
 }
 
+/// Loads an nftables ruleset (`nft -f -`) inside a netns.
+pub fn nft(netns: &str, ruleset: &str) {
+    use std::io::Write as _;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", netns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run nft (apt-get install nftables)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(ruleset.as_bytes())
+        .expect("write ruleset");
+    let out = child.wait_with_output().expect("nft");
+    assert!(
+        out.status.success(),
+        "nft in {netns}: {}\n{ruleset}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Sets a sysctl inside a netns (/proc/sys/net is per netns).
 pub fn sysctl(netns: &str, key: &str, value: &str) {
     let path = format!("/proc/sys/{}", key.replace('.', "/"));

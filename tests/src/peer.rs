@@ -72,26 +72,9 @@ pub fn connect(
     .expect("netns")
     .expect("tcp connect to hbone");
     tcp.set_nonblocking(true).expect("nonblocking");
-    let bundle = Arc::new(TrustBundle::default());
-    bundle.set(trust).expect("trust");
-    let verifier = ServerIdentityVerifier {
-        bundle,
-        expected: expect.clone(),
-    };
-    let mut cfg = rustls::ClientConfig::builder_with_provider(mesh_agent::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("tls13")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_auth_cert(me.chain.clone(), me.key.clone_key())
-        .expect("client cert");
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let cfg = client_tls(me, trust, expect, b"h2");
     let payload = payload.to_vec();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async move {
+    runtime().block_on(async move {
         let tcp = tokio::net::TcpStream::from_std(tcp).expect("tokio tcp");
         let name = ServerName::IpAddress(hbone.ip().into());
         let tls = match tokio_rustls::TlsConnector::from(Arc::new(cfg))
@@ -139,6 +122,122 @@ pub fn connect(
         }
         (Outcome::Status(status), got)
     })
+}
+
+/// As `connect`, over the QUIC transport (UDP `addr`, one stream with the CONNECT header).
+pub fn connect_quic(
+    from_ns: &str,
+    me: &Minted,
+    trust: &[CertificateDer<'static>],
+    addr: SocketAddr,
+    expect: &Identity,
+    target: SocketAddr,
+    payload: &[u8],
+) -> (Outcome, Vec<u8>) {
+    use mesh_agent::tunnel::quic::{header, ALPN_QUIC};
+    let udp = netns::run_in(from_ns, || std::net::UdpSocket::bind("0.0.0.0:0"))
+        .expect("netns")
+        .expect("udp socket");
+    udp.set_nonblocking(true).expect("nonblocking");
+    let cfg = client_tls(me, trust, expect, ALPN_QUIC);
+    let payload = payload.to_vec();
+    runtime().block_on(async move {
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            udp,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .expect("endpoint");
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).expect("quic tls");
+        let connecting = endpoint
+            .connect_with(
+                quinn::ClientConfig::new(Arc::new(crypto)),
+                addr,
+                &addr.ip().to_string(),
+            )
+            .expect("connect");
+        let refused = |e: &dyn std::fmt::Display| (Outcome::Refused(e.to_string()), vec![]);
+        let conn = match tokio::time::timeout(Duration::from_secs(5), connecting).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return refused(&e),
+            Err(_) => return refused(&"QUIC handshake timed out"),
+        };
+        let (mut send, mut recv) = match conn.open_bi().await {
+            Ok(s) => s,
+            Err(e) => return refused(&e),
+        };
+        if let Err(e) = header::write_request(&mut send, &target.to_string()).await {
+            return refused(&e);
+        }
+        let status = match tokio::time::timeout(
+            Duration::from_secs(5),
+            header::read_status(&mut recv),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return refused(&format!("{e} ({:?})", conn.close_reason())),
+            Err(_) => return refused(&"no answer"),
+        };
+        let mut got = Vec::new();
+        if status == 200 {
+            let _ = send.write_all(&payload).await;
+            let mut buf = vec![0u8; 64 * 1024];
+            while !got.ends_with(&payload) {
+                match tokio::time::timeout(Duration::from_secs(5), recv.read(&mut buf)).await {
+                    Ok(Ok(Some(n))) => got.extend_from_slice(&buf[..n]),
+                    _ => break,
+                }
+            }
+        }
+        (Outcome::Status(status), got)
+    })
+}
+
+/// A client TLS config presenting `me` and requiring the server to be `expect`.
+fn client_tls(
+    me: &Minted,
+    trust: &[CertificateDer<'static>],
+    expect: &Identity,
+    alpn: &[u8],
+) -> rustls::ClientConfig {
+    let bundle = Arc::new(TrustBundle::default());
+    bundle.set(trust).expect("trust");
+    let verifier = ServerIdentityVerifier {
+        bundle,
+        expected: expect.clone(),
+    };
+    let mut cfg = rustls::ClientConfig::builder_with_provider(mesh_agent::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(me.chain.clone(), me.key.clone_key())
+        .expect("client cert");
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    cfg
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Sends `datagrams` to UDP `addr` from inside `from_ns`: garbage for the QUIC endpoint.
+pub fn udp_garbage(from_ns: &str, addr: SocketAddr, datagrams: &[&[u8]]) {
+    let datagrams: Vec<Vec<u8>> = datagrams.iter().map(|d| d.to_vec()).collect();
+    netns::run_in(from_ns, move || -> std::io::Result<()> {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        for d in &datagrams {
+            s.send_to(d, addr)?;
+        }
+        Ok(())
+    })
+    .expect("netns")
+    .expect("send garbage");
 }
 
 /// Writes `bytes` to `addr` from inside `from_ns` and reads until the server closes (or 5 s):

@@ -323,7 +323,11 @@ pub fn cleanup(tag: &str) {
     }
     let cgroups = cgroup2_root().join("weft-test").join(tag);
     if let Ok(entries) = std::fs::read_dir(&cgroups) {
-        for e in entries.filter_map(Result::ok) {
+        // Only the pods' cgroups: the tag's own interface files (cgroup.procs, ...) are not.
+        let pods = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()));
+        for e in pods {
             kill_all(&std::fs::read_to_string(e.path().join("cgroup.procs")).unwrap_or_default());
             // A cgroup can be removed once its killed processes are reaped; bounded retry.
             for _ in 0..200 {

@@ -11,9 +11,10 @@ use std::{
 
 use crate::netns;
 
-/// One TCP segment seen on the wire.
+/// One TCP segment or UDP datagram (with a payload) seen on the wire.
 #[derive(Debug, Clone)]
 pub struct Segment {
+    pub udp: bool,
     pub src: std::net::Ipv4Addr,
     pub dst: std::net::Ipv4Addr,
     pub src_port: u16,
@@ -45,7 +46,7 @@ impl WireTap {
         }
     }
 
-    /// Stops and returns every TCP segment with a payload.
+    /// Stops and returns every TCP segment and UDP datagram with a payload.
     pub fn finish(mut self) -> Vec<Segment> {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
@@ -126,24 +127,32 @@ fn capture(fd: i32, stop: &AtomicBool, out: &Mutex<Vec<Segment>>) {
     unsafe { libc::close(fd) };
 }
 
-/// Ethernet / IPv4 / TCP, payload only.
+/// Ethernet / IPv4 / TCP or UDP, payload only.
 fn parse(frame: &[u8]) -> Option<Segment> {
     let ip = frame.get(14..)?;
-    if u16::from_be_bytes([frame[12], frame[13]]) != 0x0800
-        || ip.first()? >> 4 != 4
-        || *ip.get(9)? != 6
-    {
+    let udp = match ip.get(9)? {
+        6 => false,
+        17 => true,
+        _ => return None,
+    };
+    if u16::from_be_bytes([frame[12], frame[13]]) != 0x0800 || ip.first()? >> 4 != 4 {
         return None;
     }
     let ihl = usize::from(ip[0] & 0x0f) * 4;
     let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    let tcp = ip.get(ihl..total.min(ip.len()))?;
-    let offset = usize::from(tcp.get(12)? >> 4) * 4;
-    let payload = tcp.get(offset..)?.to_vec();
+    let l4 = ip.get(ihl..total.min(ip.len()))?;
+    let offset = if udp {
+        8
+    } else {
+        usize::from(l4.get(12)? >> 4) * 4
+    };
+    let payload = l4.get(offset..)?.to_vec();
     if payload.is_empty() {
         return None;
     }
+    let tcp = l4;
     Some(Segment {
+        udp,
         src: std::net::Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
         dst: std::net::Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
         src_port: u16::from_be_bytes([tcp[0], tcp[1]]),
@@ -158,6 +167,11 @@ pub fn all_bytes(segments: &[Segment]) -> Vec<u8> {
         .iter()
         .flat_map(|s| s.payload.iter().copied())
         .collect()
+}
+
+/// A QUIC v1 long-header Initial packet (RFC 9000 §17.2.2): the start of a QUIC handshake.
+pub fn is_quic_initial(s: &Segment) -> bool {
+    s.udp && s.payload.len() > 5 && s.payload[0] & 0xf0 == 0xc0 && s.payload[1..5] == [0, 0, 0, 1]
 }
 
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {

@@ -5,50 +5,13 @@ use std::{net::SocketAddr, time::Duration};
 
 use mesh_agent::identity::{CaClient, Identity};
 use weft_tests::{
-    eventually, features, netns, pattern, peer, probe, wire, Agent, Ca, Client, Pod, Topology,
+    eventually, features, netns, pattern, peer, probe, wire, Client, Pod, TwoNodeMesh,
 };
 
-const TD: &str = "cluster.local";
+const TD: &str = weft_tests::fixture::TRUST_DOMAIN;
 
-/// Two nodes joined by a wire, a CA on n1, meshed agents on both. `mesh/client` on n1,
-/// `mesh/server` on n2 (both enrolled), `plain/plain` on n2 (not), all serving echo on 8080.
-struct Mesh {
-    a1: Agent,
-    a2: Agent,
-    ca: Ca,
-    client: Pod,
-    server: Pod,
-    plain: Pod,
-    topo: Topology,
-}
-
-fn mesh(lifetime_secs: u64) -> Mesh {
-    let mut topo = Topology::new();
-    let (n1, n2) = topo.two_nodes();
-    topo.namespace("mesh", true);
-    topo.namespace("plain", false);
-    let client = topo.pod(&n1, "mesh", "client");
-    let server = topo.pod(&n2, "mesh", "server");
-    let plain = topo.pod(&n2, "plain", "plain");
-    for p in [&client, &server, &plain] {
-        probe::serve(&mut topo, p, &[8080]);
-    }
-    let ca = Ca::start(&topo, &n1, 15012, lifetime_secs, TD);
-    let a1 = Agent::start_meshed(&topo, &n1, &ca, &[]);
-    let a2 = Agent::start_meshed(&topo, &n2, &ca, &[]);
-    a1.wait_enrolled(&client);
-    a2.wait_enrolled(&server);
-    a1.wait_certificates();
-    a2.wait_certificates();
-    Mesh {
-        a1,
-        a2,
-        ca,
-        client,
-        server,
-        plain,
-        topo,
-    }
+fn mesh(lifetime_secs: u64) -> TwoNodeMesh {
+    TwoNodeMesh::start(lifetime_secs, &[])
 }
 
 fn id(ns: &str, sa: &str) -> Identity {

@@ -145,6 +145,10 @@ pub fn tools() -> Result<()> {
     if !succeeds(Command::new("nsenter").arg("--version")) {
         missing.push("util-linux");
     }
+    // nft: tests that block traffic between nodes (UDP for the QUIC fallback).
+    if !succeeds(Command::new("nft").arg("--version")) {
+        missing.push("nftables");
+    }
     if missing.is_empty() {
         return Ok(());
     }

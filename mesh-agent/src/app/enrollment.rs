@@ -148,6 +148,11 @@ impl Enrollment {
             identity: target.identity.clone(),
             netns,
             maps,
+            hbone_tls: self
+                .shared
+                .mtls
+                .as_ref()
+                .map(|m| crate::tls::server_config(&m.certs, &target.identity)),
             shared: self.shared.clone(),
         });
         let tasks = proxy::serve(ctx.clone(), listeners);

@@ -17,6 +17,8 @@ pub struct InpodListeners {
     pub outbound: Vec<TcpListener>,
     pub inbound: Vec<TcpListener>,
     pub hbone: Vec<TcpListener>,
+    /// UDP :15008: the QUIC side of HBONE.
+    pub quic: Vec<std::net::UdpSocket>,
 }
 
 impl InpodListeners {
@@ -32,7 +34,15 @@ impl InpodListeners {
             )?],
             inbound: vec![],
             hbone: vec![listen(netns, (v4_any, ports::HBONE).into())?],
+            quic: vec![],
         };
+        // QUIC is optional: without it peers fall back to h2.
+        for any in [v4_any, v6_any] {
+            match crate::tunnel::quic::server_socket(netns, (any, ports::HBONE).into()) {
+                Ok(s) => l.quic.push(s),
+                Err(e) => debug!(error = %e, %any, "no QUIC listener"),
+            }
+        }
         if pod_ip.is_ipv4() {
             l.inbound
                 .push(listen(netns, (v4_any, ports::INBOUND).into())?);

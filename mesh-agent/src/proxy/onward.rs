@@ -21,9 +21,11 @@ use tokio::{
 use super::{listeners::connect_from_pod, PodContext, Reset};
 use crate::{
     identity::Identity,
+    state::TunnelProtocol,
     state::{MtlsMode, State},
-    tunnel::H2Stream,
+    tunnel::{quic::client::Failure, quic::QuicStream, H2Stream},
 };
+use tracing::debug;
 
 /// Where an outbound connection goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,9 +58,24 @@ pub fn route(state: &State, trust_domain: &str, dst: SocketAddr) -> Route {
 pub async fn connect(ctx: &PodContext, dst: SocketAddr) -> io::Result<Upstream> {
     let shared = &ctx.shared;
     if let Some(mtls) = &shared.mtls {
-        if let Route::Tunnel { identity, hbone } =
-            route(&shared.state.load(), &shared.trust_domain, dst)
-        {
+        let (route, transport) = {
+            let state = shared.state.load();
+            (route(&state, &shared.trust_domain, dst), state.mesh.tunnel)
+        };
+        if let Route::Tunnel { identity, hbone } = route {
+            if transport == TunnelProtocol::Quic {
+                match mtls
+                    .quic
+                    .connect(&ctx.netns, &ctx.identity, &identity, hbone, dst)
+                    .await
+                {
+                    Ok(stream) => return Ok(Upstream::Quic(stream, identity)),
+                    Err(Failure::Refused(e)) => return Err(e),
+                    Err(Failure::Unavailable(e)) => {
+                        debug!(error = %e, "QUIC unavailable; tunneling over h2")
+                    }
+                }
+            }
             let stream = mtls
                 .pool
                 .connect(&ctx.netns, &ctx.identity, &identity, hbone, dst)
@@ -74,7 +91,10 @@ pub async fn connect(ctx: &PodContext, dst: SocketAddr) -> io::Result<Upstream> 
 /// The onward leg, whichever way it goes.
 pub enum Upstream {
     Direct(TcpStream),
+    /// HBONE over HTTP/2.
     Tunnel(H2Stream, Identity),
+    /// The same tunnel over QUIC.
+    Quic(QuicStream, Identity),
 }
 
 impl Upstream {
@@ -82,7 +102,16 @@ impl Upstream {
     pub fn peer_identity(&self) -> Option<&Identity> {
         match self {
             Upstream::Direct(_) => None,
-            Upstream::Tunnel(_, id) => Some(id),
+            Upstream::Tunnel(_, id) | Upstream::Quic(_, id) => Some(id),
+        }
+    }
+
+    /// What carries the bytes: `tcp` (plain), `hbone` (h2) or `quic`.
+    pub fn transport(&self) -> &'static str {
+        match self {
+            Upstream::Direct(_) => "tcp",
+            Upstream::Tunnel(..) => "hbone",
+            Upstream::Quic(..) => "quic",
         }
     }
 }
@@ -92,6 +121,7 @@ impl Reset for Upstream {
         match self {
             Upstream::Direct(s) => s.reset(),
             Upstream::Tunnel(s, _) => s.reset(),
+            Upstream::Quic(s, _) => s.reset(),
         }
     }
 }
@@ -105,6 +135,7 @@ impl AsyncRead for Upstream {
         match self.get_mut() {
             Upstream::Direct(s) => Pin::new(s).poll_read(cx, buf),
             Upstream::Tunnel(s, _) => Pin::new(s).poll_read(cx, buf),
+            Upstream::Quic(s, _) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -118,6 +149,7 @@ impl AsyncWrite for Upstream {
         match self.get_mut() {
             Upstream::Direct(s) => Pin::new(s).poll_write(cx, buf),
             Upstream::Tunnel(s, _) => Pin::new(s).poll_write(cx, buf),
+            Upstream::Quic(s, _) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -125,6 +157,7 @@ impl AsyncWrite for Upstream {
         match self.get_mut() {
             Upstream::Direct(s) => Pin::new(s).poll_flush(cx),
             Upstream::Tunnel(s, _) => Pin::new(s).poll_flush(cx),
+            Upstream::Quic(s, _) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -132,6 +165,7 @@ impl AsyncWrite for Upstream {
         match self.get_mut() {
             Upstream::Direct(s) => Pin::new(s).poll_shutdown(cx),
             Upstream::Tunnel(s, _) => Pin::new(s).poll_shutdown(cx),
+            Upstream::Quic(s, _) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

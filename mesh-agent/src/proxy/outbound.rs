@@ -34,7 +34,7 @@ async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
         match onward::connect(&ctx, orig).await {
             Ok(up) => {
                 match up.peer_identity() {
-                    Some(id) => debug!(dst_identity = %id, "tunneled over HBONE"),
+                    Some(id) => debug!(dst_identity = %id, transport = up.transport(), "tunneled"),
                     None => debug!("direct: destination is outside the mesh"),
                 }
                 relay(down, up, start).await

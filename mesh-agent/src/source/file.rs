@@ -12,7 +12,9 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::objects::{NamespaceObject, NodeObject, Object, PeerAuthenticationObject, PodObject};
+use super::objects::{
+    MeshConfigObject, NamespaceObject, NodeObject, Object, PeerAuthenticationObject, PodObject,
+};
 
 /// API group/version of Weft's own kinds.
 pub const WEFT_API_VERSION: &str = "weft.dev/v1alpha1";
@@ -142,6 +144,11 @@ pub fn parse_document(value: serde_yaml::Value) -> Result<Option<Object>, (Strin
         (WEFT_API_VERSION, "PeerAuthentication") => {
             Object::PeerAuthentication(typed::<PeerAuthenticationObject>(value)?)
         }
+        (WEFT_API_VERSION, "MeshConfig") => {
+            let mc = typed::<MeshConfigObject>(value)?;
+            mc.check()?;
+            Object::MeshConfig(mc)
+        }
         (WEFT_API_VERSION, other) => {
             return Err((
                 "kind".into(),
@@ -266,6 +273,35 @@ status: {podIP: 10.0.1.2}
         let bad_mode = ok.replace("STRICT", "SOMETIMES");
         let v: serde_yaml::Value = serde_yaml::from_str(&bad_mode).unwrap();
         assert_eq!(parse_document(v).err().unwrap().0, "spec.mtls.mode");
+    }
+
+    #[test]
+    fn mesh_config_sets_the_tunnel_and_names_its_mistakes() {
+        let doc = |meta: &str, spec: &str| -> serde_yaml::Value {
+            let text = format!(
+                "apiVersion: weft.dev/v1alpha1\nkind: MeshConfig\nmetadata: {meta}\nspec: {spec}\n"
+            );
+            serde_yaml::from_str(&text).unwrap()
+        };
+        let home = "{name: default, namespace: weft-system}";
+        let mut state = State::default();
+        assert_eq!(state.mesh.tunnel, crate::state::TunnelProtocol::H2);
+        match parse_document(doc(home, "{tunnel: quic}")) {
+            Ok(Some(o)) => o.apply(&mut state),
+            _ => panic!("a valid MeshConfig parses"),
+        }
+        assert_eq!(state.mesh.tunnel, crate::state::TunnelProtocol::Quic);
+
+        let (field, msg) = parse_document(doc(home, "{tunnel: udp}")).err().unwrap();
+        assert_eq!(field, "spec.tunnel");
+        assert!(msg.contains("h2") && msg.contains("quic"), "{msg}");
+        let (field, _) = parse_document(doc(home, "{tunel: quic}")).err().unwrap();
+        assert_eq!(field, "spec.tunel");
+        let (field, msg) = parse_document(doc("{name: mine, namespace: shop}", "{}"))
+            .err()
+            .unwrap();
+        assert_eq!(field, "metadata.name");
+        assert!(msg.contains("weft-system/default") && msg.contains("shop/mine"));
     }
 
     #[test]

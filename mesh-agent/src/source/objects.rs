@@ -8,7 +8,11 @@ use serde::Deserialize;
 
 use crate::{
     config::{CGROUP_ANNOTATION, NETNS_ANNOTATION},
-    state::{MtlsMode, Namespace, Node, PeerAuthentication, Pod, PodKey, State},
+    state::{
+        mesh::{MESH_CONFIG_NAME, MESH_CONFIG_NAMESPACE},
+        MeshConfig, MtlsMode, Namespace, Node, PeerAuthentication, Pod, PodKey, State,
+        TunnelProtocol,
+    },
 };
 
 #[derive(Debug, Deserialize)]
@@ -99,12 +103,47 @@ pub struct MtlsSpec {
     pub mode: MtlsMode,
 }
 
+/// weft.dev/v1alpha1 MeshConfig. Only `weft-system/default` is read; its spec is ours, so
+/// unknown fields (including settings this version does not implement) are errors.
+#[derive(Debug, Deserialize)]
+pub struct MeshConfigObject {
+    pub metadata: Meta,
+    #[serde(default)]
+    pub spec: MeshConfigSpec,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshConfigSpec {
+    #[serde(default)]
+    pub tunnel: TunnelProtocol,
+}
+
+impl MeshConfigObject {
+    /// The name and namespace are part of the contract: a second MeshConfig would be ambiguous.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        let ns = self.metadata.namespace.as_deref().unwrap_or("default");
+        if self.metadata.name != MESH_CONFIG_NAME || ns != MESH_CONFIG_NAMESPACE {
+            return Err((
+                "metadata.name".into(),
+                format!(
+                    "the MeshConfig must be {MESH_CONFIG_NAMESPACE}/{MESH_CONFIG_NAME}; \
+                     {ns}/{} would be ignored",
+                    self.metadata.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// One parsed document.
 pub enum Object {
     Node(NodeObject),
     Namespace(NamespaceObject),
     Pod(PodObject),
     PeerAuthentication(PeerAuthenticationObject),
+    MeshConfig(MeshConfigObject),
 }
 
 impl Object {
@@ -142,6 +181,11 @@ impl Object {
                 state
                     .peer_authentications
                     .insert((namespace, pa.metadata.name), policy);
+            }
+            Object::MeshConfig(mc) => {
+                state.mesh = MeshConfig {
+                    tunnel: mc.spec.tunnel,
+                }
             }
         }
     }

@@ -9,7 +9,7 @@ use std::{
 
 use serde::Serialize;
 
-use super::PeerAuthentication;
+use super::{MeshConfig, PeerAuthentication};
 use crate::config::{MESH_DISABLED, MESH_ENABLED, MESH_LABEL};
 
 /// `namespace/name`.
@@ -67,6 +67,8 @@ pub struct State {
     /// (namespace, name) → policy.
     #[serde(serialize_with = "values")]
     pub peer_authentications: BTreeMap<(String, String), PeerAuthentication>,
+    /// The mesh-wide settings (MeshConfig `weft-system/default`).
+    pub mesh: MeshConfig,
     /// Index: pod IP → pod. Rebuilt by [`State::reindex`] once a source has filled the state.
     #[serde(skip)]
     by_ip: HashMap<IpAddr, PodKey>,

@@ -8,7 +8,7 @@
 //! nothing listens on (503).
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -16,18 +16,13 @@ use std::{
 use bytes::Bytes;
 use h2::server::SendResponse;
 use http::{Request, Response, StatusCode};
-use mesh_common::INBOUND_DELIVERY_SOURCE;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, info_span, warn, Instrument as _};
 
-use super::H2Stream;
+use super::{deliver::deliver, H2Stream};
 use crate::{
     identity::Identity,
-    proxy::{
-        listeners::{accept_loop, connect_from_pod},
-        relay, reset, PodContext,
-    },
-    tls,
+    proxy::{listeners::accept_loop, relay, reset, PodContext},
 };
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,11 +35,11 @@ pub async fn serve(ctx: Arc<PodContext>, listener: TcpListener) {
 }
 
 async fn handle(ctx: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
-    let Some(mtls) = ctx.shared.mtls.as_ref() else {
+    let Some(tls) = ctx.hbone_tls.clone() else {
         info!(pod = %ctx.key, %peer, "hbone: no CA configured on this agent; reset");
         return reset(tcp);
     };
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&mtls.certs, &ctx.identity));
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -110,33 +105,11 @@ async fn stream(
             "only CONNECT is served",
         );
     }
-    let target = req
-        .uri()
-        .authority()
-        .and_then(|a| a.as_str().parse::<SocketAddr>().ok());
-    let Some(target) = target else {
-        return refuse(respond, StatusCode::BAD_REQUEST, "authority is not IP:port");
-    };
-    if target.ip() != ctx.ip {
-        return refuse(
-            respond,
-            StatusCode::FORBIDDEN,
-            &format!("{target} is not this pod ({})", ctx.ip),
-        );
-    }
+    let authority = req.uri().authority().map(|a| a.as_str()).unwrap_or("");
     let start = Instant::now();
-    let bind = target
-        .is_ipv4()
-        .then(|| SocketAddr::new(Ipv4Addr::from(INBOUND_DELIVERY_SOURCE).into(), 0));
-    let up = match connect_from_pod(&ctx.netns, target, bind).await {
-        Ok(up) => up,
-        Err(e) => {
-            return refuse(
-                respond,
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("delivery to {target}: {e}"),
-            );
-        }
+    let (target, up) = match deliver(&ctx, authority).await {
+        Ok(d) => d,
+        Err(r) => return refuse(respond, r.status, &r.reason),
     };
     let ok = Response::builder()
         .status(StatusCode::OK)

@@ -136,8 +136,7 @@ fn run(topo: &mut Topology) {
     );
     for agent in [&agent_a, &agent_b] {
         let log = agent.log();
-        let interesting =
-            |l: &&str| l.contains("connection closed") || l.contains("tunneled over HBONE");
+        let interesting = |l: &&str| l.contains("connection closed") || l.contains("tunneled");
         for line in log.lines().filter(interesting) {
             let short = line
                 .split_once(" INFO ")

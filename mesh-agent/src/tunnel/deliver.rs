@@ -1,0 +1,55 @@
+//! The last hop of every tunnel, whatever carried it: check that the requested target is a port
+//! of this pod and connect to it from inside the pod's netns. The refusal carries the status the
+//! tunnel answers with (HTTP semantics, shared by h2 and QUIC) and the reason that is logged.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use http::StatusCode;
+use mesh_common::INBOUND_DELIVERY_SOURCE;
+use tokio::net::TcpStream;
+
+use crate::proxy::{listeners::connect_from_pod, PodContext};
+
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub reason: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, reason: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Connects to `authority` (`IP:port`, the original destination) inside the pod.
+pub async fn deliver(
+    ctx: &PodContext,
+    authority: &str,
+) -> Result<(SocketAddr, TcpStream), Refusal> {
+    let target: SocketAddr = authority.parse().map_err(|_| {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            format!("authority {authority:?} is not IP:port"),
+        )
+    })?;
+    if target.ip() != ctx.ip {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            format!("{target} is not this pod ({})", ctx.ip),
+        ));
+    }
+    let bind = target
+        .is_ipv4()
+        .then(|| SocketAddr::new(Ipv4Addr::from(INBOUND_DELIVERY_SOURCE).into(), 0));
+    match connect_from_pod(&ctx.netns, target, bind).await {
+        Ok(up) => Ok((target, up)),
+        Err(e) => Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("delivery to {target}: {e}"),
+        )),
+    }
+}

@@ -1,0 +1,84 @@
+//! The request and response that open a QUIC tunnel stream (the CONNECT of HBONE, in bytes):
+//!
+//! - request: version `1`, one byte of length, the authority `IP:port` (the original
+//!   destination) in UTF-8;
+//! - response: the HTTP status as two bytes, big-endian (200 to go on; 400, 403, 503 refused,
+//!   the same codes as over h2).
+//!
+//! Anything else is an error that names what was wrong; nothing here panics on garbage.
+
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+pub const VERSION: u8 = 1;
+
+pub async fn write_request(w: &mut (impl AsyncWrite + Unpin), authority: &str) -> io::Result<()> {
+    let len = u8::try_from(authority.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "authority too long"))?;
+    let mut buf = Vec::with_capacity(2 + authority.len());
+    buf.extend_from_slice(&[VERSION, len]);
+    buf.extend_from_slice(authority.as_bytes());
+    w.write_all(&buf).await
+}
+
+/// Reads a request; the error is the reason to log.
+pub async fn read_request(r: &mut (impl AsyncRead + Unpin)) -> Result<String, String> {
+    let mut head = [0u8; 2];
+    r.read_exact(&mut head)
+        .await
+        .map_err(|e| format!("no tunnel header: {e}"))?;
+    if head[0] != VERSION {
+        return Err(format!(
+            "unknown tunnel header version {} (expected {VERSION})",
+            head[0]
+        ));
+    }
+    let mut authority = vec![0u8; usize::from(head[1])];
+    r.read_exact(&mut authority)
+        .await
+        .map_err(|e| format!("truncated tunnel header: {e}"))?;
+    String::from_utf8(authority).map_err(|_| "tunnel authority is not UTF-8".to_string())
+}
+
+pub async fn write_status(w: &mut (impl AsyncWrite + Unpin), status: u16) -> io::Result<()> {
+    w.write_all(&status.to_be_bytes()).await
+}
+
+pub async fn read_status(r: &mut (impl AsyncRead + Unpin)) -> io::Result<u16> {
+    let mut b = [0u8; 2];
+    r.read_exact(&mut b).await?;
+    Ok(u16::from_be_bytes(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn request_round_trips() {
+        let mut buf = Vec::new();
+        write_request(&mut buf, "10.0.0.7:8080").await.unwrap();
+        assert_eq!(&buf[..2], &[1, 13]);
+        assert_eq!(read_request(&mut &buf[..]).await.unwrap(), "10.0.0.7:8080");
+        let mut status = Vec::new();
+        write_status(&mut status, 403).await.unwrap();
+        assert_eq!(read_status(&mut &status[..]).await.unwrap(), 403);
+    }
+
+    #[tokio::test]
+    async fn garbage_is_named_not_panicked_on() {
+        let cases: [(&[u8], &str); 4] = [
+            (b"", "no tunnel header"),
+            (b"GET / HTTP/1.1\r\n", "unknown tunnel header version 71"),
+            (&[1, 20, b'1', b'0'], "truncated tunnel header"),
+            (&[1, 2, 0xff, 0xfe], "not UTF-8"),
+        ];
+        for (bytes, expected) in cases {
+            let err = read_request(&mut &bytes[..]).await.unwrap_err();
+            assert!(err.contains(expected), "{bytes:?}: {err}");
+        }
+        let long = "1".repeat(300);
+        assert!(write_request(&mut Vec::new(), &long).await.is_err());
+    }
+}
