@@ -2,12 +2,17 @@
 //! state directory (created on first start), authenticates the calling agent, and signs only the
 //! SPIFFE identities of pods scheduled on that agent's node.
 //!
-//! Local mode authentication: a per-node bootstrap credential (a random token, plus the root
-//! certificate the agent must trust) written under `<state-dir>/bootstrap/<node>/` for every
-//! Node in the configuration. Kubernetes mode (TokenReview) comes with the Kubernetes source.
+//! Authentication of agents (`--auth`):
+//! - `bootstrap` (local mode): a per-node credential (a random token, plus the root certificate
+//!   the agent must trust) written under `<state-dir>/bootstrap/<node>/` for every Node in the
+//!   configuration;
+//! - `kubernetes`: the agent's projected ServiceAccount token, checked with TokenReview
+//!   (`token_review`): it must be the agent's ServiceAccount, bound to the node it claims.
 
+pub mod auth;
 pub mod authority;
 pub mod server;
+pub mod token_review;
 
 pub use authority::Authority;
 pub use server::{run, CaArgs};

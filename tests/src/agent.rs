@@ -227,6 +227,15 @@ impl Agent {
         (cpu, hwm)
     }
 
+    /// Waits until the MeshConfig tunnel `tunnel` is in force on this agent.
+    pub fn wait_tunnel(&self, tunnel: &str) {
+        eventually(
+            &format!("MeshConfig tunnel {tunnel} in force"),
+            Duration::from_secs(10),
+            || (self.config_dump()["mesh"]["tunnel"] == tunnel).then_some(()),
+        )
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

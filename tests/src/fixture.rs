@@ -89,3 +89,19 @@ impl TwoNodeMesh {
         }
     }
 }
+
+/// The MeshConfig that chooses the tunnel between agents (`h2` or `quic`).
+pub fn mesh_config(tunnel: &str) -> String {
+    format!(
+        "apiVersion: weft.dev/v1alpha1\nkind: MeshConfig\n\
+         metadata: {{name: default, namespace: weft-system}}\nspec: {{tunnel: {tunnel}}}\n"
+    )
+}
+
+/// Applies `mesh_config(tunnel)` and waits until every agent has it in force.
+pub fn set_tunnel(topo: &Topology, agents: &[&Agent], tunnel: &str) {
+    topo.apply("mesh-config", &mesh_config(tunnel));
+    for a in agents {
+        a.wait_tunnel(tunnel);
+    }
+}

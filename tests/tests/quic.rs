@@ -6,31 +6,17 @@ use std::{net::SocketAddr, time::Duration};
 
 use mesh_agent::identity::Identity;
 use weft_tests::{
-    eventually, features, fixture::TRUST_DOMAIN as TD, netns, pattern, peer, wire, Agent, Client,
-    Pod, TwoNodeMesh,
+    eventually, features,
+    fixture::{mesh_config, set_tunnel, TRUST_DOMAIN as TD},
+    netns, pattern, peer, wire, Client, Pod, TwoNodeMesh,
 };
-
-fn mesh_config(tunnel: &str) -> String {
-    format!(
-        "apiVersion: weft.dev/v1alpha1\nkind: MeshConfig\n\
-         metadata: {{name: default, namespace: weft-system}}\nspec: {{tunnel: {tunnel}}}\n"
-    )
-}
 
 fn quic_mesh() -> TwoNodeMesh {
     let m = TwoNodeMesh::start(3600, &[("mesh-config", &mesh_config("quic"))]);
     for a in [&m.a1, &m.a2] {
-        wait_tunnel(a, "quic");
+        a.wait_tunnel("quic");
     }
     m
-}
-
-fn wait_tunnel(agent: &Agent, tunnel: &str) {
-    eventually(
-        &format!("MeshConfig tunnel {tunnel} in force"),
-        Duration::from_secs(10),
-        || (agent.config_dump()["mesh"]["tunnel"] == tunnel).then_some(()),
-    );
 }
 
 fn id(ns: &str, sa: &str) -> Identity {
@@ -114,8 +100,7 @@ fn quic_carries_meshed_traffic_encrypted_and_switches_live() {
     );
 
     // Live switch to h2: the next connection is HBONE over TCP, no restart.
-    m.topo.apply("mesh-config", &mesh_config("h2"));
-    wait_tunnel(&m.a1, "h2");
+    set_tunnel(&m.topo, &[&m.a1, &m.a2], "h2");
     let tap = wire::WireTap::start(&n1.netns, "wire0");
     let r = c.connect(m.server.addr(8080), 64 * 1024);
     assert!(r.ok() && r.intact(), "{:?}", r.raw);

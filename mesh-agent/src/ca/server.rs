@@ -22,7 +22,9 @@ use tokio::{net::TcpListener, sync::watch};
 use tracing::{info, warn};
 
 use super::{
+    auth::Authenticator,
     authority::{write_secret, Refusal},
+    token_review::{service_account_user, TokenReviewer},
     Authority, ErrorResponse, SignRequest, SignResponse, NODE_HEADER, SIGN_PATH,
 };
 use crate::{identity::Identity, source, state::State};
@@ -45,13 +47,83 @@ pub struct CaArgs {
     /// Lifetime of workload certificates, in seconds (agents rotate at half-life).
     #[arg(long, env = "WEFT_CERT_LIFETIME_SECS", default_value_t = 24 * 3600)]
     pub cert_lifetime_secs: u64,
+    /// How agents prove their node: per-node bootstrap credentials written by the CA (local
+    /// mode), or ServiceAccount tokens checked with the API server's TokenReview.
+    #[arg(long, env = "WEFT_CA_AUTH", value_enum, default_value = "bootstrap")]
+    pub auth: AuthMode,
+    #[command(flatten)]
+    pub kube: KubeAuthArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    Bootstrap,
+    Kubernetes,
+}
+
+/// `--auth kubernetes`: where the API server is and what the agents' tokens must be.
+#[derive(Debug, clap::Args)]
+pub struct KubeAuthArgs {
+    /// API server HOST:PORT; default from KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT.
+    #[arg(long, env = "WEFT_KUBE_API")]
+    pub kube_api: Option<String>,
+    #[arg(
+        long,
+        env = "WEFT_KUBE_CA_FILE",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    )]
+    pub kube_ca_file: PathBuf,
+    /// The CA's own token, used to call TokenReview (needs `create` on tokenreviews).
+    #[arg(
+        long,
+        env = "WEFT_KUBE_TOKEN_FILE",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )]
+    pub kube_token_file: PathBuf,
+    /// The agents' ServiceAccount, NAMESPACE/NAME.
+    #[arg(
+        long,
+        env = "WEFT_AGENT_SERVICE_ACCOUNT",
+        default_value = "weft-system/mesh-agent"
+    )]
+    pub agent_service_account: String,
+    /// The audience the agents' projected tokens are issued for.
+    #[arg(long, env = "WEFT_TOKEN_AUDIENCE", default_value = "weft-ca")]
+    pub token_audience: String,
+}
+
+impl KubeAuthArgs {
+    fn authenticator(&self) -> anyhow::Result<Authenticator> {
+        let api = match &self.kube_api {
+            Some(a) => a.clone(),
+            None => {
+                let var = |k: &str| {
+                    std::env::var(k).with_context(|| format!("--kube-api not given and {k} unset"))
+                };
+                format!(
+                    "{}:{}",
+                    var("KUBERNETES_SERVICE_HOST")?,
+                    var("KUBERNETES_SERVICE_PORT")?
+                )
+            }
+        };
+        let reviewer = TokenReviewer::new(
+            &api,
+            self.kube_ca_file.clone(),
+            self.kube_token_file.clone(),
+            &self.token_audience,
+        )?;
+        Ok(Authenticator::Kubernetes {
+            reviewer,
+            agent_user: service_account_user(&self.agent_service_account),
+        })
+    }
 }
 
 struct Ca {
     authority: Authority,
     state: ArcSwap<State>,
-    /// node → bootstrap token
-    tokens: RwLock<HashMap<String, String>>,
+    auth: Authenticator,
     bootstrap_dir: PathBuf,
 }
 
@@ -59,10 +131,14 @@ pub async fn run(args: CaArgs) -> anyhow::Result<()> {
     let lifetime = Duration::from_secs(args.cert_lifetime_secs);
     let authority = Authority::load_or_create(&args.state_dir, &args.trust_domain, lifetime)?;
     let tls = server_tls(&authority)?;
+    let auth = match args.auth {
+        AuthMode::Bootstrap => Authenticator::Bootstrap(RwLock::new(HashMap::new())),
+        AuthMode::Kubernetes => args.kube.authenticator()?,
+    };
     let ca = Arc::new(Ca {
         authority,
         state: ArcSwap::from_pointee(State::default()),
-        tokens: RwLock::new(HashMap::new()),
+        auth,
         bootstrap_dir: args.state_dir.join("bootstrap"),
     });
     let listener = TcpListener::bind(args.listen)
@@ -124,9 +200,13 @@ fn server_tls(authority: &Authority) -> anyhow::Result<Arc<rustls::ServerConfig>
 }
 
 impl Ca {
-    /// Writes `<bootstrap>/<node>/{token,root.pem}` for every node that has none yet.
+    /// Writes `<bootstrap>/<node>/{token,root.pem}` for every node that has none yet (local
+    /// mode only: in Kubernetes, agents use their ServiceAccount tokens).
     fn bootstrap(&self, state: &State) -> anyhow::Result<()> {
-        let mut tokens = self.tokens.write().expect("tokens lock");
+        let Authenticator::Bootstrap(tokens) = &self.auth else {
+            return Ok(());
+        };
+        let mut tokens = tokens.write().expect("tokens lock");
         for node in state.nodes.keys() {
             let dir = self.bootstrap_dir.join(node);
             let token_file = dir.join("token");
@@ -155,12 +235,10 @@ impl Ca {
         let token = header(&req, "authorization")
             .and_then(|a| a.strip_prefix("Bearer ").map(str::to_owned))
             .unwrap_or_default();
-        if !self.authenticated(&node, &token) {
-            warn!(%node, "ca: refused: unknown node or wrong bootstrap credential");
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "unknown node or wrong bootstrap credential".into(),
-            );
+        let state = self.state.load();
+        if let Err((code, reason)) = self.auth.authenticate(&state, &node, &token).await {
+            warn!(%node, %reason, "ca: refused: not authenticated");
+            return error(code, reason);
         }
         let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
@@ -170,7 +248,6 @@ impl Ca {
             Ok(r) => r,
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("request body: {e}")),
         };
-        let state = self.state.load();
         match self
             .authority
             .sign(&request.csr, |id| authorise(&state, &node, id))
@@ -191,13 +268,6 @@ impl Ca {
             }
         }
     }
-
-    fn authenticated(&self, node: &str, token: &str) -> bool {
-        let tokens = self.tokens.read().expect("tokens lock");
-        tokens
-            .get(node)
-            .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
-    }
 }
 
 /// An agent may only obtain identities of pods scheduled on its own node.
@@ -212,10 +282,6 @@ fn authorise(state: &State, node: &str, id: &Identity) -> Result<(), Refusal> {
     } else {
         Err(Refusal(format!("no pod on node {node} runs as {id}")))
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn new_token() -> String {
@@ -283,12 +349,5 @@ mod tests {
             &Identity::new("cluster.local", "shop", "admin")
         )
         .is_err());
-    }
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

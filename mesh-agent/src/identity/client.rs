@@ -1,5 +1,7 @@
 //! The agent's client of the mesh CA: HTTPS to the CA (verified against the root from the
-//! node's bootstrap credential), authenticated with the node's bootstrap token.
+//! node's credential directory), authenticated with the token in that directory: the node's
+//! bootstrap token in local mode, or, in Kubernetes, the agent's projected ServiceAccount token
+//! (audience `weft-ca`; kubelet rotates it, so it is read again for every request).
 
 use std::{
     net::SocketAddr,
@@ -33,7 +35,7 @@ pub enum Error {
 pub struct CaClient {
     addr: SocketAddr,
     node: String,
-    token: String,
+    token_file: PathBuf,
     roots: Vec<CertificateDer<'static>>,
     tls: Arc<rustls::ClientConfig>,
 }
@@ -57,7 +59,8 @@ impl CaClient {
                 error: e.to_string(),
             })
         };
-        let token = read("token")?.trim().to_owned();
+        // Read once now so that a missing token is reported at start.
+        read("token")?;
         let root_pem = read("root.pem")?;
         let bad_root = |error: String| Error::Bootstrap {
             path: dir.join("root.pem"),
@@ -78,7 +81,7 @@ impl CaClient {
         Ok(Self {
             addr,
             node: node.to_owned(),
-            token,
+            token_file: dir.join("token"),
             roots,
             tls: Arc::new(tls),
         })
@@ -104,6 +107,10 @@ impl CaClient {
     }
 
     async fn request(&self, csr_pem: &str) -> Result<SignResponse, Error> {
+        let token = std::fs::read_to_string(&self.token_file).map_err(|e| Error::Bootstrap {
+            path: self.token_file.clone(),
+            error: e.to_string(),
+        })?;
         let tcp = tokio::net::TcpStream::connect(self.addr)
             .await
             .map_err(|e| self.unreachable(e))?;
@@ -123,7 +130,7 @@ impl CaClient {
         let req = hyper::Request::post(SIGN_PATH)
             .header("host", SERVER_NAME)
             .header("content-type", "application/json")
-            .header("authorization", format!("Bearer {}", self.token))
+            .header("authorization", format!("Bearer {}", token.trim()))
             .header(NODE_HEADER, &self.node)
             .body(Full::new(Bytes::from(body)))
             .expect("valid request");

@@ -3,19 +3,26 @@
 //!
 //! 1. The connect hook, on one node: direct (pod not enrolled), hook only (enrolled pod to an
 //!    excluded port: connect4 runs and lets go), captured (hook + agent + onward TCP).
-//! 2. Across two nodes: direct pod-to-pod vs Weft (mTLS HBONE over HTTP/2): connect latency,
-//!    single-stream echo throughput, agent CPU seconds per GB and peak RSS.
+//! 2. Across two nodes: direct pod-to-pod vs Weft h2 (mTLS HBONE over HTTP/2) vs Weft QUIC
+//!    (switched live by MeshConfig): connect + first byte latency, 1 KiB request/response
+//!    latency at a fixed rate, new connections per second, echo throughput with 1 and 8
+//!    streams, the agents' CPU seconds per GB moved and peak RSS.
 //!
 //! Rounds alternate between paths. Prints tables and writes target/bench/bench.json.
 
-use std::{net::SocketAddr, time::Instant};
+use std::net::SocketAddr;
 
 use serde_json::{json, Value};
-use weft_tests::{probe, Agent, Ca, Client, OneNode, Pod, Topology};
+use weft_tests::{fixture::set_tunnel, probe, Agent, Ca, OneNode, Pod, Topology};
 
 const EXCLUDED_PORT: u16 = 9999;
 const ROUNDS: usize = 5;
 const THROUGHPUT_BYTES: u64 = 128 << 20;
+/// Request/response: requests per second and how many, per path.
+const RR_RATE: u64 = 1000;
+const RR_COUNT: u64 = 3000;
+/// How long each path opens new connections.
+const CONN_SECS: u64 = 3;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -98,6 +105,38 @@ fn hook_cost(connections: usize) -> Value {
     json!({"latency": latency_table(&title, &paths.map(|p| p.0), &samples)})
 }
 
+/// One way from a client pod to a server: the tunnel it needs in force (None: not meshed).
+struct Path<'a> {
+    name: &'static str,
+    pod: &'a Pod,
+    dst: SocketAddr,
+    tunnel: Option<&'static str>,
+}
+
+struct CrossNode {
+    a1: Agent,
+    a2: Agent,
+    _ca: Ca,
+    topo: Topology,
+    current: Option<&'static str>,
+}
+
+impl CrossNode {
+    /// Puts the path's tunnel in force (a live MeshConfig change), if it needs one.
+    fn select(&mut self, path: &Path) {
+        if let Some(t) = path.tunnel {
+            if self.current != Some(t) {
+                set_tunnel(&self.topo, &[&self.a1, &self.a2], t);
+                self.current = Some(t);
+            }
+        }
+    }
+
+    fn cpu(&self) -> f64 {
+        self.a1.usage().0 + self.a2.usage().0
+    }
+}
+
 fn cross_node(connections: usize) -> Value {
     let mut topo = Topology::new();
     let (n1, n2) = topo.two_nodes();
@@ -116,43 +155,182 @@ fn cross_node(connections: usize) -> Value {
     a2.wait_enrolled(&ms);
     a1.wait_certificates();
     a2.wait_certificates();
+    let mut net = CrossNode {
+        a1,
+        a2,
+        _ca: ca,
+        topo,
+        current: None,
+    };
     let paths = [
-        ("direct", &pc, ps.addr(8080)),
-        ("weft h2", &mc, ms.addr(8080)),
+        Path {
+            name: "direct",
+            pod: &pc,
+            dst: ps.addr(8080),
+            tunnel: None,
+        },
+        Path {
+            name: "weft h2",
+            pod: &mc,
+            dst: ms.addr(8080),
+            tunnel: Some("h2"),
+        },
+        Path {
+            name: "weft quic",
+            pod: &mc,
+            dst: ms.addr(8080),
+            tunnel: Some("quic"),
+        },
     ];
-    let samples = latencies(&paths, connections);
-    let title =
-        format!("2. across nodes: connect + first byte, {connections} connections per path");
-    let latency = latency_table(&title, &paths.map(|p| p.0), &samples);
+    let mut rows: Vec<serde_json::Map<String, Value>> = vec![Default::default(); paths.len()];
+    let mut put = |i: usize, k: &str, v: Value| {
+        rows[i].insert(k.to_owned(), v);
+    };
 
-    println!(
-        "\nsingle-stream echo throughput across nodes ({} MiB each way)",
-        THROUGHPUT_BYTES >> 20
-    );
-    let usage = |a: &Agent, b: &Agent| a.usage().0 + b.usage().0;
-    let mut rows = Vec::new();
-    let mut base = 0.0;
-    for (name, pod, dst) in paths {
-        let cpu_before = usage(&a1, &a2);
-        let mut c = Client::start(&mut topo, pod);
-        let t = Instant::now();
-        let r = c.connect(dst, THROUGHPUT_BYTES);
-        let secs = t.elapsed().as_secs_f64();
-        assert!(r.intact(), "{:?}", r.raw);
-        let moved = 2.0 * THROUGHPUT_BYTES as f64;
-        let mbps = moved / secs / 1e6;
-        if base == 0.0 {
-            base = mbps;
+    // Connect + first byte, interleaved rounds.
+    let mut connect = vec![Vec::new(); paths.len()];
+    let per_round = (connections / ROUNDS).max(1).to_string();
+    for _ in 0..ROUNDS {
+        for (i, p) in paths.iter().enumerate() {
+            net.select(p);
+            connect[i].extend(micros(&probe::run(
+                p.pod,
+                &["latency", &p.dst.to_string(), &per_round],
+            )));
         }
-        let cpu_per_gb = (usage(&a1, &a2) - cpu_before) / (moved / 1e9);
-        println!(
-            "{name:<12} {mbps:>9.0} MB/s {:>8.2}x   agents' CPU {cpu_per_gb:.2} s/GB",
-            mbps / base
-        );
-        rows.push(json!({"path": name, "mb_s": mbps, "ratio": mbps / base, "agent_cpu_s_per_gb": cpu_per_gb}));
     }
-    let rss: Vec<u64> = [&a1, &a2].iter().map(|a| a.usage().1).collect();
+    for (i, s) in connect.iter_mut().enumerate() {
+        s.sort_unstable();
+        put(i, "connect_p50_us", json!(pct(s, 0.5)));
+        put(i, "connect_p99_us", json!(pct(s, 0.99)));
+    }
+
+    // 1 KiB request/response at a fixed rate on one established connection.
+    for (i, p) in paths.iter().enumerate() {
+        net.select(p);
+        let args = [
+            "rr",
+            &p.dst.to_string(),
+            &RR_RATE.to_string(),
+            &RR_COUNT.to_string(),
+        ];
+        let mut s = micros(&probe::run(p.pod, &args));
+        s.sort_unstable();
+        put(i, "rr_p50_us", json!(pct(&s, 0.5)));
+        put(i, "rr_p99_us", json!(pct(&s, 0.99)));
+    }
+
+    // New connections per second.
+    for (i, p) in paths.iter().enumerate() {
+        net.select(p);
+        let r = probe::run(
+            p.pod,
+            &["conns", &p.dst.to_string(), "4", &CONN_SECS.to_string()],
+        );
+        assert_eq!(r["failed"], 0, "{r}");
+        put(i, "new_conns_per_s", r["per_sec"].clone());
+    }
+
+    // Echo throughput, 1 and 8 streams, with the agents' CPU per GB moved.
+    for (streams, key) in [(1usize, "1"), (8, "8")] {
+        let each = THROUGHPUT_BYTES / streams as u64;
+        for (i, p) in paths.iter().enumerate() {
+            net.select(p);
+            let before = net.cpu();
+            let args = [
+                "streams",
+                &p.dst.to_string(),
+                &streams.to_string(),
+                &each.to_string(),
+            ];
+            let r = probe::run(p.pod, &args);
+            assert_eq!(r["intact"], streams, "{r}");
+            let moved = 2.0 * THROUGHPUT_BYTES as f64;
+            let secs = r["secs"].as_f64().expect("secs");
+            put(
+                i,
+                &format!("throughput_{key}_mb_s"),
+                json!(moved / secs / 1e6),
+            );
+            put(
+                i,
+                &format!("agent_cpu_s_per_gb_{key}"),
+                json!((net.cpu() - before) / (moved / 1e9)),
+            );
+        }
+    }
+    let rss: Vec<u64> = [&net.a1, &net.a2].iter().map(|a| a.usage().1).collect();
+    for (i, p) in paths.iter().enumerate() {
+        put(i, "path", json!(p.name));
+    }
+    print_table(connections, &rows);
     println!("agents' peak RSS: {} KiB and {} KiB", rss[0], rss[1]);
-    drop(ca);
-    json!({"latency": latency, "throughput": rows, "agent_peak_rss_kib": rss})
+    json!({"paths": rows, "agent_peak_rss_kib": rss})
+}
+
+fn micros(r: &Value) -> Vec<u64> {
+    assert_eq!(r["failed"], 0, "{r}");
+    r["micros"]
+        .as_array()
+        .expect("micros")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect()
+}
+
+/// Rows are metrics, columns paths; every figure with its ratio to direct (the first path).
+fn print_table(connections: usize, rows: &[serde_json::Map<String, Value>]) {
+    let metrics = [
+        (
+            "connect_p50_us",
+            format!("connect+first byte p50 µs ({connections}/path)"),
+        ),
+        ("connect_p99_us", "connect+first byte p99 µs".to_owned()),
+        ("rr_p50_us", format!("1 KiB req/resp p50 µs @{RR_RATE}/s")),
+        ("rr_p99_us", format!("1 KiB req/resp p99 µs @{RR_RATE}/s")),
+        (
+            "new_conns_per_s",
+            "new connections/s (4 workers)".to_owned(),
+        ),
+        ("throughput_1_mb_s", "echo MB/s, 1 stream".to_owned()),
+        ("throughput_8_mb_s", "echo MB/s, 8 streams".to_owned()),
+        (
+            "agent_cpu_s_per_gb_1",
+            "agents' CPU s/GB, 1 stream".to_owned(),
+        ),
+        (
+            "agent_cpu_s_per_gb_8",
+            "agents' CPU s/GB, 8 streams".to_owned(),
+        ),
+    ];
+    println!("\n2. across nodes; ratios to direct in brackets");
+    print!("{:<38}", "");
+    for r in rows {
+        print!("{:>20}", r["path"].as_str().unwrap_or(""));
+    }
+    println!();
+    for (key, label) in metrics {
+        print!("{label:<38}");
+        let base = rows[0][key].as_f64().unwrap_or(0.0);
+        for r in rows {
+            let v = r[key].as_f64().unwrap_or(0.0);
+            // The direct path has no agents: CPU per GB has no base to divide by.
+            let cell = if base > 0.0 && !key.starts_with("agent_cpu") {
+                format!("{v:.0} ({:.2}x)", v / base)
+            } else {
+                format!("{v:.2}")
+            };
+            print!("{cell:>20}");
+        }
+        println!();
+    }
+    let base = rows[0]["rr_p50_us"].as_f64().unwrap_or(0.0);
+    print!("{:<38}", "added p50 µs, req/resp (target ≤ 25)");
+    for r in rows {
+        print!(
+            "{:>20}",
+            format!("{:+.0}", r["rr_p50_us"].as_f64().unwrap_or(0.0) - base)
+        );
+    }
+    println!();
 }

@@ -9,6 +9,12 @@
 //!   weft-probe churn ADDR N                           N short connections in a row
 //!   weft-probe latency ADDR N                         N connect+greeting round trips (bench)
 //!   weft-probe soak ADDR SECONDS                      connections with 4 KiB echoed, for a while
+//!   weft-probe rr ADDR RATE COUNT                     1 KiB request/response at a fixed rate (bench)
+//!   weft-probe conns ADDR WORKERS SECONDS             new connections per second (bench)
+//!   weft-probe streams ADDR N BYTES                   N concurrent echo streams (bench)
+
+#[path = "probe/load.rs"]
+mod load;
 
 use std::{
     collections::HashMap,
@@ -33,6 +39,18 @@ fn main() {
         "churn" => println!("{}", churn(addr(arg(1)), arg(2).parse().expect("N"))),
         "latency" => println!("{}", latency(addr(arg(1)), arg(2).parse().expect("N"))),
         "soak" => println!("{}", soak(addr(arg(1)), arg(2).parse().expect("seconds"))),
+        "rr" => println!(
+            "{}",
+            load::request_response(addr(arg(1)), num(arg(2)), num(arg(3)) as usize)
+        ),
+        "conns" => println!(
+            "{}",
+            load::connection_rate(addr(arg(1)), num(arg(2)) as usize, num(arg(3)))
+        ),
+        "streams" => println!(
+            "{}",
+            load::streams(addr(arg(1)), num(arg(2)) as usize, num(arg(3)))
+        ),
         other => {
             eprintln!("unknown command {other:?}; see the header of tests/src/bin/probe.rs");
             std::process::exit(2);
@@ -46,6 +64,10 @@ fn flag(args: &[String], name: &str) -> String {
         .position(|a| a == name)
         .unwrap_or_else(|| panic!("missing {name}"));
     args[i + 1].clone()
+}
+
+fn num(s: &str) -> u64 {
+    s.parse().unwrap_or_else(|_| panic!("bad number {s:?}"))
 }
 
 fn addr(s: &str) -> SocketAddr {
