@@ -43,8 +43,11 @@ pub struct TokenReviewer {
     bearer_file: PathBuf,
     tls: Arc<rustls::ClientConfig>,
     audience: String,
-    cache: Mutex<HashMap<String, (Instant, Result<Reviewed, String>)>>,
+    cache: Mutex<HashMap<String, (Instant, Verdict)>>,
 }
+
+/// The API server's answer about one token: who, or why not.
+type Verdict = Result<Reviewed, String>;
 
 #[derive(Deserialize)]
 struct Review {
@@ -121,7 +124,7 @@ impl TokenReviewer {
     }
 
     /// Ok(verdict) when the API server answered; Err when it could not be asked.
-    async fn ask(&self, token: &str) -> anyhow::Result<Result<Reviewed, String>> {
+    async fn ask(&self, token: &str) -> anyhow::Result<Verdict> {
         let bearer = std::fs::read_to_string(&self.bearer_file)
             .map_err(|e| anyhow::anyhow!("own token {}: {e}", self.bearer_file.display()))?;
         let body = json!({
@@ -164,7 +167,7 @@ impl TokenReviewer {
     }
 }
 
-fn verdict(status: ReviewStatus) -> Result<Reviewed, String> {
+fn verdict(status: ReviewStatus) -> Verdict {
     if !status.authenticated {
         let why = if status.error.is_empty() {
             "not authenticated".to_owned()
