@@ -36,6 +36,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         node: cfg.node.clone(),
         trust_domain: cfg.trust_domain.clone(),
         state: ArcSwap::from_pointee(State::default()),
+        balancer: Default::default(),
         mtls: mtls(&cfg)?,
     });
     let certs = shared.mtls.as_ref().map(|m| m.certs.clone());

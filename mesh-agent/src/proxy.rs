@@ -7,6 +7,7 @@
 //!   unless the pod's PeerAuthentication is STRICT.
 //! - HBONE (:15008): mTLS tunnels from other agents (`tunnel::server`).
 
+pub mod balance;
 pub mod copy;
 pub mod inbound;
 pub mod listeners;
@@ -37,6 +38,8 @@ pub struct Shared {
     pub node: String,
     pub trust_domain: String,
     pub state: ArcSwap<State>,
+    /// Endpoint choice for connections to Services.
+    pub balancer: balance::Balancer,
     /// Present when the agent has a CA: meshed traffic is then carried in mTLS tunnels.
     pub mtls: Option<Mtls>,
 }

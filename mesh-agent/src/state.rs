@@ -3,8 +3,10 @@
 
 pub mod mesh;
 pub mod peer_auth;
+pub mod services;
 pub mod workloads;
 
 pub use mesh::{MeshConfig, TunnelProtocol};
 pub use peer_auth::{MtlsMode, PeerAuthentication};
+pub use services::{Resolved, Service, ServiceKey};
 pub use workloads::{Enrollment, Namespace, Node, Pod, PodKey, State};

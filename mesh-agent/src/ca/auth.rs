@@ -227,6 +227,7 @@ mod tests {
                 service_account: "mesh-agent".into(),
                 ip: None,
                 labels: Default::default(),
+                ports: Default::default(),
                 netns: None,
                 cgroup: None,
             },

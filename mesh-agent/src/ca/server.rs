@@ -335,6 +335,7 @@ mod tests {
                 service_account: "web".into(),
                 ip: None,
                 labels: Default::default(),
+                ports: Default::default(),
                 netns: None,
                 cgroup: None,
             },

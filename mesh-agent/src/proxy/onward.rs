@@ -25,7 +25,9 @@ use crate::{
     state::{MtlsMode, State},
     tunnel::{quic::client::Failure, quic::QuicStream, H2Stream},
 };
-use tracing::debug;
+use tracing::{debug, warn};
+
+use super::balance::{EJECTION, MAX_ATTEMPTS};
 
 /// Where an outbound connection goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +57,43 @@ pub fn route(state: &State, trust_domain: &str, dst: SocketAddr) -> Route {
     }
 }
 
+/// The onward leg to `dst`: a Service's cluster IP is resolved to one of its endpoints first.
 pub async fn connect(ctx: &PodContext, dst: SocketAddr) -> io::Result<Upstream> {
+    let Some(service) = ctx.shared.state.load().resolve_service(dst) else {
+        return connect_to(ctx, dst).await;
+    };
+    let balancer = &ctx.shared.balancer;
+    let candidates = balancer.candidates(&service);
+    if candidates.is_empty() {
+        warn!(service = %service.service, port = service.port, "service has no ready endpoints; reset");
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            format!(
+                "service {} port {} has no ready endpoints",
+                service.service, service.port
+            ),
+        ));
+    }
+    let mut last = None;
+    for endpoint in candidates.into_iter().take(MAX_ATTEMPTS) {
+        match connect_to(ctx, endpoint).await {
+            Ok(up) => {
+                balancer.succeeded(endpoint);
+                debug!(service = %service.service, %endpoint, "service endpoint chosen");
+                return Ok(up);
+            }
+            Err(e) => {
+                warn!(service = %service.service, %endpoint, error = %e,
+                    "service endpoint failed; skipped for {}s", EJECTION.as_secs());
+                balancer.failed(endpoint);
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.expect("at least one endpoint was tried"))
+}
+
+async fn connect_to(ctx: &PodContext, dst: SocketAddr) -> io::Result<Upstream> {
     let shared = &ctx.shared;
     if let Some(mtls) = &shared.mtls {
         let (route, transport) = {

@@ -13,7 +13,8 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::objects::{
-    MeshConfigObject, NamespaceObject, NodeObject, Object, PeerAuthenticationObject, PodObject,
+    EndpointSliceObject, MeshConfigObject, NamespaceObject, NodeObject, Object,
+    PeerAuthenticationObject, PodObject, ServiceObject,
 };
 
 /// API group/version of Weft's own kinds.
@@ -141,6 +142,14 @@ pub fn parse_document(value: serde_yaml::Value) -> Result<Option<Object>, (Strin
         ("v1", "Node") => Object::Node(typed::<NodeObject>(value)?),
         ("v1", "Namespace") => Object::Namespace(typed::<NamespaceObject>(value)?),
         ("v1", "Pod") => Object::Pod(typed::<PodObject>(value)?),
+        ("v1", "Service") => {
+            let s = typed::<ServiceObject>(value)?;
+            s.check()?;
+            Object::Service(s)
+        }
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            Object::EndpointSlice(typed::<EndpointSliceObject>(value)?)
+        }
         (WEFT_API_VERSION, "PeerAuthentication") => {
             Object::PeerAuthentication(typed::<PeerAuthenticationObject>(value)?)
         }
@@ -252,6 +261,10 @@ status: {podIP: 10.0.1.2}
             1,
             "web is enrolled, debug opted out"
         );
+        let web = state
+            .resolve_service("10.96.0.10:80".parse().unwrap())
+            .expect("the example Service");
+        assert_eq!(web.endpoints, vec!["10.1.0.2:8080".parse().unwrap()]);
     }
 
     #[test]
@@ -273,6 +286,39 @@ status: {podIP: 10.0.1.2}
         let bad_mode = ok.replace("STRICT", "SOMETIMES");
         let v: serde_yaml::Value = serde_yaml::from_str(&bad_mode).unwrap();
         assert_eq!(parse_document(v).err().unwrap().0, "spec.mtls.mode");
+    }
+
+    #[test]
+    fn services_and_slices_parse_and_their_mistakes_are_named() {
+        let parse = |text: &str| parse_document(serde_yaml::from_str(text).unwrap());
+        let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {clusterIP: 10.96.0.10, selector: {app: web}, ports: [{port: 80, targetPort: http}]}\n";
+        let mut state = State::default();
+        match parse(svc) {
+            Ok(Some(o)) => o.apply(&mut state),
+            _ => panic!("a valid Service parses"),
+        }
+        let slice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}\nendpoints: [{addresses: [10.1.0.5], conditions: {ready: true}}]\nports: [{port: 8080}]\n";
+        match parse(slice) {
+            Ok(Some(o)) => o.apply(&mut state),
+            _ => panic!("a valid EndpointSlice parses"),
+        }
+        state.reindex();
+        let r = state
+            .resolve_service("10.96.0.10:80".parse().unwrap())
+            .unwrap();
+        assert_eq!(r.endpoints, vec!["10.1.0.5:8080".parse().unwrap()]);
+
+        let (field, msg) = parse(&svc.replace("10.96.0.10", "10.96.0.300"))
+            .err()
+            .unwrap();
+        assert_eq!(field, "spec.clusterIP");
+        assert!(msg.contains("10.96.0.300"), "{msg}");
+        let (field, _) = parse(&svc.replace("port: 80,", "port: eighty,"))
+            .err()
+            .unwrap();
+        assert_eq!(field, "spec.ports[0].port");
+        let (field, _) = parse(&slice.replace("10.1.0.5", "pod-a")).err().unwrap();
+        assert_eq!(field, "endpoints[0].addresses[0]");
     }
 
     #[test]

@@ -6,6 +6,10 @@ use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
 use serde::Deserialize;
 
+pub mod services;
+
+pub use services::{EndpointSliceObject, ServiceObject};
+
 use crate::{
     config::{CGROUP_ANNOTATION, NETNS_ANNOTATION},
     state::{
@@ -40,6 +44,21 @@ pub struct PodObject {
 pub struct PodSpec {
     pub node_name: Option<String>,
     pub service_account_name: Option<String>,
+    #[serde(default)]
+    pub containers: Vec<Container>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Container {
+    #[serde(default)]
+    pub ports: Vec<ContainerPort>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub container_port: u16,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,6 +163,8 @@ pub enum Object {
     Pod(PodObject),
     PeerAuthentication(PeerAuthenticationObject),
     MeshConfig(MeshConfigObject),
+    Service(ServiceObject),
+    EndpointSlice(EndpointSliceObject),
 }
 
 impl Object {
@@ -182,6 +203,16 @@ impl Object {
                     .peer_authentications
                     .insert((namespace, pa.metadata.name), policy);
             }
+            Object::Service(s) => {
+                let service = s.into_service();
+                state.services.insert(service.key.clone(), service);
+            }
+            Object::EndpointSlice(e) => {
+                let slice = e.into_slice();
+                state
+                    .endpoint_slices
+                    .insert((slice.namespace.clone(), slice.name.clone()), slice);
+            }
             Object::MeshConfig(mc) => {
                 state.mesh = MeshConfig {
                     tunnel: mc.spec.tunnel,
@@ -209,6 +240,12 @@ fn pod(p: PodObject) -> Pod {
             .service_account_name
             .unwrap_or_else(|| "default".into()),
         ip: status.pod_ip,
+        ports: spec
+            .containers
+            .iter()
+            .flat_map(|c| &c.ports)
+            .filter_map(|p| Some((p.name.clone()?, p.container_port)))
+            .collect(),
         netns: path(NETNS_ANNOTATION),
         cgroup: path(CGROUP_ANNOTATION),
         labels: m.labels,

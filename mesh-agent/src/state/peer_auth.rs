@@ -74,6 +74,7 @@ mod tests {
             service_account: "default".into(),
             ip: None,
             labels: [("app".to_string(), app.to_string())].into(),
+            ports: Default::default(),
             netns: None,
             cgroup: None,
         }

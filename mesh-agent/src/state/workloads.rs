@@ -9,7 +9,10 @@ use std::{
 
 use serde::Serialize;
 
-use super::{MeshConfig, PeerAuthentication};
+use super::{
+    services::{EndpointSlice, Service, ServiceKey},
+    MeshConfig, PeerAuthentication,
+};
 use crate::config::{MESH_DISABLED, MESH_ENABLED, MESH_LABEL};
 
 /// `namespace/name`.
@@ -53,6 +56,8 @@ pub struct Pod {
     pub service_account: String,
     pub ip: Option<IpAddr>,
     pub labels: BTreeMap<String, String>,
+    /// Named container ports (for Services' named targetPorts).
+    pub ports: BTreeMap<String, u16>,
     /// File mode: the pod's netns path (`weft.dev/netns`).
     pub netns: Option<PathBuf>,
     /// File mode: the pod's cgroup v2 directory (`weft.dev/cgroup`).
@@ -69,9 +74,17 @@ pub struct State {
     pub peer_authentications: BTreeMap<(String, String), PeerAuthentication>,
     /// The mesh-wide settings (MeshConfig `weft-system/default`).
     pub mesh: MeshConfig,
+    #[serde(serialize_with = "values")]
+    pub services: BTreeMap<ServiceKey, Service>,
+    /// (namespace, name) → slice.
+    #[serde(serialize_with = "values")]
+    pub endpoint_slices: BTreeMap<(String, String), EndpointSlice>,
     /// Index: pod IP → pod. Rebuilt by [`State::reindex`] once a source has filled the state.
     #[serde(skip)]
     by_ip: HashMap<IpAddr, PodKey>,
+    /// Index: (cluster IP, port) → Service.
+    #[serde(skip)]
+    pub(super) by_vip: HashMap<(IpAddr, u16), ServiceKey>,
 }
 
 fn values<S: serde::Serializer, K, V: Serialize>(
@@ -98,6 +111,15 @@ impl State {
             .pods
             .values()
             .filter_map(|p| Some((p.ip?, p.key.clone())))
+            .collect();
+        self.by_vip = self
+            .services
+            .values()
+            .flat_map(|s| {
+                s.cluster_ips
+                    .iter()
+                    .flat_map(move |ip| s.ports.iter().map(move |p| ((*ip, p.port), s.key.clone())))
+            })
             .collect();
     }
 
@@ -162,6 +184,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            ports: Default::default(),
             netns: Some("/run/netns/p".into()),
             cgroup: Some("/sys/fs/cgroup/p".into()),
         }
