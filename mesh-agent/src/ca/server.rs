@@ -272,11 +272,9 @@ impl Ca {
 
 /// An agent may only obtain identities of pods scheduled on its own node.
 fn authorise(state: &State, node: &str, id: &Identity) -> Result<(), Refusal> {
-    let runs_here = state.pods.values().any(|p| {
-        p.node.as_deref() == Some(node)
-            && p.key.namespace == id.namespace
-            && p.service_account == id.service_account
-    });
+    let runs_here = state
+        .pods_running_as(&id.namespace, &id.service_account)
+        .any(|p| p.node.as_deref() == Some(node));
     if runs_here {
         Ok(())
     } else {
@@ -340,6 +338,7 @@ mod tests {
                 cgroup: None,
             },
         );
+        state.reindex();
         let id = Identity::new("cluster.local", "shop", "web");
         assert!(authorise(&state, "n1", &id).is_ok());
         let refusal = authorise(&state, "n2", &id).unwrap_err();

@@ -1,8 +1,12 @@
 //! File mode: every regular, non-hidden file in the directory is read as a stream of YAML
-//! documents. A document that fails is reported with its file, index and field path and left
-//! out; the other documents still apply.
+//! documents. A document that fails is reported with its file, index and field path; the other
+//! documents still apply, and the object it used to define (same kind, namespace and name, as
+//! far as the broken document still says) keeps its last good version. A file that stops being
+//! valid YAML keeps the last good versions of the objects it defined after the error. Deleting
+//! a document or a file deletes its objects: that is a change, not a mistake.
 
 use std::{
+    collections::HashMap,
     fmt,
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
@@ -49,8 +53,26 @@ pub struct Loaded {
     pub errors: Vec<ConfigError>,
 }
 
-/// Reads the whole directory into a `State`, with every rejected document.
+/// (apiVersion, kind, namespace, name) of a document, as far as it says.
+type ObjectId = (String, String, String, String);
+
+/// The last good document of every object, per file: what stays in force when a new version
+/// of the document is rejected.
+#[derive(Debug, Default)]
+pub struct LastGood {
+    by_file: HashMap<PathBuf, Vec<(ObjectId, serde_yaml::Value)>>,
+}
+
+const KEPT: &str = "; the previous version stays in force";
+
+/// Reads the whole directory into a `State`, with every rejected document (nothing previous:
+/// what `meshctl validate` and a first load see).
 pub fn load_dir(dir: &Path) -> (State, Vec<ConfigError>) {
+    load_dir_keeping(dir, &mut LastGood::default())
+}
+
+/// As `load_dir`, keeping the last good version of objects whose document is now rejected.
+pub fn load_dir_keeping(dir: &Path, last: &mut LastGood) -> (State, Vec<ConfigError>) {
     let mut state = State::default();
     let mut errors = Vec::new();
     let files = match list(dir) {
@@ -65,11 +87,37 @@ pub fn load_dir(dir: &Path) -> (State, Vec<ConfigError>) {
             return (state, errors);
         }
     };
+    let mut next = HashMap::new();
     for (file, _) in files {
-        load_file(&file, &mut state, &mut errors);
+        let previous = last
+            .by_file
+            .get(&file)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let good = load_file(&file, &mut state, &mut errors, previous);
+        next.insert(file, good);
     }
+    last.by_file = next;
     state.reindex();
     (state, errors)
+}
+
+fn object_id(value: &serde_yaml::Value) -> Option<ObjectId> {
+    let text = |v: Option<&serde_yaml::Value>| v.and_then(|v| v.as_str()).map(str::to_owned);
+    let meta = value.get("metadata");
+    Some((
+        text(value.get("apiVersion"))?,
+        text(value.get("kind"))?,
+        text(meta.and_then(|m| m.get("namespace"))).unwrap_or_default(),
+        text(meta.and_then(|m| m.get("name")))?,
+    ))
+}
+
+/// Applies a previously accepted document again (it parsed before, so it parses now).
+fn reapply(value: &serde_yaml::Value, state: &mut State) {
+    if let Ok(Some(object)) = parse_document(value.clone()) {
+        object.apply(state);
+    }
 }
 
 /// Regular files in the directory (recursively), sorted, with their modification times.
@@ -92,33 +140,69 @@ fn list(dir: &Path) -> std::io::Result<Vec<(PathBuf, (SystemTime, u64))>> {
     Ok(out)
 }
 
-fn load_file(file: &Path, state: &mut State, errors: &mut Vec<ConfigError>) {
+/// Applies one file's documents; returns its good documents (the new last good versions).
+fn load_file(
+    file: &Path,
+    state: &mut State,
+    errors: &mut Vec<ConfigError>,
+    previous: &[(ObjectId, serde_yaml::Value)],
+) -> Vec<(ObjectId, serde_yaml::Value)> {
     let err = |document, field: &str, message: String| ConfigError {
         file: file.to_owned(),
         document,
         field: field.to_owned(),
         message,
     };
+    let mut good: Vec<(ObjectId, serde_yaml::Value)> = Vec::new();
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
-        Err(e) => return errors.push(err(0, "", format!("cannot read file: {e}"))),
+        Err(e) => {
+            errors.push(err(0, "", format!("cannot read file: {e}")));
+            return good;
+        }
     };
+    let before = |id: &ObjectId| previous.iter().find(|(p, _)| p == id).map(|(_, v)| v);
     for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
         let index = i + 1;
         let value = match serde_yaml::Value::deserialize(doc) {
             Ok(v) => v,
             Err(e) => {
-                errors.push(err(index, "", format!("invalid YAML: {e}")));
-                // The parser cannot resynchronise after a syntax error.
+                // The parser cannot resynchronise after a syntax error: the objects this file
+                // defined and that were not read yet keep their last good version.
+                let kept: Vec<_> = previous
+                    .iter()
+                    .filter(|(id, _)| !good.iter().any(|(g, _)| g == id))
+                    .cloned()
+                    .collect();
+                let note = if kept.is_empty() { "" } else { KEPT };
+                errors.push(err(index, "", format!("invalid YAML: {e}{note}")));
+                for (id, v) in kept {
+                    reapply(&v, state);
+                    good.push((id, v));
+                }
                 break;
             }
         };
-        match parse_document(value) {
-            Ok(Some(object)) => object.apply(state),
+        let id = object_id(&value);
+        match parse_document(value.clone()) {
+            Ok(Some(object)) => {
+                object.apply(state);
+                if let Some(id) = id {
+                    good.push((id, value));
+                }
+            }
             Ok(None) => {}
-            Err((field, message)) => errors.push(err(index, &field, message)),
+            Err((field, message)) => match id.and_then(|id| Some((before(&id)?.clone(), id))) {
+                Some((last, id)) => {
+                    errors.push(err(index, &field, format!("{message}{KEPT}")));
+                    reapply(&last, state);
+                    good.push((id, last));
+                }
+                None => errors.push(err(index, &field, message)),
+            },
         }
     }
+    good
 }
 
 /// Parses one document. `Ok(None)`: empty, or a kind this agent does not use.
@@ -180,6 +264,7 @@ fn typed<T: DeserializeOwned>(value: serde_yaml::Value) -> Result<T, (String, St
 /// documents are logged once per change.
 pub async fn watch(dir: PathBuf, interval: Duration, tx: watch::Sender<Option<Loaded>>) {
     let mut last = None;
+    let mut last_good = LastGood::default();
     let mut tick = tokio::time::interval(interval);
     loop {
         tick.tick().await;
@@ -188,7 +273,7 @@ pub async fn watch(dir: PathBuf, interval: Duration, tx: watch::Sender<Option<Lo
             continue;
         }
         last = fingerprint;
-        let (state, errors) = load_dir(&dir);
+        let (state, errors) = load_dir_keeping(&dir, &mut last_good);
         for e in &errors {
             warn!(file = %e.file.display(), document = e.document, field = %e.field, "rejected: {}", e.message);
         }
@@ -248,6 +333,57 @@ status: {podIP: 10.0.1.2}
         assert_eq!(errors[0].field, "status.podIP");
         assert!(errors[0].file.ends_with("b.yaml"));
         assert_eq!(state.pods.len(), 1);
+    }
+
+    #[test]
+    fn a_rejected_document_keeps_the_previous_version_of_its_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("all.yaml");
+        let mut last = LastGood::default();
+        std::fs::write(&file, GOOD).unwrap();
+        let (state, errors) = load_dir_keeping(dir.path(), &mut last);
+        assert!(errors.is_empty());
+        let ip = |s: &State| s.pods.values().next().and_then(|p| p.ip);
+        assert_eq!(ip(&state), Some("10.0.1.2".parse().unwrap()));
+
+        // The pod's document breaks: it is rejected, and the pod stays as it was.
+        std::fs::write(&file, GOOD.replace("podIP: 10.0.1.2", "podIP: ten")).unwrap();
+        let (state, errors) = load_dir_keeping(dir.path(), &mut last);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].field, "status.podIP");
+        assert!(errors[0].message.ends_with(KEPT), "{}", errors[0]);
+        assert_eq!(ip(&state), Some("10.0.1.2".parse().unwrap()));
+        // Still broken on the next reload: still the last good version.
+        let (state, _) = load_dir_keeping(dir.path(), &mut last);
+        assert_eq!(ip(&state), Some("10.0.1.2".parse().unwrap()));
+
+        // A YAML syntax error before it: the objects after the error keep their versions.
+        std::fs::write(&file, format!("{GOOD}---\n: : [\n")).unwrap();
+        load_dir_keeping(dir.path(), &mut last);
+        let broken = GOOD.replace("kind: Namespace", "kind: Namespace\n  bad: [");
+        std::fs::write(&file, broken).unwrap();
+        let (state, errors) = load_dir_keeping(dir.path(), &mut last);
+        assert!(
+            errors[0].message.starts_with("invalid YAML"),
+            "{}",
+            errors[0]
+        );
+        assert!(errors[0].message.ends_with(KEPT), "{}", errors[0]);
+        assert_eq!(state.namespaces.len(), 1);
+        assert_eq!(ip(&state), Some("10.0.1.2".parse().unwrap()));
+
+        // Fixed with a new address: the new version applies. Deleted: the pod is gone.
+        std::fs::write(&file, GOOD.replace("10.0.1.2", "10.0.1.9")).unwrap();
+        let (state, errors) = load_dir_keeping(dir.path(), &mut last);
+        assert!(errors.is_empty());
+        assert_eq!(ip(&state), Some("10.0.1.9".parse().unwrap()));
+        std::fs::remove_file(&file).unwrap();
+        let (state, _) = load_dir_keeping(dir.path(), &mut last);
+        assert!(state.pods.is_empty());
+        // A first load (or `meshctl validate`) has no previous version to keep.
+        std::fs::write(&file, GOOD.replace("podIP: 10.0.1.2", "podIP: ten")).unwrap();
+        let (_, errors) = load_dir(dir.path());
+        assert!(!errors[0].message.ends_with(KEPT));
     }
 
     #[test]

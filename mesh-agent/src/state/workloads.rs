@@ -85,6 +85,12 @@ pub struct State {
     /// Index: (cluster IP, port) → Service.
     #[serde(skip)]
     pub(super) by_vip: HashMap<(IpAddr, u16), ServiceKey>,
+    /// Index: node → its pods.
+    #[serde(skip)]
+    by_node: HashMap<String, Vec<PodKey>>,
+    /// Index: (namespace, service account) → the pods running as that identity.
+    #[serde(skip)]
+    by_identity: HashMap<(String, String), Vec<PodKey>>,
 }
 
 fn values<S: serde::Serializer, K, V: Serialize>(
@@ -112,6 +118,18 @@ impl State {
             .values()
             .filter_map(|p| Some((p.ip?, p.key.clone())))
             .collect();
+        self.by_node.clear();
+        self.by_identity.clear();
+        for p in self.pods.values() {
+            if let Some(node) = &p.node {
+                self.by_node
+                    .entry(node.clone())
+                    .or_default()
+                    .push(p.key.clone());
+            }
+            let id = (p.key.namespace.clone(), p.service_account.clone());
+            self.by_identity.entry(id).or_default().push(p.key.clone());
+        }
         self.by_vip = self
             .services
             .values()
@@ -160,9 +178,30 @@ impl State {
 
     /// Pods of `node` that must be enrolled.
     pub fn enrolled_pods<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Pod> + 'a {
-        self.pods
-            .values()
+        self.pods_on(node)
             .filter(move |p| self.enrollment(p, node) == Enrollment::Enrolled)
+    }
+
+    /// The pods scheduled on `node`.
+    pub fn pods_on<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Pod> + 'a {
+        self.by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.pods.get(k))
+    }
+
+    /// The pods running as ServiceAccount `namespace/service_account`.
+    pub fn pods_running_as<'a>(
+        &'a self,
+        namespace: &str,
+        service_account: &str,
+    ) -> impl Iterator<Item = &'a Pod> + 'a {
+        self.by_identity
+            .get(&(namespace.to_owned(), service_account.to_owned()))
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.pods.get(k))
     }
 }
 
