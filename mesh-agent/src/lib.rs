@@ -7,6 +7,7 @@ pub mod app;
 pub mod ca;
 pub mod cli;
 pub mod config;
+pub mod crd;
 pub mod identity;
 pub mod netns;
 pub mod proxy;

@@ -29,8 +29,10 @@ enum Command {
         /// Only tests whose name contains this.
         filter: Option<String>,
     },
-    /// cargo fmt --check and cargo clippy -D warnings.
+    /// cargo fmt --check, cargo clippy -D warnings, and generated files up to date.
     Lint,
+    /// Regenerate deploy/crds/ from the CRD types in mesh-agent/src/crd/.
+    Codegen,
     /// A local two-node topology with pods and agents; shows what the mesh captured.
     Demo,
     /// Connect latency and throughput with and without Weft, as ratios measured in one run.
@@ -50,6 +52,7 @@ fn main() -> Result<()> {
         Command::Build { release } => run::build(release),
         Command::Test { filter } => run::test(filter),
         Command::Lint => run::lint(),
+        Command::Codegen => run::codegen(false),
         Command::Demo => run::demo(),
         Command::Bench { connections } => run::bench(connections),
     }

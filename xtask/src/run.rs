@@ -113,11 +113,41 @@ fn report_skips(log: &std::path::Path) -> usize {
     lines.len()
 }
 
+/// Writes (or, with `check`, compares) deploy/crds/ from the CRD types, through meshctl.
+pub fn codegen(check_only: bool) -> Result<()> {
+    prereqs::ebpf_toolchain()?;
+    ebpf::build()?;
+    let dir = ebpf::workspace_root().join("deploy/crds");
+    let dir = dir.to_string_lossy();
+    let flag = if check_only { "--check" } else { "--out" };
+    check(
+        if check_only {
+            "deploy/crds is up to date"
+        } else {
+            "meshctl crds"
+        },
+        cargo(&[
+            "run",
+            "-q",
+            "-p",
+            "mesh-agent",
+            "--bin",
+            "meshctl",
+            "--",
+            "crds",
+            flag,
+            &dir,
+        ])
+        .status(),
+    )
+}
+
 pub fn lint() -> Result<()> {
     check(
         "cargo fmt",
         cargo(&["fmt", "--all", "--", "--check"]).status(),
     )?;
+    codegen(true)?;
     check(
         "cargo clippy",
         cargo(&["clippy", "--all-targets", "--", "-D", "warnings"]).status(),

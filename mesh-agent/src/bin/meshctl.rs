@@ -26,6 +26,15 @@ enum Command {
         #[arg(short = 'f', long = "file")]
         path: PathBuf,
     },
+    /// The CustomResourceDefinitions of Weft's kinds, generated from the agent's own types.
+    Crds {
+        /// Write one file per CRD into this directory instead of printing them.
+        #[arg(long, conflicts_with = "check")]
+        out: Option<PathBuf>,
+        /// Exit non-zero if the files in this directory differ from the generated ones.
+        #[arg(long)]
+        check: Option<PathBuf>,
+    },
     /// Show an agent's enrolled pods and hook state.
     Status {
         /// The agent's admin address (in the node's network namespace).
@@ -40,6 +49,7 @@ enum Command {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Validate { path } => validate(path),
+        Command::Crds { out, check } => crds(out, check),
         Command::Status { admin, output } => match status(admin, output.as_deref() == Some("json"))
         {
             Ok(()) => ExitCode::SUCCESS,
@@ -69,6 +79,44 @@ fn validate(path: PathBuf) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+fn crds(out: Option<PathBuf>, check: Option<PathBuf>) -> ExitCode {
+    let all = mesh_agent::crd::all();
+    if let Some(dir) = check {
+        let stale: Vec<&String> = all
+            .iter()
+            .filter(|(file, yaml)| {
+                std::fs::read_to_string(dir.join(file)).ok().as_ref() != Some(yaml)
+            })
+            .map(|(file, _)| file)
+            .collect();
+        if stale.is_empty() {
+            return ExitCode::SUCCESS;
+        }
+        for f in stale {
+            eprintln!(
+                "meshctl: {} is stale; run `cargo xtask codegen`",
+                dir.join(f).display()
+            );
+        }
+        return ExitCode::FAILURE;
+    }
+    let Some(dir) = out else {
+        for (_, yaml) in all {
+            println!("---\n{yaml}");
+        }
+        return ExitCode::SUCCESS;
+    };
+    for (file, yaml) in all {
+        if let Err(e) =
+            std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(dir.join(&file), yaml))
+        {
+            eprintln!("meshctl: writing {}: {e}", dir.join(file).display());
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// `load_dir` reads directories; a single file is validated through a directory holding only it.

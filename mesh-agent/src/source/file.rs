@@ -17,13 +17,14 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::objects::{
-    EndpointSliceObject, MeshConfigObject, NamespaceObject, NodeObject, Object,
-    PeerAuthenticationObject, PodObject, ServiceObject,
+    check_mesh_config, EndpointSliceObject, NamespaceObject, NodeObject, Object, PodObject,
+    ServiceObject,
 };
 
-/// API group/version of Weft's own kinds.
-pub const WEFT_API_VERSION: &str = "weft.dev/v1alpha1";
-use crate::state::State;
+use crate::{
+    crd::{self, API_VERSION},
+    state::State,
+};
 
 /// A rejected document: where it is and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -234,18 +235,31 @@ pub fn parse_document(value: serde_yaml::Value) -> Result<Option<Object>, (Strin
         ("discovery.k8s.io/v1", "EndpointSlice") => {
             Object::EndpointSlice(typed::<EndpointSliceObject>(value)?)
         }
-        (WEFT_API_VERSION, "PeerAuthentication") => {
-            Object::PeerAuthentication(typed::<PeerAuthenticationObject>(value)?)
+        (API_VERSION, "PeerAuthentication") => {
+            Object::PeerAuthentication(typed::<crd::PeerAuthentication>(value)?)
         }
-        (WEFT_API_VERSION, "MeshConfig") => {
-            let mc = typed::<MeshConfigObject>(value)?;
-            mc.check()?;
+        (API_VERSION, "MeshConfig") => {
+            let mc = typed::<crd::MeshConfig>(value)?;
+            check_mesh_config(&mc)?;
             Object::MeshConfig(mc)
         }
-        (WEFT_API_VERSION, other) => {
+        // Known kinds whose enforcement is not built yet: refused, never silently ignored (a
+        // policy that looks applied but is not would be worse than an error).
+        (API_VERSION, kind @ ("AuthorizationPolicy" | "ServiceEntry" | "TrafficPolicy")) => {
+            match kind {
+                "AuthorizationPolicy" => typed::<crd::AuthorizationPolicy>(value).map(drop)?,
+                "ServiceEntry" => typed::<crd::ServiceEntry>(value).map(drop)?,
+                _ => typed::<crd::TrafficPolicy>(value).map(drop)?,
+            }
             return Err((
                 "kind".into(),
-                format!("unknown {WEFT_API_VERSION} kind {other:?}"),
+                format!("{kind} is valid but not enforced by this agent version; refusing it rather than ignoring it"),
+            ));
+        }
+        (API_VERSION, other) => {
+            return Err((
+                "kind".into(),
+                format!("unknown {API_VERSION} kind {other:?}"),
             ));
         }
         _ => return Ok(None),

@@ -12,10 +12,10 @@ pub use services::{EndpointSliceObject, ServiceObject};
 
 use crate::{
     config::{CGROUP_ANNOTATION, NETNS_ANNOTATION},
+    crd,
     state::{
         mesh::{MESH_CONFIG_NAME, MESH_CONFIG_NAMESPACE},
-        MeshConfig, MtlsMode, Namespace, Node, PeerAuthentication, Pod, PodKey, State,
-        TunnelProtocol,
+        MeshConfig, Namespace, Node, PeerAuthentication, Pod, PodKey, State,
     },
 };
 
@@ -93,67 +93,21 @@ pub struct NamespaceObject {
     pub metadata: Meta,
 }
 
-/// weft.dev/v1alpha1 PeerAuthentication. Its spec is ours, so unknown fields there are errors
-/// (a typo must not silently weaken a policy).
-#[derive(Debug, Deserialize)]
-pub struct PeerAuthenticationObject {
-    pub metadata: Meta,
-    #[serde(default)]
-    pub spec: PeerAuthenticationSpec,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PeerAuthenticationSpec {
-    pub selector: Option<Selector>,
-    pub mtls: Option<MtlsSpec>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Selector {
-    #[serde(default)]
-    pub match_labels: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MtlsSpec {
-    pub mode: MtlsMode,
-}
-
-/// weft.dev/v1alpha1 MeshConfig. Only `weft-system/default` is read; its spec is ours, so
-/// unknown fields (including settings this version does not implement) are errors.
-#[derive(Debug, Deserialize)]
-pub struct MeshConfigObject {
-    pub metadata: Meta,
-    #[serde(default)]
-    pub spec: MeshConfigSpec,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MeshConfigSpec {
-    #[serde(default)]
-    pub tunnel: TunnelProtocol,
-}
-
-impl MeshConfigObject {
-    /// The name and namespace are part of the contract: a second MeshConfig would be ambiguous.
-    pub fn check(&self) -> Result<(), (String, String)> {
-        let ns = self.metadata.namespace.as_deref().unwrap_or("default");
-        if self.metadata.name != MESH_CONFIG_NAME || ns != MESH_CONFIG_NAMESPACE {
-            return Err((
-                "metadata.name".into(),
-                format!(
-                    "the MeshConfig must be {MESH_CONFIG_NAMESPACE}/{MESH_CONFIG_NAME}; \
-                     {ns}/{} would be ignored",
-                    self.metadata.name
-                ),
-            ));
-        }
-        Ok(())
+/// The name and namespace of the MeshConfig are part of the contract: a second MeshConfig would
+/// be ambiguous.
+pub fn check_mesh_config(mc: &crd::MeshConfig) -> Result<(), (String, String)> {
+    let name = mc.metadata.name.as_deref().unwrap_or_default();
+    let ns = mc.metadata.namespace.as_deref().unwrap_or("default");
+    if name != MESH_CONFIG_NAME || ns != MESH_CONFIG_NAMESPACE {
+        return Err((
+            "metadata.name".into(),
+            format!(
+                "the MeshConfig must be {MESH_CONFIG_NAMESPACE}/{MESH_CONFIG_NAME}; \
+                 {ns}/{name} would be ignored"
+            ),
+        ));
     }
+    Ok(())
 }
 
 /// One parsed document.
@@ -161,8 +115,8 @@ pub enum Object {
     Node(NodeObject),
     Namespace(NamespaceObject),
     Pod(PodObject),
-    PeerAuthentication(PeerAuthenticationObject),
-    MeshConfig(MeshConfigObject),
+    PeerAuthentication(crd::PeerAuthentication),
+    MeshConfig(crd::MeshConfig),
     Service(ServiceObject),
     EndpointSlice(EndpointSliceObject),
 }
@@ -193,15 +147,14 @@ impl Object {
             }
             Object::PeerAuthentication(pa) => {
                 let namespace = pa.metadata.namespace.unwrap_or_else(|| "default".into());
+                let name = pa.metadata.name.unwrap_or_default();
                 let policy = PeerAuthentication {
                     namespace: namespace.clone(),
-                    name: pa.metadata.name.clone(),
+                    name: name.clone(),
                     selector: pa.spec.selector.map(|s| s.match_labels),
                     mode: pa.spec.mtls.map(|m| m.mode).unwrap_or_default(),
                 };
-                state
-                    .peer_authentications
-                    .insert((namespace, pa.metadata.name), policy);
+                state.peer_authentications.insert((namespace, name), policy);
             }
             Object::Service(s) => {
                 let service = s.into_service();

@@ -11,7 +11,9 @@ pub const MESH_CONFIG_NAMESPACE: &str = ROOT_NAMESPACE;
 
 /// How agents carry meshed traffic between them. Both ends always serve both; this chooses what
 /// the client side opens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum TunnelProtocol {
     /// HBONE: HTTP/2 CONNECT over mTLS on TCP (wire-compatible with Istio's ztunnel).

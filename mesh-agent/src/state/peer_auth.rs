@@ -15,7 +15,9 @@ use super::{Pod, State};
 /// The namespace whose selector-less PeerAuthentication applies mesh-wide.
 pub const ROOT_NAMESPACE: &str = "weft-system";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum MtlsMode {
     Strict,
