@@ -86,3 +86,39 @@ pub(crate) mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod examples {
+    use crate::source::file::parse_document;
+
+    /// The example custom resources parse with the agent's own parser: the two applied kinds
+    /// are accepted, the three not enforced yet are valid and then refused with that reason.
+    #[test]
+    fn shipped_custom_resources_parse_with_the_agents_parser() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/examples/crs/policies.yaml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut kinds = Vec::new();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = <serde_yaml::Value as serde::Deserialize>::deserialize(doc).unwrap();
+            let kind = value["kind"].as_str().unwrap().to_owned();
+            match parse_document(value) {
+                Ok(Some(_)) => kinds.push(format!("{kind}: applied")),
+                Err((field, msg)) if field == "kind" && msg.contains("not enforced") => {
+                    kinds.push(format!("{kind}: refused"))
+                }
+                other => panic!("{kind}: {:?}", other.err()),
+            }
+        }
+        assert_eq!(
+            kinds,
+            [
+                "PeerAuthentication: applied",
+                "MeshConfig: applied",
+                "AuthorizationPolicy: refused",
+                "ServiceEntry: refused",
+                "TrafficPolicy: refused"
+            ]
+        );
+    }
+}

@@ -155,6 +155,19 @@ pub fn tools() -> Result<()> {
     apt_install(&missing)
 }
 
+/// kubernetes-validate (PyPI; carries the Kubernetes schemas, works offline) for `lint`.
+pub fn kubernetes_validate() -> Result<()> {
+    if succeeds(Command::new("kubernetes-validate").arg("--version")) {
+        return Ok(());
+    }
+    let mut pip = Command::new("python3");
+    pip.args(["-m", "pip", "install", "-q", "kubernetes-validate"]);
+    if !succeeds(&mut pip) {
+        bail!("kubernetes-validate is missing; run: python3 -m pip install kubernetes-validate");
+    }
+    Ok(())
+}
+
 /// Everything the integration tests, the demo and the bench need.
 pub fn all(what: &str) -> Result<PathBuf> {
     root(what)?;

@@ -142,12 +142,47 @@ pub fn codegen(check_only: bool) -> Result<()> {
     )
 }
 
+/// Every manifest in deploy/ against the Kubernetes schemas (kubernetes-validate, offline), and
+/// the example custom resources against the generated CRDs.
+pub fn manifests() -> Result<()> {
+    prereqs::kubernetes_validate()?;
+    let root = ebpf::workspace_root();
+    let yamls = |dir: &str| -> Result<Vec<String>> {
+        let mut v: Vec<String> = std::fs::read_dir(root.join(dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        Ok(v)
+    };
+    let mut k8s = yamls("deploy/kubernetes")?;
+    k8s.extend(yamls("deploy/crds")?);
+    check(
+        "kubernetes-validate",
+        Command::new("kubernetes-validate")
+            .args(["--quiet", "--strict", "-k", "1.33"])
+            .args(&k8s)
+            .status(),
+    )?;
+    check(
+        "custom resources against their CRDs",
+        Command::new("python3")
+            .arg(root.join("xtask/scripts/validate_crs.py"))
+            .arg(root.join("deploy/crds"))
+            .args(yamls("deploy/examples/crs")?)
+            .stdout(std::process::Stdio::null())
+            .status(),
+    )
+}
+
 pub fn lint() -> Result<()> {
     check(
         "cargo fmt",
         cargo(&["fmt", "--all", "--", "--check"]).status(),
     )?;
     codegen(true)?;
+    manifests()?;
     check(
         "cargo clippy",
         cargo(&["clippy", "--all-targets", "--", "-D", "warnings"]).status(),
