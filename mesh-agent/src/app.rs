@@ -46,12 +46,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         .with_context(|| format!("binding admin endpoint {}", cfg.admin_addr))?;
 
     let (tx, mut rx) = watch::channel(None);
-    tokio::spawn(source::watch(
-        cfg.config_dir.clone(),
-        cfg.reload_interval,
-        tx,
-    ));
-    let mut enrollment = Enrollment::new(redirect, shared.clone());
+    source::start(cfg.source, cfg.config_dir.clone(), cfg.reload_interval, tx).await?;
+    let mut enrollment = Enrollment::new(redirect, shared.clone(), cfg.cgroup_root.clone());
     let mut retry = tokio::time::interval(RETRY_INTERVAL);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -84,7 +80,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 /// With a CA, meshed traffic is carried in mTLS tunnels; without one, capture still works and
 /// the onward leg is plain TCP (said loudly, once).
 fn mtls(cfg: &AgentConfig) -> anyhow::Result<Option<Mtls>> {
-    let Some(addr) = cfg.ca_addr else {
+    let Some(addr) = cfg.ca_addr.as_deref() else {
         warn!(
             "no --ca-addr: workload identities and mTLS are off; meshed traffic is NOT encrypted"
         );

@@ -38,9 +38,16 @@ pub struct RunArgs {
     /// Name of this node (its Node object).
     #[arg(long, env = "WEFT_NODE")]
     pub node: String,
-    /// Directory of Kubernetes-shaped YAML documents (file mode).
-    #[arg(long, env = "WEFT_CONFIG_DIR")]
-    pub config_dir: PathBuf,
+    /// Where the cluster's configuration comes from.
+    #[arg(long, env = "WEFT_SOURCE", value_enum, default_value = "file")]
+    pub source: config::SourceKind,
+    /// Directory of Kubernetes-shaped YAML documents (file mode; required there).
+    #[arg(long, env = "WEFT_CONFIG_DIR", required_if_eq("source", "file"))]
+    pub config_dir: Option<PathBuf>,
+    /// Kubernetes mode: the host's cgroup v2 root (in a container with its own cgroup
+    /// namespace, mount the host's and name it here). Default: the cgroup2 mount.
+    #[arg(long, env = "WEFT_CGROUP_ROOT")]
+    pub cgroup_root: Option<PathBuf>,
     /// Directory for the agent's own state.
     #[arg(long, env = "WEFT_STATE_DIR", default_value = config::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
@@ -71,9 +78,9 @@ pub struct RunArgs {
     /// a socket in a sockmap can see a spurious EAGAIN on a blocking read (see README).
     #[arg(long, env = "WEFT_SPLICE")]
     pub splice: bool,
-    /// The mesh CA. Without it the agent captures but carries traffic in plaintext.
+    /// The mesh CA, HOST:PORT. Without it the agent captures but carries traffic in plaintext.
     #[arg(long, env = "WEFT_CA_ADDR")]
-    pub ca_addr: Option<SocketAddr>,
+    pub ca_addr: Option<String>,
     /// This node's bootstrap credential from the CA (token, root.pem); default
     /// <state-dir>/bootstrap.
     #[arg(long, env = "WEFT_CA_BOOTSTRAP")]
@@ -89,7 +96,9 @@ impl RunArgs {
     pub fn into_config(self) -> AgentConfig {
         AgentConfig {
             node: self.node,
+            source: self.source,
             config_dir: self.config_dir,
+            cgroup_root: self.cgroup_root,
             state_dir: self.state_dir.clone(),
             bpf_pin_dir: self.bpf_pin_dir,
             bpf_object: self.bpf_object,

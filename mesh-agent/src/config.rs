@@ -26,7 +26,12 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentConfig {
     pub node: String,
-    pub config_dir: PathBuf,
+    pub source: SourceKind,
+    /// File mode's directory.
+    pub config_dir: Option<PathBuf>,
+    /// Kubernetes mode: the host's cgroup v2 root, where pods' cgroups are found by UID
+    /// (default: the cgroup2 mount of this process's mount namespace).
+    pub cgroup_root: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub bpf_pin_dir: PathBuf,
     pub bpf_object: Option<PathBuf>,
@@ -34,11 +39,22 @@ pub struct AgentConfig {
     pub excluded_cidrs: Vec<String>,
     pub excluded_ports: Vec<u16>,
     pub splice: bool,
-    pub ca_addr: Option<SocketAddr>,
+    /// HOST:PORT of the mesh CA.
+    pub ca_addr: Option<String>,
     pub ca_bootstrap: PathBuf,
     pub trust_domain: String,
     #[serde(with = "millis")]
     pub reload_interval: Duration,
+}
+
+/// Where the cluster's configuration comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// A directory of Kubernetes-shaped YAML (`--config-dir`), hot-reloaded.
+    File,
+    /// The Kubernetes API (in-cluster configuration, or KUBECONFIG).
+    Kubernetes,
 }
 
 mod millis {

@@ -12,6 +12,8 @@ use std::{
 
 use nix::sched::{setns, CloneFlags};
 
+pub mod discover;
+
 /// The agent's own (node) network namespace, captured before any thread switches.
 fn host_netns() -> &'static File {
     static HOST: OnceLock<File> = OnceLock::new();

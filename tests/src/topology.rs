@@ -33,6 +33,9 @@ pub struct Pod {
     pub netns: String,
     pub cgroup: PathBuf,
     pub labels: BTreeMap<String, String>,
+    /// Kubernetes-style pod: a UID, a kubelet-named cgroup (`kubepods/pod<uid>`) and no
+    /// weft.dev/netns|cgroup annotations, so the agent must find both itself.
+    pub uid: Option<String>,
 }
 
 impl Pod {
@@ -154,6 +157,15 @@ impl Topology {
     }
 
     pub fn pod(&mut self, node: &Node, namespace: &str, name: &str) -> Pod {
+        self.add_pod(node, namespace, name, false)
+    }
+
+    /// A pod as the kubelet makes it: see `Pod::uid`.
+    pub fn kubelet_pod(&mut self, node: &Node, namespace: &str, name: &str) -> Pod {
+        self.add_pod(node, namespace, name, true)
+    }
+
+    fn add_pod(&mut self, node: &Node, namespace: &str, name: &str, kubelet: bool) -> Pod {
         if !self.namespaces.contains_key(namespace) {
             self.namespaces.insert(namespace.into(), false);
         }
@@ -194,7 +206,14 @@ impl Topology {
             "via",
             &format!("10.{}.0.1", node.index),
         ]);
-        let cgroup = self.cgroup_dir.join(name);
+        let uid = kubelet.then(|| {
+            let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+            format!("{:08x}-0000-4000-8000-{:012x}", std::process::id(), n)
+        });
+        let cgroup = match &uid {
+            Some(uid) => self.cgroup_dir.join("kubepods").join(format!("pod{uid}")),
+            None => self.cgroup_dir.join(name),
+        };
         std::fs::create_dir_all(&cgroup).expect("create pod cgroup");
         let pod = Pod {
             name: name.into(),
@@ -204,6 +223,7 @@ impl Topology {
             netns: ns,
             cgroup,
             labels: BTreeMap::new(),
+            uid,
         };
         self.pods.push(pod.clone());
         self.write_config();
@@ -266,14 +286,20 @@ impl Topology {
         }
         for p in &self.pods {
             let labels: Vec<String> = p.labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            let located = match &p.uid {
+                Some(uid) => format!("  uid: {uid}\n"),
+                None => format!(
+                    "  annotations: {{weft.dev/netns: {}, weft.dev/cgroup: {}}}\n",
+                    netns::path(&p.netns).display(),
+                    p.cgroup.display()
+                ),
+            };
             let _ = write!(
                 y,
-                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels: {{{}}}\n  annotations: {{weft.dev/netns: {}, weft.dev/cgroup: {}}}\nspec: {{nodeName: {}, serviceAccountName: {}}}\nstatus: {{podIP: {}}}\n---\n",
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels: {{{}}}\n{located}spec: {{nodeName: {}, serviceAccountName: {}}}\nstatus: {{podIP: {}}}\n---\n",
                 p.name,
                 p.namespace,
                 labels.join(", "),
-                netns::path(&p.netns).display(),
-                p.cgroup.display(),
                 p.node,
                 p.name,
                 p.ip
@@ -321,30 +347,34 @@ pub fn cleanup(tag: &str) {
     for ns in &names {
         kill_all(&output(&["netns", "pids", ns]));
     }
-    let cgroups = cgroup2_root().join("weft-test").join(tag);
-    if let Ok(entries) = std::fs::read_dir(&cgroups) {
-        // Only the pods' cgroups: the tag's own interface files (cgroup.procs, ...) are not.
-        let pods = entries
-            .filter_map(Result::ok)
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()));
-        for e in pods {
-            kill_all(&std::fs::read_to_string(e.path().join("cgroup.procs")).unwrap_or_default());
-            // A cgroup can be removed once its killed processes are reaped; bounded retry.
-            for _ in 0..200 {
-                if std::fs::remove_dir(e.path()).is_ok() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-        }
-    }
-    let _ = std::fs::remove_dir(&cgroups);
+    remove_cgroups(&cgroup2_root().join("weft-test").join(tag));
     for ns in &names {
         let _ = std::process::Command::new("ip")
             .args(["netns", "del", ns])
             .status();
     }
     let _ = std::fs::remove_dir_all(PathBuf::from(crate::agent::PIN_ROOT).join(tag));
+}
+
+/// Kills the processes of a cgroup tree and removes it, children first.
+fn remove_cgroups(dir: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        // Only child cgroups: a cgroup's interface files (cgroup.procs, ...) are not.
+        let children = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()));
+        for e in children {
+            remove_cgroups(&e.path());
+        }
+    }
+    kill_all(&std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default());
+    // A cgroup can be removed once its killed processes are reaped; bounded retry.
+    for _ in 0..200 {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 fn output(ip_args: &[&str]) -> String {

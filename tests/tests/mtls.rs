@@ -274,7 +274,8 @@ fn ca_signs_only_identities_of_the_callers_node() {
     let ask = move |ident: Identity, node: &'static str| {
         let boot1 = boot1.clone();
         netns::run_in(&n1.netns, move || {
-            let client = CaClient::from_bootstrap(addr, node, &boot1).expect("bootstrap");
+            let client =
+                CaClient::from_bootstrap(&addr.to_string(), node, &boot1).expect("bootstrap");
             let key = rcgen::KeyPair::generate().unwrap();
             let mut p = rcgen::CertificateParams::default();
             p.subject_alt_names = vec![rcgen::SanType::URI(ident.to_string().try_into().unwrap())];

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::{
     identity::Identity,
-    netns::Netns,
+    netns::{discover::Locator, Netns},
     proxy::{self, InpodListeners, PodContext, Shared},
     redirect::{PodHooks, Redirect},
     state::{Pod, PodKey, State},
@@ -30,11 +30,27 @@ struct Target {
 }
 
 impl Target {
-    fn of(pod: &Pod, trust_domain: &str) -> Option<Self> {
-        Some(Self {
-            ip: pod.ip?,
-            netns: pod.netns.clone()?,
-            cgroup: pod.cgroup.clone()?,
+    /// File mode names the pod's netns and cgroup; Kubernetes mode finds them from its UID.
+    fn of(pod: &Pod, trust_domain: &str, locator: &mut Option<Locator>) -> Result<Self, String> {
+        let ip = pod.ip.ok_or("no status.podIP")?;
+        let (netns, cgroup) = match (&pod.netns, &pod.cgroup, &pod.uid) {
+            (Some(n), Some(c), _) => (n.clone(), c.clone()),
+            (_, _, Some(uid)) => {
+                if locator.is_none() {
+                    *locator = Some(
+                        Locator::for_this_node()
+                            .map_err(|e| format!("finding pod cgroups: {e}"))?,
+                    );
+                }
+                let found = locator.as_mut().expect("just set").locate(uid)?;
+                (found.netns, found.cgroup)
+            }
+            _ => return Err("neither weft.dev/netns + weft.dev/cgroup nor metadata.uid".into()),
+        };
+        Ok(Self {
+            ip,
+            netns,
+            cgroup,
             identity: Identity::new(trust_domain, &pod.key.namespace, &pod.service_account),
         })
     }
@@ -68,25 +84,41 @@ pub struct Enrollment {
     pods: BTreeMap<PodKey, Enrolled>,
     failures: BTreeMap<PodKey, String>,
     swept: bool,
+    /// Kubernetes mode: finds pods' netns and cgroup from their UID (made on first use).
+    locator: Option<Locator>,
 }
 
 impl Enrollment {
-    pub fn new(redirect: Redirect, shared: Arc<Shared>) -> Self {
+    pub fn new(redirect: Redirect, shared: Arc<Shared>, cgroup_root: Option<PathBuf>) -> Self {
         Self {
             redirect,
             shared,
             pods: BTreeMap::new(),
             failures: BTreeMap::new(),
             swept: false,
+            locator: cgroup_root.map(|root| Locator::new(root, PathBuf::from("/proc"))),
         }
     }
 
     pub fn reconcile(&mut self, state: &State) {
-        let td = &self.shared.trust_domain;
-        let desired: BTreeMap<PodKey, Target> = state
-            .enrolled_pods(&self.shared.node)
-            .filter_map(|p| Some((p.key.clone(), Target::of(p, td)?)))
-            .collect();
+        let td = self.shared.trust_domain.clone();
+        let mut desired = BTreeMap::new();
+        let mut unlocated = Vec::new();
+        for p in state.enrolled_pods(&self.shared.node) {
+            match Target::of(p, &td, &mut self.locator) {
+                Ok(t) => {
+                    desired.insert(p.key.clone(), t);
+                }
+                Err(e) => unlocated.push((p.key.clone(), e)),
+            }
+        }
+        if let Some(l) = &mut self.locator {
+            let uids: Vec<&str> = state
+                .pods_on(&self.shared.node)
+                .filter_map(|p| p.uid.as_deref())
+                .collect();
+            l.retain(&uids);
+        }
         let gone: Vec<PodKey> = self
             .pods
             .iter()
@@ -100,6 +132,10 @@ impl Enrollment {
             self.sweep_pinned(&desired);
         }
         self.failures.retain(|k, _| desired.contains_key(k));
+        for (key, why) in unlocated {
+            warn!(pod = %key, "cannot enroll yet: {why}; will retry");
+            self.failures.insert(key, why);
+        }
         for (key, target) in desired {
             if self.pods.contains_key(&key) {
                 continue;

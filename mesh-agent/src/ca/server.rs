@@ -39,9 +39,12 @@ pub struct CaArgs {
     /// Address to serve on.
     #[arg(long, env = "WEFT_CA_LISTEN", default_value = "0.0.0.0:15012")]
     pub listen: SocketAddr,
-    /// The cluster configuration (file mode): which pods run on which node.
-    #[arg(long, env = "WEFT_CONFIG_DIR")]
-    pub config_dir: PathBuf,
+    /// Where the CA learns which pods run on which node.
+    #[arg(long, env = "WEFT_SOURCE", value_enum, default_value = "file")]
+    pub source: crate::config::SourceKind,
+    /// The cluster configuration (file mode; required there).
+    #[arg(long, env = "WEFT_CONFIG_DIR", required_if_eq("source", "file"))]
+    pub config_dir: Option<PathBuf>,
     #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = crate::identity::spiffe::DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
     /// Lifetime of workload certificates, in seconds (agents rotate at half-life).
@@ -145,11 +148,13 @@ pub async fn run(args: CaArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let (tx, mut rx) = watch::channel(None);
-    tokio::spawn(source::watch(
+    source::start(
+        args.source,
         args.config_dir.clone(),
         crate::config::DEFAULT_RELOAD_INTERVAL,
         tx,
-    ));
+    )
+    .await?;
     let follower = ca.clone();
     tokio::spawn(async move {
         while rx.changed().await.is_ok() {

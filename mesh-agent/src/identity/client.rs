@@ -4,7 +4,6 @@
 //! (audience `weft-ca`; kubelet rotates it, so it is read again for every request).
 
 use std::{
-    net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -24,7 +23,7 @@ pub enum Error {
     #[error("bootstrap credential {path}: {error}")]
     Bootstrap { path: PathBuf, error: String },
     #[error("CA {addr} unreachable: {error}")]
-    Unreachable { addr: SocketAddr, error: String },
+    Unreachable { addr: String, error: String },
     #[error("CA refused ({status}): {reason}")]
     Refused { status: u16, reason: String },
     #[error("CA answered with an unusable response: {0}")]
@@ -33,7 +32,8 @@ pub enum Error {
 
 #[derive(Clone)]
 pub struct CaClient {
-    addr: SocketAddr,
+    /// HOST:PORT (in Kubernetes, the CA's Service name), resolved at each connection.
+    addr: String,
     node: String,
     token_file: PathBuf,
     roots: Vec<CertificateDer<'static>>,
@@ -51,7 +51,7 @@ impl std::fmt::Debug for CaClient {
 
 impl CaClient {
     /// Reads `<dir>/token` and `<dir>/root.pem`, written by the CA for this node.
-    pub fn from_bootstrap(addr: SocketAddr, node: &str, dir: &Path) -> Result<Self, Error> {
+    pub fn from_bootstrap(addr: &str, node: &str, dir: &Path) -> Result<Self, Error> {
         let read = |name: &str| {
             let path = dir.join(name);
             std::fs::read_to_string(&path).map_err(|e| Error::Bootstrap {
@@ -79,7 +79,7 @@ impl CaClient {
             .with_root_certificates(store)
             .with_no_client_auth();
         Ok(Self {
-            addr,
+            addr: addr.to_owned(),
             node: node.to_owned(),
             token_file: dir.join("token"),
             roots,
@@ -101,7 +101,7 @@ impl CaClient {
 
     fn unreachable(&self, error: impl ToString) -> Error {
         Error::Unreachable {
-            addr: self.addr,
+            addr: self.addr.clone(),
             error: error.to_string(),
         }
     }
@@ -111,7 +111,7 @@ impl CaClient {
             path: self.token_file.clone(),
             error: e.to_string(),
         })?;
-        let tcp = tokio::net::TcpStream::connect(self.addr)
+        let tcp = tokio::net::TcpStream::connect(self.addr.as_str())
             .await
             .map_err(|e| self.unreachable(e))?;
         let name = ServerName::try_from(SERVER_NAME).expect("valid DNS name");

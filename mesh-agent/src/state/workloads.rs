@@ -167,11 +167,14 @@ impl State {
         if pod.ip.is_none() {
             return Enrollment::Incomplete("status.podIP");
         }
-        if pod.netns.is_none() {
-            return Enrollment::Incomplete("metadata.annotations[weft.dev/netns]");
-        }
-        if pod.cgroup.is_none() {
-            return Enrollment::Incomplete("metadata.annotations[weft.dev/cgroup]");
+        // Kubernetes mode (a UID): the agent finds the netns and cgroup itself.
+        if pod.uid.is_none() {
+            if pod.netns.is_none() {
+                return Enrollment::Incomplete("metadata.annotations[weft.dev/netns]");
+            }
+            if pod.cgroup.is_none() {
+                return Enrollment::Incomplete("metadata.annotations[weft.dev/cgroup]");
+            }
         }
         Enrollment::Enrolled
     }

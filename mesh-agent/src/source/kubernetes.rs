@@ -1,0 +1,293 @@
+//! Kubernetes mode: one kube-rs watcher per kind (list, then watch; on `410 Gone` or any break
+//! the watcher lists again and the kind's objects are replaced atomically at the end of that
+//! list), feeding a store of raw objects. Every object goes through the file source's parser
+//! (`parse_document`), so both modes accept and reject exactly the same things; an object that
+//! fails keeps its last good version. Nothing is published before every kind has completed its
+//! first list: the agent is not ready on a partial picture of the cluster.
+//!
+//! Weft's own CRDs are optional: a kind whose CRD is not installed (404) counts as empty, with a
+//! warning, and is retried.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+};
+
+use futures_util::StreamExt as _;
+use kube::{
+    api::{ApiResource, DynamicObject},
+    runtime::{watcher, WatchStreamExt as _},
+    Api, Client,
+};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use super::{file::parse_document, ConfigError, Loaded};
+use crate::state::State;
+
+/// A kind the agent watches.
+#[derive(Debug, Clone, Copy)]
+pub struct Kind {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    /// Weft's CRDs: absent from a cluster until installed.
+    pub optional: bool,
+}
+
+impl Kind {
+    fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_owned()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    fn resource(&self) -> ApiResource {
+        ApiResource {
+            group: self.group.into(),
+            version: self.version.into(),
+            api_version: self.api_version(),
+            kind: self.kind.into(),
+            plural: self.plural.into(),
+        }
+    }
+}
+
+const fn kind(
+    group: &'static str,
+    version: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    optional: bool,
+) -> Kind {
+    Kind {
+        group,
+        version,
+        kind,
+        plural,
+        optional,
+    }
+}
+
+pub const KINDS: &[Kind] = &[
+    kind("", "v1", "Node", "nodes", false),
+    kind("", "v1", "Namespace", "namespaces", false),
+    kind("", "v1", "Pod", "pods", false),
+    kind("", "v1", "Service", "services", false),
+    kind(
+        "discovery.k8s.io",
+        "v1",
+        "EndpointSlice",
+        "endpointslices",
+        false,
+    ),
+    kind(
+        "weft.dev",
+        "v1alpha1",
+        "PeerAuthentication",
+        "peerauthentications",
+        true,
+    ),
+    kind("weft.dev", "v1alpha1", "MeshConfig", "meshconfigs", true),
+];
+
+type Key = (String, String);
+
+/// The raw objects of every kind, as the watchers report them.
+pub struct Store {
+    kinds: &'static [Kind],
+    objects: Vec<BTreeMap<Key, serde_json::Value>>,
+    /// A relist in progress: the objects listed so far.
+    relisting: Vec<Option<BTreeMap<Key, serde_json::Value>>>,
+    synced: Vec<bool>,
+    /// Last version of each object that parsed, for when a newer one does not.
+    last_good: HashMap<(usize, Key), serde_json::Value>,
+}
+
+impl Store {
+    pub fn new(kinds: &'static [Kind]) -> Self {
+        Self {
+            kinds,
+            objects: vec![BTreeMap::new(); kinds.len()],
+            relisting: vec![None; kinds.len()],
+            synced: vec![false; kinds.len()],
+            last_good: HashMap::new(),
+        }
+    }
+
+    /// Applies one watcher event for kind `i`.
+    pub fn event(&mut self, i: usize, event: watcher::Event<DynamicObject>) {
+        let kind = self.kinds[i];
+        match event {
+            watcher::Event::Init => self.relisting[i] = Some(BTreeMap::new()),
+            watcher::Event::InitApply(obj) => {
+                let (key, value) = raw(&kind, obj);
+                self.relisting[i]
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(key, value);
+            }
+            watcher::Event::InitDone => {
+                self.objects[i] = self.relisting[i].take().unwrap_or_default();
+                if !self.synced[i] {
+                    info!(
+                        kind = kind.kind,
+                        objects = self.objects[i].len(),
+                        "initial list complete"
+                    );
+                }
+                self.synced[i] = true;
+            }
+            watcher::Event::Apply(obj) => {
+                let (key, value) = raw(&kind, obj);
+                self.objects[i].insert(key, value);
+            }
+            watcher::Event::Delete(obj) => {
+                let (key, _) = raw(&kind, obj);
+                self.objects[i].remove(&key);
+                self.last_good.remove(&(i, key));
+            }
+        }
+    }
+
+    /// Kind `i` cannot be listed because it does not exist in this cluster (a CRD not installed).
+    pub fn absent(&mut self, i: usize) {
+        self.objects[i].clear();
+        self.synced[i] = true;
+    }
+
+    /// Every kind has completed its first list.
+    pub fn ready(&self) -> bool {
+        self.synced.iter().all(|s| *s)
+    }
+
+    /// The state, through the same parser as the file source.
+    pub fn build(&mut self) -> Loaded {
+        let mut state = State::default();
+        let mut errors = Vec::new();
+        for (i, objects) in self.objects.iter().enumerate() {
+            for (key, value) in objects {
+                let id = (i, key.clone());
+                match parse(value) {
+                    Ok(Some(object)) => {
+                        object.apply(&mut state);
+                        self.last_good.insert(id, value.clone());
+                    }
+                    Ok(None) => {}
+                    Err((field, message)) => {
+                        let last = self
+                            .last_good
+                            .get(&id)
+                            .and_then(|v| parse(v).ok().flatten());
+                        let kept = if last.is_some() {
+                            "; the previous version stays in force"
+                        } else {
+                            ""
+                        };
+                        if let Some(object) = last {
+                            object.apply(&mut state);
+                        }
+                        errors.push(ConfigError {
+                            file: PathBuf::from(format!(
+                                "kubernetes:{}/{}/{}",
+                                self.kinds[i].kind, key.0, key.1
+                            )),
+                            document: 0,
+                            field,
+                            message: format!("{message}{kept}"),
+                        });
+                    }
+                }
+            }
+        }
+        state.reindex();
+        Loaded { state, errors }
+    }
+}
+
+fn parse(value: &serde_json::Value) -> Result<Option<super::objects::Object>, (String, String)> {
+    let yaml = serde_yaml::to_value(value).map_err(|e| (String::new(), e.to_string()))?;
+    parse_document(yaml)
+}
+
+/// The object as the API server sent it, with apiVersion and kind filled in (list items
+/// omit them).
+fn raw(kind: &Kind, obj: DynamicObject) -> (Key, serde_json::Value) {
+    let key = (
+        obj.metadata.namespace.clone().unwrap_or_default(),
+        obj.metadata.name.clone().unwrap_or_default(),
+    );
+    let mut value = serde_json::to_value(&obj).unwrap_or_default();
+    if let Some(map) = value.as_object_mut() {
+        map.insert("apiVersion".into(), kind.api_version().into());
+        map.insert("kind".into(), kind.kind.into());
+    }
+    (key, value)
+}
+
+fn is_absent(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404)
+}
+
+/// Watches every kind and publishes a new state after each batch of changes, once all kinds
+/// have completed their first list.
+pub async fn watch(client: Client, tx: watch::Sender<Option<Loaded>>) {
+    watch_kinds(client, KINDS, tx).await
+}
+
+pub async fn watch_kinds(
+    client: Client,
+    kinds: &'static [Kind],
+    tx: watch::Sender<Option<Loaded>>,
+) {
+    let (events, mut rx) = mpsc::channel(1024);
+    for (i, k) in kinds.iter().enumerate() {
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &k.resource());
+        let events = events.clone();
+        tokio::spawn(async move {
+            let mut stream = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .boxed();
+            while let Some(item) = stream.next().await {
+                if events.send((i, item)).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(events);
+    let mut store = Store::new(kinds);
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        for (i, item) in batch {
+            match item {
+                Ok(event) => store.event(i, event),
+                Err(e) if kinds[i].optional && is_absent(&e) => {
+                    if !store.synced[i] {
+                        warn!(
+                            kind = kinds[i].kind,
+                            "not served by this cluster (CRD not installed?); treated as empty"
+                        );
+                    }
+                    store.absent(i);
+                }
+                Err(e) => warn!(kind = kinds[i].kind, error = %e, "watch failed; retrying"),
+            }
+        }
+        if store.ready() {
+            let loaded = store.build();
+            for e in &loaded.errors {
+                warn!(object = %e.file.display(), field = %e.field, "rejected: {}", e.message);
+            }
+            tx.send_replace(Some(loaded));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
