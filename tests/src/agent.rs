@@ -165,7 +165,7 @@ impl Agent {
             .unwrap_or(0)
     }
 
-    fn enrolled(&self, pod: &Pod) -> Option<Value> {
+    pub fn enrolled(&self, pod: &Pod) -> Option<Value> {
         let key = format!("{}/{}", pod.namespace, pod.name);
         let dump = self.config_dump();
         dump["pods"]

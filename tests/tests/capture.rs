@@ -355,3 +355,45 @@ fn churn_does_not_leak_and_unenroll_restores_direct() {
         still.raw
     );
 }
+
+/// Live enrollment of a new pod, and its opt-out by pod label, leave the other pods and their
+/// established connections alone.
+#[test]
+fn a_pod_added_live_is_enrolled_and_opted_out_without_touching_others() {
+    if !features::require(
+        "a_pod_added_live_is_enrolled_and_opted_out_without_touching_others",
+        features::CAPTURE,
+    ) {
+        return;
+    }
+    let mut f = OneNode::new(&[8080]);
+    let (client_pod, server_pod, node) = (f.client.clone(), f.server.clone(), f.node.clone());
+    let dst = server_pod.addr(8080);
+    let mut c = Client::start(&mut f.topo, &client_pod);
+    let kept = c.open("kept", dst);
+    assert!(kept.ok() && captured(kept.local()), "{:?}", kept.raw);
+
+    // A new pod appears in the enrolled namespace: hooked, no restart of anything.
+    let late = f.topo.pod(&node, "mesh", "late");
+    let start = std::time::Instant::now();
+    f.agent.wait_enrolled(&late);
+    let enrolled_after = start.elapsed();
+    let mut lc = Client::start(&mut f.topo, &late);
+    let r = lc.connect(dst, 64 * 1024);
+    assert!(r.ok() && r.intact() && captured(r.local()), "{:?}", r.raw);
+
+    // It opts out with a pod label: released; its next connection is direct.
+    f.topo.set_pod_label("late", "weft.dev/mesh", "disabled");
+    f.agent.wait_released(&late);
+    let r = lc.connect(dst, 4096);
+    assert!(r.ok() && !captured(r.local()), "{:?}", r.raw);
+
+    // The other pod never noticed: still enrolled, its connection still carries bytes.
+    assert!(
+        f.agent.enrolled(&client_pod).is_some(),
+        "client stayed enrolled"
+    );
+    let still = c.xfer("kept", 1 << 20);
+    assert!(still.intact(), "{:?}", still.raw);
+    println!("new pod enrolled {enrolled_after:?} after it appeared in the configuration");
+}

@@ -171,6 +171,7 @@ pub fn manifests() -> Result<()> {
             .arg(root.join("xtask/scripts/validate_crs.py"))
             .arg(root.join("deploy/crds"))
             .args(yamls("deploy/examples/crs")?)
+            .args(yamls("xtask/testdata")?)
             .stdout(std::process::Stdio::null())
             .status(),
     )

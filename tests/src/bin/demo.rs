@@ -126,6 +126,27 @@ fn run(topo: &mut Topology) {
     );
     println!("   (ledger is outside the mesh: captured, then carried as plain TCP)");
 
+    println!("   Service backend/orders, cluster IP 10.96.0.20:80 -> pods labelled app=orders, port 8080:");
+    topo.set_pod_label("orders", "app", "orders");
+    topo.apply(
+        "services",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: orders, namespace: backend}\n\
+         spec: {clusterIP: 10.96.0.20, selector: {app: orders}, ports: [{port: 80, targetPort: 8080}]}\n",
+    );
+    let vip: SocketAddr = "10.96.0.20:80".parse().expect("vip");
+    let by_vip = weft_tests::eventually(
+        "the Service to be known",
+        std::time::Duration::from_secs(10),
+        || {
+            let r = client.connect(vip, 4096);
+            r.ok().then_some(r)
+        },
+    );
+    show(&format!("web -> Service orders {vip}"), &by_vip);
+    println!(
+        "   (resolved by node-a's agent to an endpoint of the Service, tunneled with its identity)"
+    );
+
     step(5, "A pod outside the mesh is left alone");
     let mut other = Client::start(topo, &batch);
     show("legacy/batch -> orders", &other.connect(dst, 1024));
