@@ -90,6 +90,19 @@ impl TwoNodeMesh {
     }
 }
 
+impl TwoNodeMesh {
+    /// A certificate for `ns/sa`, minted from this mesh's CA (valid for an hour): what a test
+    /// peer presents.
+    pub fn mint(&self, ns: &str, sa: &str) -> crate::peer::Minted {
+        crate::peer::mint(
+            &self.ca.state_dir,
+            TRUST_DOMAIN,
+            std::time::Duration::from_secs(3600),
+            &mesh_agent::identity::Identity::new(TRUST_DOMAIN, ns, sa),
+        )
+    }
+}
+
 /// The MeshConfig that chooses the tunnel between agents (`h2` or `quic`).
 pub fn mesh_config(tunnel: &str) -> String {
     format!(

@@ -102,12 +102,7 @@ fn hbone_refuses_bad_peers_and_keeps_serving() {
     }
     let mut m = mesh(3600);
     let from = m.client.netns.clone();
-    let good = peer::mint(
-        &m.ca.state_dir,
-        TD,
-        Duration::from_secs(3600),
-        &id("mesh", "client"),
-    );
+    let good = m.mint("mesh", "client");
     let roots = good.roots.clone();
     let server_id = id("mesh", "server");
 

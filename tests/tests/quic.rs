@@ -181,12 +181,7 @@ fn quic_refuses_bad_peers_and_keeps_serving() {
     }
     let mut m = quic_mesh();
     let from = m.client.netns.clone();
-    let good = peer::mint(
-        &m.ca.state_dir,
-        TD,
-        Duration::from_secs(3600),
-        &id("mesh", "client"),
-    );
+    let good = m.mint("mesh", "client");
     let roots = good.roots.clone();
     let server_id = id("mesh", "server");
     let connect = |me: &peer::Minted, expect: &Identity, target: SocketAddr| {
