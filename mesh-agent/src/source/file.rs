@@ -232,6 +232,11 @@ pub fn parse_document(value: serde_yaml::Value) -> Result<Option<Object>, (Strin
             s.check()?;
             Object::Service(s)
         }
+        ("gateway.networking.k8s.io/v1", "HTTPRoute") => {
+            typed::<super::objects::http_route::HttpRouteObject>(value)?.check()?;
+            // A Gateway's route: not the mesh's.
+            return Ok(None);
+        }
         ("discovery.k8s.io/v1", "EndpointSlice") => {
             Object::EndpointSlice(typed::<EndpointSliceObject>(value)?)
         }
@@ -469,6 +474,31 @@ status: {podIP: 10.0.1.2}
         assert_eq!(field, "spec.ports[0].port");
         let (field, _) = parse(&slice.replace("10.1.0.5", "pod-a")).err().unwrap();
         assert_eq!(field, "endpoints[0].addresses[0]");
+    }
+
+    #[test]
+    fn mesh_http_routes_are_refused_with_the_reason_and_gateway_routes_left_alone() {
+        let parse = |text: &str| parse_document(serde_yaml::from_str(text).unwrap());
+        let route = |parent: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+                 metadata: {{name: canary, namespace: shop}}\n\
+                 spec: {{parentRefs: [{parent}], rules: [{{backendRefs: [{{name: web-v2, port: 80, weight: 10}}]}}]}}\n"
+            )
+        };
+        assert!(matches!(parse(&route("{name: public-gw}")), Ok(None)));
+        let (field, msg) = parse(&route("{group: \"\", kind: Service, name: web, port: 80}"))
+            .err()
+            .unwrap();
+        assert_eq!(field, "spec.parentRefs");
+        assert!(
+            msg.contains("Service web") && msg.contains("not applied"),
+            "{msg}"
+        );
+        let (field, _) = parse(&route("{kind: Service, name: web, port: eighty}"))
+            .err()
+            .unwrap();
+        assert_eq!(field, "spec.parentRefs[0].port");
     }
 
     #[test]

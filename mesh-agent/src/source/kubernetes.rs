@@ -92,6 +92,13 @@ pub const KINDS: &[Kind] = &[
         true,
     ),
     kind("weft.dev", "v1alpha1", "MeshConfig", "meshconfigs", true),
+    kind(
+        "gateway.networking.k8s.io",
+        "v1",
+        "HTTPRoute",
+        "httproutes",
+        true,
+    ),
 ];
 
 type Key = (String, String);

@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
 use serde::Deserialize;
 
+pub mod http_route;
 pub mod services;
 
 pub use services::{EndpointSliceObject, ServiceObject};
