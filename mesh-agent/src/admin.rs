@@ -24,7 +24,7 @@ use crate::{
     identity::{manager::CertStatus, CertManager},
     redirect::Maps,
     source::ConfigError,
-    state::MeshConfig,
+    state::{MeshConfig, State},
 };
 
 /// What the agent reports about itself.
@@ -36,6 +36,9 @@ pub struct Status {
     pub config: AgentConfig,
     /// The mesh-wide settings in force (MeshConfig).
     pub mesh: MeshConfig,
+    /// The cluster as this agent sees it: nodes, namespaces, pods, Services, EndpointSlices,
+    /// PeerAuthentications.
+    pub state: Arc<State>,
     pub pods: Vec<PodStatus>,
     /// Pods that should be enrolled but are not, with the reason (retried every second).
     pub enrollment_errors: BTreeMap<String, String>,
@@ -50,6 +53,7 @@ impl Status {
             node: cfg.node.clone(),
             config: cfg.clone(),
             mesh: MeshConfig::default(),
+            state: Arc::default(),
             pods: Vec::new(),
             enrollment_errors: BTreeMap::new(),
             config_errors: Vec::new(),
@@ -134,7 +138,9 @@ fn route(req: Request<Incoming>, live: &Live) -> Response<Full<Bytes>> {
                     map_entries: live.maps.entry_counts(),
                 },
             };
-            let body = serde_json::to_vec_pretty(&dump).unwrap_or_default();
+            let body = serde_json::to_vec_pretty(&dump).unwrap_or_else(|e| {
+                format!("{{\"error\": \"config_dump does not serialise: {e}\"}}").into_bytes()
+            });
             Response::builder()
                 .header("content-type", "application/json")
                 .body(Full::new(Bytes::from(body)))

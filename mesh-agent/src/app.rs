@@ -46,7 +46,14 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         .with_context(|| format!("binding admin endpoint {}", cfg.admin_addr))?;
 
     let (tx, mut rx) = watch::channel(None);
-    source::start(cfg.source, cfg.config_dir.clone(), cfg.reload_interval, tx).await?;
+    source::start(
+        cfg.source,
+        cfg.config_dir.clone(),
+        Some(cfg.node.clone()),
+        cfg.reload_interval,
+        tx,
+    )
+    .await?;
     let mut enrollment = Enrollment::new(redirect, shared.clone(), cfg.cgroup_root.clone());
     let mut retry = tokio::time::interval(RETRY_INTERVAL);
     let shutdown = shutdown_signal();
@@ -68,7 +75,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         s.pods = enrollment.status();
         s.enrollment_errors = enrollment.failures();
         s.config_errors = loaded.errors;
-        s.mesh = shared.state.load().mesh.clone();
+        s.state = shared.state.load_full();
+        s.mesh = s.state.mesh.clone();
         s.ready = true;
     }
     // Pods stay hooked (pinned links) and fail closed until the next agent takes over.

@@ -12,6 +12,7 @@ pub use file::{load_dir, watch, ConfigError, Loaded};
 pub async fn start(
     kind: crate::config::SourceKind,
     config_dir: Option<std::path::PathBuf>,
+    node: Option<String>,
     reload_interval: std::time::Duration,
     tx: tokio::sync::watch::Sender<Option<Loaded>>,
 ) -> anyhow::Result<()> {
@@ -25,7 +26,7 @@ pub async fn start(
             let client = kube::Client::try_default()
                 .await
                 .context("Kubernetes client (in-cluster service account, or KUBECONFIG)")?;
-            tokio::spawn(kubernetes::watch(client, tx));
+            tokio::spawn(kubernetes::watch(client, node, tx));
         }
     }
     Ok(())

@@ -151,6 +151,7 @@ pub async fn run(args: CaArgs) -> anyhow::Result<()> {
     source::start(
         args.source,
         args.config_dir.clone(),
+        None,
         crate::config::DEFAULT_RELOAD_INTERVAL,
         tx,
     )

@@ -5,6 +5,10 @@
 //! fails keeps its last good version. Nothing is published before every kind has completed its
 //! first list: the agent is not ready on a partial picture of the cluster.
 //!
+//! Pods of other nodes are kept trimmed to what the data path needs of them (name, namespace,
+//! UID, labels, node, service account, address): the store's memory grows with the cluster by
+//! that much per pod, not by whole Pod objects.
+//!
 //! Weft's own CRDs are optional: a kind whose CRD is not installed (404) counts as empty, with a
 //! warning, and is retried.
 
@@ -106,6 +110,9 @@ type Key = (String, String);
 /// The raw objects of every kind, as the watchers report them.
 pub struct Store {
     kinds: &'static [Kind],
+    /// Pods of this node are kept whole; others are trimmed (None: trim every pod, as the CA,
+    /// which needs only identities and nodes).
+    node: Option<String>,
     objects: Vec<BTreeMap<Key, serde_json::Value>>,
     /// A relist in progress: the objects listed so far.
     relisting: Vec<Option<BTreeMap<Key, serde_json::Value>>>,
@@ -115,9 +122,10 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn new(kinds: &'static [Kind]) -> Self {
+    pub fn new(kinds: &'static [Kind], node: Option<String>) -> Self {
         Self {
             kinds,
+            node,
             objects: vec![BTreeMap::new(); kinds.len()],
             relisting: vec![None; kinds.len()],
             synced: vec![false; kinds.len()],
@@ -131,7 +139,7 @@ impl Store {
         match event {
             watcher::Event::Init => self.relisting[i] = Some(BTreeMap::new()),
             watcher::Event::InitApply(obj) => {
-                let (key, value) = raw(&kind, obj);
+                let (key, value) = self.raw(&kind, obj);
                 self.relisting[i]
                     .get_or_insert_with(BTreeMap::new)
                     .insert(key, value);
@@ -148,15 +156,36 @@ impl Store {
                 self.synced[i] = true;
             }
             watcher::Event::Apply(obj) => {
-                let (key, value) = raw(&kind, obj);
+                let (key, value) = self.raw(&kind, obj);
                 self.objects[i].insert(key, value);
             }
             watcher::Event::Delete(obj) => {
-                let (key, _) = raw(&kind, obj);
+                let (key, _) = self.raw(&kind, obj);
                 self.objects[i].remove(&key);
                 self.last_good.remove(&(i, key));
             }
         }
+    }
+
+    /// The object as the API server sent it, with apiVersion and kind filled in (list items
+    /// omit them); another node's pod trimmed.
+    fn raw(&self, kind: &Kind, obj: DynamicObject) -> (Key, serde_json::Value) {
+        let key = (
+            obj.metadata.namespace.clone().unwrap_or_default(),
+            obj.metadata.name.clone().unwrap_or_default(),
+        );
+        let mut value = serde_json::to_value(&obj).unwrap_or_default();
+        if kind.kind == "Pod" {
+            let on = value.pointer("/spec/nodeName").and_then(|n| n.as_str());
+            if self.node.is_none() || on != self.node.as_deref() {
+                value = trim_pod(&value);
+            }
+        }
+        if let Some(map) = value.as_object_mut() {
+            map.insert("apiVersion".into(), kind.api_version().into());
+            map.insert("kind".into(), kind.kind.into());
+        }
+        (key, value)
     }
 
     /// Kind `i` cannot be listed because it does not exist in this cluster (a CRD not installed).
@@ -219,19 +248,22 @@ fn parse(value: &serde_json::Value) -> Result<Option<super::objects::Object>, (S
     parse_document(yaml)
 }
 
-/// The object as the API server sent it, with apiVersion and kind filled in (list items
-/// omit them).
-fn raw(kind: &Kind, obj: DynamicObject) -> (Key, serde_json::Value) {
-    let key = (
-        obj.metadata.namespace.clone().unwrap_or_default(),
-        obj.metadata.name.clone().unwrap_or_default(),
-    );
-    let mut value = serde_json::to_value(&obj).unwrap_or_default();
-    if let Some(map) = value.as_object_mut() {
-        map.insert("apiVersion".into(), kind.api_version().into());
-        map.insert("kind".into(), kind.kind.into());
-    }
-    (key, value)
+/// What the agent needs of a pod on another node: who it is, where, and its address.
+fn trim_pod(pod: &serde_json::Value) -> serde_json::Value {
+    let meta = &pod["metadata"];
+    serde_json::json!({
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta["uid"],
+            "labels": meta.get("labels").cloned().unwrap_or_else(|| serde_json::json!({})),
+        },
+        "spec": {
+            "nodeName": pod["spec"]["nodeName"],
+            "serviceAccountName": pod["spec"]["serviceAccountName"],
+        },
+        "status": {"podIP": pod["status"]["podIP"]},
+    })
 }
 
 fn is_absent(e: &watcher::Error) -> bool {
@@ -240,13 +272,15 @@ fn is_absent(e: &watcher::Error) -> bool {
 
 /// Watches every kind and publishes a new state after each batch of changes, once all kinds
 /// have completed their first list.
-pub async fn watch(client: Client, tx: watch::Sender<Option<Loaded>>) {
-    watch_kinds(client, KINDS, tx).await
+/// `node`: this agent's node, whose pods are kept whole (None for the CA).
+pub async fn watch(client: Client, node: Option<String>, tx: watch::Sender<Option<Loaded>>) {
+    watch_kinds(client, KINDS, node, tx).await
 }
 
 pub async fn watch_kinds(
     client: Client,
     kinds: &'static [Kind],
+    node: Option<String>,
     tx: watch::Sender<Option<Loaded>>,
 ) {
     let (events, mut rx) = mpsc::channel(1024);
@@ -265,7 +299,7 @@ pub async fn watch_kinds(
         });
     }
     drop(events);
-    let mut store = Store::new(kinds);
+    let mut store = Store::new(kinds, node);
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {

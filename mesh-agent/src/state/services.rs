@@ -218,6 +218,13 @@ mod tests {
     }
 
     #[test]
+    fn the_state_serialises_for_config_dump() {
+        let v = serde_json::to_value(state(TargetPort::Number(8080))).expect("JSON");
+        assert_eq!(v["pods"].as_array().map(Vec::len), Some(3));
+        assert_eq!(v["services"][0]["cluster_ips"][0], "10.96.0.10");
+    }
+
+    #[test]
     fn endpoint_slices_win_over_the_selector_and_unready_endpoints_are_left_out() {
         let mut s = state(TargetPort::Number(8080));
         s.endpoint_slices.insert(

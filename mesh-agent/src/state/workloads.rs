@@ -64,10 +64,12 @@ pub struct Pod {
     pub cgroup: Option<PathBuf>,
 }
 
+/// Serialized for /config_dump: maps keyed by structs become lists of their values.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct State {
     pub nodes: BTreeMap<String, Node>,
     pub namespaces: BTreeMap<String, Namespace>,
+    #[serde(serialize_with = "values")]
     pub pods: BTreeMap<PodKey, Pod>,
     /// (namespace, name) → policy.
     #[serde(serialize_with = "values")]

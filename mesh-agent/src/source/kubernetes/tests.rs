@@ -135,7 +135,7 @@ fn pods(state: &State) -> Vec<String> {
 async fn lists_watches_and_resyncs_after_410_from_recorded_responses() {
     let (client, script) = fake_api_server(recorded()).await;
     let (tx, mut rx) = watch::channel(None);
-    tokio::spawn(watch_kinds(client, KINDS, tx));
+    tokio::spawn(watch_kinds(client, KINDS, Some("n1".into()), tx));
 
     // Every published state; the first only once every kind has listed.
     let mut seen_api_pod = false;
@@ -223,7 +223,7 @@ fn the_index_follows_watch_events_and_keeps_last_good_objects() {
         kind("", "v1", "Pod", "pods", false),
         kind("", "v1", "Namespace", "namespaces", false),
     ];
-    let mut store = Store::new(TWO);
+    let mut store = Store::new(TWO, Some("n1".into()));
     store.event(0, Event::Init);
     store.event(0, Event::InitApply(pod("a", "10.0.0.1")));
     store.event(0, Event::InitDone);
@@ -248,6 +248,23 @@ fn the_index_follows_watch_events_and_keeps_last_good_objects() {
     assert!(loaded.errors[0]
         .message
         .ends_with("the previous version stays in force"));
+
+    // Another node's pod is kept trimmed to what the data path needs.
+    let mut far = pod("far", "10.2.0.9");
+    far.data["spec"] = serde_json::json!({
+        "nodeName": "n2", "serviceAccountName": "far",
+        "containers": [{"name": "c", "image": "big", "env": [{"name": "A", "value": "x"}]}]
+    });
+    store.event(0, Event::Apply(far));
+    let kept = &store.objects[0][&("shop".to_string(), "far".to_string())];
+    assert!(kept["spec"].get("containers").is_none(), "{kept}");
+    let state = store.build().state;
+    let far = state.pods.values().find(|p| p.key.name == "far").unwrap();
+    assert_eq!(
+        (far.ip, far.node.as_deref(), far.service_account.as_str()),
+        (Some("10.2.0.9".parse().unwrap()), Some("n2"), "far")
+    );
+    store.event(0, Event::Delete(pod("far", "10.2.0.9")));
 
     // A relist replaces the kind atomically: nothing half-listed is ever built.
     store.event(0, Event::Init);
