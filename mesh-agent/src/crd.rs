@@ -115,15 +115,15 @@ mod examples {
         };
         assert_eq!(
             outcomes("deploy/examples/crs/policies.yaml"),
-            ["PeerAuthentication: applied", "MeshConfig: applied"]
+            [
+                "PeerAuthentication: applied",
+                "MeshConfig: applied",
+                "AuthorizationPolicy: applied"
+            ]
         );
         assert_eq!(
             outcomes("xtask/testdata/crs-not-enforced-yet.yaml"),
-            [
-                "AuthorizationPolicy: refused",
-                "ServiceEntry: refused",
-                "TrafficPolicy: refused"
-            ]
+            ["ServiceEntry: refused", "TrafficPolicy: refused"]
         );
     }
 

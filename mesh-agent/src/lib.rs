@@ -10,6 +10,7 @@ pub mod config;
 pub mod crd;
 pub mod identity;
 pub mod netns;
+pub mod policy;
 pub mod proxy;
 pub mod redirect;
 pub mod source;

@@ -63,6 +63,27 @@ pub struct PodContext {
     pub hbone_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
+impl PodContext {
+    /// The authorization verdict for an inbound connection to this pod: None when allowed,
+    /// else the reason (naming the deciding policy), which is also logged.
+    pub fn authorize(&self, conn: &crate::policy::Connection) -> Option<String> {
+        let state = self.shared.state.load();
+        let pod = state.pods.get(&self.key)?;
+        let v = crate::policy::evaluate(&state, pod, conn);
+        let principal = conn.principal.as_deref().unwrap_or("(plaintext)");
+        let policy = v.policy.as_deref().unwrap_or("-");
+        if v.allowed {
+            tracing::debug!(pod = %self.key, principal, policy, reason = %v.reason, "allowed");
+            return None;
+        }
+        tracing::warn!(pod = %self.key, principal, src = %conn.source_ip, port = conn.port, policy, reason = %v.reason, "connection denied by authorization policy");
+        Some(match &v.policy {
+            Some(p) => format!("denied by authorization policy {p}: {}", v.reason),
+            None => format!("denied by authorization: {}", v.reason),
+        })
+    }
+}
+
 /// Starts the accept loops of a pod's listeners. Aborting the returned tasks closes the
 /// listeners; connections already accepted run on in their own tasks.
 pub fn serve(ctx: Arc<PodContext>, listeners: InpodListeners) -> Vec<JoinHandle<()>> {

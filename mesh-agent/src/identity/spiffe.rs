@@ -57,6 +57,16 @@ impl Identity {
     }
 }
 
+impl Identity {
+    /// The SPIFFE ID without its scheme (`cluster.local/ns/a/sa/b`): Istio's "principal".
+    pub fn principal(&self) -> String {
+        format!(
+            "{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
+    }
+}
+
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -44,6 +44,14 @@ async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
             return reset(down);
         }
     }
+    let conn = crate::policy::Connection {
+        principal: None,
+        source_ip: peer.ip(),
+        port: orig.port(),
+    };
+    if ctx.authorize(&conn).is_some() {
+        return reset(down);
+    }
     let span = info_span!("inbound", pod = %ctx.key, src = %peer, dst = %orig);
     async move {
         let start = Instant::now();

@@ -17,8 +17,8 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::objects::{
-    check_mesh_config, EndpointSliceObject, NamespaceObject, NodeObject, Object, PodObject,
-    ServiceObject,
+    check_authorization_policy, check_mesh_config, EndpointSliceObject, NamespaceObject,
+    NodeObject, Object, PodObject, ServiceObject,
 };
 
 use crate::{
@@ -250,9 +250,13 @@ pub fn parse_document(value: serde_yaml::Value) -> Result<Option<Object>, (Strin
         }
         // Known kinds whose enforcement is not built yet: refused, never silently ignored (a
         // policy that looks applied but is not would be worse than an error).
-        (API_VERSION, kind @ ("AuthorizationPolicy" | "ServiceEntry" | "TrafficPolicy")) => {
+        (API_VERSION, "AuthorizationPolicy") => {
+            let ap = typed::<crd::AuthorizationPolicy>(value)?;
+            check_authorization_policy(&ap)?;
+            Object::AuthorizationPolicy(ap)
+        }
+        (API_VERSION, kind @ ("ServiceEntry" | "TrafficPolicy")) => {
             match kind {
-                "AuthorizationPolicy" => typed::<crd::AuthorizationPolicy>(value).map(drop)?,
                 "ServiceEntry" => typed::<crd::ServiceEntry>(value).map(drop)?,
                 _ => typed::<crd::TrafficPolicy>(value).map(drop)?,
             }
@@ -499,6 +503,34 @@ status: {podIP: 10.0.1.2}
             .err()
             .unwrap();
         assert_eq!(field, "spec.parentRefs[0].port");
+    }
+
+    #[test]
+    fn authorization_policy_mistakes_are_named() {
+        let ap = |rule: &str| {
+            let text = format!(
+                "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: shop}}\nspec: {{action: ALLOW, rules: [{rule}]}}\n"
+            );
+            parse_document(serde_yaml::from_str(&text).unwrap())
+        };
+        assert!(matches!(
+            ap("{from: [{source: {ipBlocks: [10.0.0.0/8]}}], to: [{operation: {ports: ['5432']}}]}"),
+            Ok(Some(Object::AuthorizationPolicy(_)))
+        ));
+        let (field, msg) = ap("{from: [{source: {ipBlocks: [10.0.0.0/33]}}]}")
+            .err()
+            .unwrap();
+        assert_eq!(field, "spec.rules[0].from[0].source.ipBlocks[0]");
+        assert!(msg.contains("10.0.0.0/33"), "{msg}");
+        let (field, _) = ap("{to: [{operation: {ports: ['http']}}]}").err().unwrap();
+        assert_eq!(field, "spec.rules[0].to[0].operation.ports[0]");
+        let (field, _) = ap("{from: [{source: {principal: [x]}}]}").err().unwrap();
+        assert_eq!(field, "spec.rules[0].from[0].source.principal");
+        let bad_action = "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec: {action: AUDIT}\n";
+        let (field, _) = parse_document(serde_yaml::from_str(bad_action).unwrap())
+            .err()
+            .unwrap();
+        assert_eq!(field, "spec.action");
     }
 
     #[test]

@@ -97,6 +97,13 @@ pub const KINDS: &[Kind] = &[
     ),
     kind("weft.dev", "v1alpha1", "MeshConfig", "meshconfigs", true),
     kind(
+        "weft.dev",
+        "v1alpha1",
+        "AuthorizationPolicy",
+        "authorizationpolicies",
+        true,
+    ),
+    kind(
         "gateway.networking.k8s.io",
         "v1",
         "HTTPRoute",

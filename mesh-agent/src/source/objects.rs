@@ -94,6 +94,51 @@ pub struct NamespaceObject {
     pub metadata: Meta,
 }
 
+/// What the schema cannot say of an AuthorizationPolicy: ipBlocks are addresses or CIDRs, ports
+/// are port numbers.
+pub fn check_authorization_policy(ap: &crd::AuthorizationPolicy) -> Result<(), (String, String)> {
+    let cidr = |b: &str| match b.split_once('/') {
+        None => b.parse::<std::net::IpAddr>().is_ok(),
+        Some((ip, len)) => ip.parse::<std::net::IpAddr>().is_ok_and(|ip| {
+            len.parse::<u8>()
+                .is_ok_and(|l| l <= if ip.is_ipv4() { 32 } else { 128 })
+        }),
+    };
+    for (r, rule) in ap.spec.rules.iter().enumerate() {
+        for (f, from) in rule.from.iter().enumerate() {
+            for (field, blocks) in [
+                ("ipBlocks", &from.source.ip_blocks),
+                ("notIpBlocks", &from.source.not_ip_blocks),
+            ] {
+                if let Some((i, b)) = blocks.iter().enumerate().find(|(_, b)| !cidr(b)) {
+                    return Err((
+                        format!("spec.rules[{r}].from[{f}].source.{field}[{i}]"),
+                        format!("{b:?} is not an IP address or CIDR"),
+                    ));
+                }
+            }
+        }
+        for (t, to) in rule.to.iter().enumerate() {
+            for (field, ports) in [
+                ("ports", &to.operation.ports),
+                ("notPorts", &to.operation.not_ports),
+            ] {
+                if let Some((i, p)) = ports
+                    .iter()
+                    .enumerate()
+                    .find(|(_, p)| p.parse::<u16>().map_or(true, |n| n == 0))
+                {
+                    return Err((
+                        format!("spec.rules[{r}].to[{t}].operation.{field}[{i}]"),
+                        format!("{p:?} is not a port number"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The name and namespace of the MeshConfig are part of the contract: a second MeshConfig would
 /// be ambiguous.
 pub fn check_mesh_config(mc: &crd::MeshConfig) -> Result<(), (String, String)> {
@@ -117,6 +162,7 @@ pub enum Object {
     Namespace(NamespaceObject),
     Pod(PodObject),
     PeerAuthentication(crd::PeerAuthentication),
+    AuthorizationPolicy(crd::AuthorizationPolicy),
     MeshConfig(crd::MeshConfig),
     Service(ServiceObject),
     EndpointSlice(EndpointSliceObject),
@@ -156,6 +202,18 @@ impl Object {
                     mode: pa.spec.mtls.map(|m| m.mode).unwrap_or_default(),
                 };
                 state.peer_authentications.insert((namespace, name), policy);
+            }
+            Object::AuthorizationPolicy(ap) => {
+                let namespace = ap.metadata.namespace.unwrap_or_else(|| "default".into());
+                let name = ap.metadata.name.unwrap_or_default();
+                state.authorization_policies.insert(
+                    (namespace.clone(), name.clone()),
+                    crate::policy::AuthorizationPolicy {
+                        namespace,
+                        name,
+                        spec: ap.spec,
+                    },
+                );
             }
             Object::Service(s) => {
                 let service = s.into_service();

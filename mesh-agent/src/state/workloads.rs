@@ -76,6 +76,9 @@ pub struct State {
     pub peer_authentications: BTreeMap<(String, String), PeerAuthentication>,
     /// The mesh-wide settings (MeshConfig `weft-system/default`).
     pub mesh: MeshConfig,
+    /// (namespace, name) → policy.
+    #[serde(serialize_with = "values")]
+    pub authorization_policies: BTreeMap<(String, String), crate::policy::AuthorizationPolicy>,
     #[serde(serialize_with = "values")]
     pub services: BTreeMap<ServiceKey, Service>,
     /// (namespace, name) → slice.

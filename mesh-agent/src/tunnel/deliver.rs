@@ -1,14 +1,19 @@
 //! The last hop of every tunnel, whatever carried it: check that the requested target is a port
-//! of this pod and connect to it from inside the pod's netns. The refusal carries the status the
+//! of this pod, that authorization policy allows the verified source to reach it, and connect
+//! to it from inside the pod's netns. The refusal carries the status the
 //! tunnel answers with (HTTP semantics, shared by h2 and QUIC) and the reason that is logged.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use http::StatusCode;
 use mesh_common::INBOUND_DELIVERY_SOURCE;
 use tokio::net::TcpStream;
 
-use crate::proxy::{listeners::connect_from_pod, PodContext};
+use crate::{
+    identity::Identity,
+    policy,
+    proxy::{listeners::connect_from_pod, PodContext},
+};
 
 #[derive(Debug)]
 pub struct Refusal {
@@ -25,10 +30,13 @@ impl Refusal {
     }
 }
 
-/// Connects to `authority` (`IP:port`, the original destination) inside the pod.
+/// Connects to `authority` (`IP:port`, the original destination) inside the pod, for a tunnel
+/// from `source` (its verified identity) at `source_ip`.
 pub async fn deliver(
     ctx: &PodContext,
     authority: &str,
+    source: &Identity,
+    source_ip: IpAddr,
 ) -> Result<(SocketAddr, TcpStream), Refusal> {
     let target: SocketAddr = authority.parse().map_err(|_| {
         Refusal::new(
@@ -41,6 +49,14 @@ pub async fn deliver(
             StatusCode::FORBIDDEN,
             format!("{target} is not this pod ({})", ctx.ip),
         ));
+    }
+    let conn = policy::Connection {
+        principal: Some(source.principal()),
+        source_ip,
+        port: target.port(),
+    };
+    if let Some(denied) = ctx.authorize(&conn) {
+        return Err(Refusal::new(StatusCode::FORBIDDEN, denied));
     }
     let bind = target
         .is_ipv4()

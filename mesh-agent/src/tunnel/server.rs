@@ -74,7 +74,8 @@ async fn handle(ctx: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
             Ok((req, respond)) => {
                 let span =
                     info_span!("inbound", pod = %ctx.key, src = %peer, src_identity = %source);
-                tokio::spawn(stream(ctx.clone(), req, respond).instrument(span));
+                let source = source.clone();
+                tokio::spawn(stream(ctx.clone(), req, respond, source, peer).instrument(span));
             }
             Err(e) => {
                 info!(pod = %ctx.key, %peer, %source, error = %e, "hbone: connection ended");
@@ -97,6 +98,8 @@ async fn stream(
     ctx: Arc<PodContext>,
     req: Request<h2::RecvStream>,
     mut respond: SendResponse<Bytes>,
+    source: Identity,
+    peer: SocketAddr,
 ) {
     if req.method() != http::Method::CONNECT {
         return refuse(
@@ -107,7 +110,7 @@ async fn stream(
     }
     let authority = req.uri().authority().map(|a| a.as_str()).unwrap_or("");
     let start = Instant::now();
-    let (target, up) = match deliver(&ctx, authority).await {
+    let (target, up) = match deliver(&ctx, authority, &source, peer.ip()).await {
         Ok(d) => d,
         Err(r) => return refuse(respond, r.status, &r.reason),
     };

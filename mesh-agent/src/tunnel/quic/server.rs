@@ -84,7 +84,8 @@ async fn connection(ctx: Arc<PodContext>, incoming: Incoming) {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
                 let span = info_span!("inbound", pod = %ctx.key, src = %peer, src_identity = %source, transport = "quic");
-                tokio::spawn(stream(ctx.clone(), send, recv).instrument(span));
+                let source = source.clone();
+                tokio::spawn(stream(ctx.clone(), send, recv, source, peer.ip()).instrument(span));
             }
             Err(e) => {
                 info!(pod = %ctx.key, %peer, %source, error = %e, "hbone-quic: connection ended");
@@ -103,7 +104,13 @@ fn peer_identity(conn: &Connection) -> Result<Identity, String> {
     Identity::from_cert(leaf).map_err(|e| format!("client identity unreadable: {e}"))
 }
 
-async fn stream(ctx: Arc<PodContext>, mut send: SendStream, mut recv: RecvStream) {
+async fn stream(
+    ctx: Arc<PodContext>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    source: Identity,
+    source_ip: std::net::IpAddr,
+) {
     let authority =
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, header::read_request(&mut recv)).await {
             Ok(Ok(a)) => a,
@@ -111,7 +118,7 @@ async fn stream(ctx: Arc<PodContext>, mut send: SendStream, mut recv: RecvStream
             Err(_) => return refuse(send, recv, 408, "no tunnel header in time").await,
         };
     let start = Instant::now();
-    let (target, up) = match deliver(&ctx, &authority).await {
+    let (target, up) = match deliver(&ctx, &authority, &source, source_ip).await {
         Ok(d) => d,
         Err(r) => return refuse(send, recv, r.status.as_u16(), &r.reason).await,
     };

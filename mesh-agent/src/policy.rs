@@ -1,0 +1,325 @@
+//! L4 authorization (AuthorizationPolicy, weft.dev/v1alpha1), with Istio's semantics, decided by
+//! the destination's agent for every inbound connection:
+//!
+//! 1. a DENY policy that matches denies (it wins over everything);
+//! 2. a workload with no ALLOW policy allows everything else;
+//! 3. with any ALLOW policy, only a matching one allows.
+//!
+//! Policies apply to a pod when they are in its namespace and their selector matches it (no
+//! selector: the whole namespace), or when they are in the root namespace without a selector
+//! (mesh-wide). A plaintext connection has no principal and no namespace: it only matches rules
+//! that ask for neither. Every verdict names the policy that decided it, or says why none did.
+
+pub mod matching;
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::{
+    crd::authorization_policy::{Action, AuthorizationPolicySpec},
+    state::{peer_auth::ROOT_NAMESPACE, Pod, State},
+};
+
+/// What is known of an inbound connection when it is decided.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// SPIFFE ID without the scheme (`cluster.local/ns/a/sa/b`); None for plaintext.
+    pub principal: Option<String>,
+    pub source_ip: IpAddr,
+    pub port: u16,
+}
+
+impl Connection {
+    /// The source namespace, read from the principal.
+    pub fn namespace(&self) -> Option<&str> {
+        let p = self.principal.as_deref()?;
+        let (_, rest) = p.split_once("/ns/")?;
+        rest.split('/').next()
+    }
+}
+
+/// An AuthorizationPolicy as the state holds it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuthorizationPolicy {
+    pub namespace: String,
+    pub name: String,
+    pub spec: AuthorizationPolicySpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    pub allowed: bool,
+    /// `namespace/name` of the deciding policy.
+    pub policy: Option<String>,
+    pub reason: String,
+}
+
+fn applies(p: &AuthorizationPolicy, pod: &Pod) -> bool {
+    match &p.spec.selector {
+        None => p.namespace == pod.key.namespace || p.namespace == ROOT_NAMESPACE,
+        Some(sel) => {
+            p.namespace == pod.key.namespace
+                && sel
+                    .match_labels
+                    .iter()
+                    .all(|(k, v)| pod.labels.get(k) == Some(v))
+        }
+    }
+}
+
+/// Decides `conn` to `pod`.
+pub fn evaluate(state: &State, pod: &Pod, conn: &Connection) -> Verdict {
+    let applicable: Vec<&AuthorizationPolicy> = state
+        .authorization_policies
+        .values()
+        .filter(|p| applies(p, pod))
+        .collect();
+    let name = |p: &AuthorizationPolicy| format!("{}/{}", p.namespace, p.name);
+    if let Some(deny) = applicable
+        .iter()
+        .find(|p| p.spec.action == Action::Deny && matching::policy_matches(&p.spec, conn))
+    {
+        return Verdict {
+            allowed: false,
+            policy: Some(name(deny)),
+            reason: "a DENY rule matched".into(),
+        };
+    }
+    let allows: Vec<_> = applicable
+        .iter()
+        .filter(|p| p.spec.action == Action::Allow)
+        .collect();
+    if allows.is_empty() {
+        return Verdict {
+            allowed: true,
+            policy: None,
+            reason: "no ALLOW policy applies to this workload".into(),
+        };
+    }
+    match allows
+        .iter()
+        .find(|p| matching::policy_matches(&p.spec, conn))
+    {
+        Some(p) => Verdict {
+            allowed: true,
+            policy: Some(name(p)),
+            reason: "an ALLOW rule matched".into(),
+        },
+        None => Verdict {
+            allowed: false,
+            policy: None,
+            reason: format!(
+                "ALLOW policies apply ({}) and none matched",
+                allows
+                    .iter()
+                    .map(|p| name(p))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        crd::{
+            authorization_policy::{From, Operation, Rule, Source, To},
+            WorkloadSelector,
+        },
+        state::PodKey,
+    };
+
+    fn pod() -> Pod {
+        Pod {
+            key: PodKey {
+                namespace: "shop".into(),
+                name: "db-0".into(),
+            },
+            uid: None,
+            node: Some("n1".into()),
+            service_account: "db".into(),
+            ip: Some("10.1.0.9".parse().unwrap()),
+            labels: [("app".to_string(), "db".to_string())].into(),
+            ports: Default::default(),
+            netns: None,
+            cgroup: None,
+        }
+    }
+
+    fn conn(principal: Option<&str>, ip: &str, port: u16) -> Connection {
+        Connection {
+            principal: principal.map(str::to_owned),
+            source_ip: ip.parse().unwrap(),
+            port,
+        }
+    }
+
+    const WEB: &str = "cluster.local/ns/shop/sa/web";
+    const ADMIN: &str = "cluster.local/ns/ops/sa/admin";
+
+    fn policy(
+        ns: &str,
+        name: &str,
+        action: Action,
+        selector: bool,
+        rules: Vec<Rule>,
+    ) -> AuthorizationPolicy {
+        AuthorizationPolicy {
+            namespace: ns.into(),
+            name: name.into(),
+            spec: AuthorizationPolicySpec {
+                selector: selector.then(|| WorkloadSelector {
+                    match_labels: [("app".to_string(), "db".to_string())].into(),
+                }),
+                action,
+                rules,
+            },
+        }
+    }
+
+    fn from(source: Source) -> Rule {
+        Rule {
+            from: vec![From { source }],
+            to: vec![],
+        }
+    }
+
+    fn state(policies: Vec<AuthorizationPolicy>) -> State {
+        let mut s = State::default();
+        for p in policies {
+            s.authorization_policies
+                .insert((p.namespace.clone(), p.name.clone()), p);
+        }
+        s
+    }
+
+    fn decide(policies: Vec<AuthorizationPolicy>, c: &Connection) -> Verdict {
+        evaluate(&state(policies), &pod(), c)
+    }
+
+    #[test]
+    fn no_allow_policy_allows_everything() {
+        let v = decide(vec![], &conn(None, "10.9.9.9", 5432));
+        assert!(v.allowed && v.policy.is_none());
+    }
+
+    #[test]
+    fn principals_and_plaintext() {
+        let only_web = policy(
+            "shop",
+            "web-only",
+            Action::Allow,
+            true,
+            vec![from(Source {
+                principals: vec![WEB.into()],
+                ..Default::default()
+            })],
+        );
+        let v = decide(vec![only_web.clone()], &conn(Some(WEB), "10.1.0.2", 5432));
+        assert_eq!(
+            (v.allowed, v.policy.as_deref()),
+            (true, Some("shop/web-only"))
+        );
+        let v = decide(vec![only_web.clone()], &conn(Some(ADMIN), "10.1.0.2", 5432));
+        assert!(!v.allowed && v.reason.contains("shop/web-only"), "{v:?}");
+        // Plaintext has no principal: never matches a principals rule.
+        assert!(!decide(vec![only_web], &conn(None, "10.1.0.2", 5432)).allowed);
+    }
+
+    #[test]
+    fn namespaces_ip_blocks_and_ports() {
+        let ns = policy(
+            "shop",
+            "from-shop",
+            Action::Allow,
+            false,
+            vec![from(Source {
+                namespaces: vec!["shop".into()],
+                ..Default::default()
+            })],
+        );
+        assert!(decide(vec![ns.clone()], &conn(Some(WEB), "10.1.0.2", 1)).allowed);
+        assert!(!decide(vec![ns], &conn(Some(ADMIN), "10.1.0.2", 1)).allowed);
+
+        let block = policy(
+            "shop",
+            "from-node-1",
+            Action::Allow,
+            true,
+            vec![from(Source {
+                ip_blocks: vec!["10.1.0.0/24".into()],
+                ..Default::default()
+            })],
+        );
+        // ipBlocks match plaintext too: no principal needed.
+        assert!(decide(vec![block.clone()], &conn(None, "10.1.0.77", 1)).allowed);
+        assert!(!decide(vec![block], &conn(None, "10.2.0.77", 1)).allowed);
+
+        let port = policy(
+            "shop",
+            "pg-port",
+            Action::Allow,
+            true,
+            vec![Rule {
+                from: vec![],
+                to: vec![To {
+                    operation: Operation {
+                        ports: vec!["5432".into()],
+                        ..Default::default()
+                    },
+                }],
+            }],
+        );
+        assert!(decide(vec![port.clone()], &conn(Some(ADMIN), "10.1.0.2", 5432)).allowed);
+        assert!(!decide(vec![port], &conn(Some(ADMIN), "10.1.0.2", 22)).allowed);
+    }
+
+    #[test]
+    fn deny_wins_over_allow_and_root_namespace_applies_mesh_wide() {
+        let allow_all = policy(
+            "shop",
+            "allow-all",
+            Action::Allow,
+            true,
+            vec![Rule::default()],
+        );
+        let deny_admin = policy(
+            ROOT_NAMESPACE,
+            "no-ops",
+            Action::Deny,
+            false,
+            vec![from(Source {
+                not_principals: vec![WEB.into()],
+                namespaces: vec!["ops".into()],
+                ..Default::default()
+            })],
+        );
+        let v = decide(
+            vec![allow_all.clone(), deny_admin.clone()],
+            &conn(Some(ADMIN), "10.1.0.2", 5432),
+        );
+        assert_eq!(
+            (v.allowed, v.policy.as_deref()),
+            (false, Some("weft-system/no-ops"))
+        );
+        let v = decide(
+            vec![allow_all, deny_admin],
+            &conn(Some(WEB), "10.1.0.2", 5432),
+        );
+        assert_eq!(
+            (v.allowed, v.policy.as_deref()),
+            (true, Some("shop/allow-all"))
+        );
+    }
+
+    #[test]
+    fn an_allow_without_rules_allows_nothing_and_other_namespaces_do_not_apply() {
+        let nothing = policy("shop", "deny-by-default", Action::Allow, false, vec![]);
+        assert!(!decide(vec![nothing], &conn(Some(WEB), "10.1.0.2", 5432)).allowed);
+        let elsewhere = policy("ops", "nothing", Action::Allow, false, vec![]);
+        assert!(decide(vec![elsewhere], &conn(Some(WEB), "10.1.0.2", 5432)).allowed);
+    }
+}
