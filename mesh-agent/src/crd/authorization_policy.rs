@@ -1,6 +1,6 @@
 //! AuthorizationPolicy, as Istio's: DENY wins; a workload with no ALLOW policy allows all; with
-//! any ALLOW policy, only matching traffic. Enforcement comes with the policy work; until then
-//! the agent refuses these objects rather than ignoring them.
+//! any ALLOW policy, only matching traffic. Decided by `crate::policy` on every inbound
+//! connection.
 
 use kube::CustomResource;
 use schemars::JsonSchema;
