@@ -24,7 +24,7 @@ use crate::{
     identity::{manager::CertStatus, CertManager},
     redirect::Maps,
     source::ConfigError,
-    state::{MeshConfig, State},
+    state::State,
 };
 
 /// What the agent reports about itself.
@@ -34,8 +34,6 @@ pub struct Status {
     pub ready: bool,
     pub node: String,
     pub config: AgentConfig,
-    /// The mesh-wide settings in force (MeshConfig).
-    pub mesh: MeshConfig,
     /// The cluster as this agent sees it: nodes, namespaces, pods, Services, EndpointSlices,
     /// PeerAuthentications.
     pub state: Arc<State>,
@@ -52,7 +50,6 @@ impl Status {
             ready: false,
             node: cfg.node.clone(),
             config: cfg.clone(),
-            mesh: MeshConfig::default(),
             state: Arc::default(),
             pods: Vec::new(),
             enrollment_errors: BTreeMap::new(),

@@ -76,7 +76,6 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         s.enrollment_errors = enrollment.failures();
         s.config_errors = loaded.errors;
         s.state = shared.state.load_full();
-        s.mesh = s.state.mesh.clone();
         s.ready = true;
     }
     // Pods stay hooked (pinned links) and fail closed until the next agent takes over.

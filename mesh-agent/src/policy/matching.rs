@@ -40,25 +40,33 @@ fn not_listed(patterns: &[String], value: Option<&str>) -> bool {
     !value.is_some_and(|v| patterns.iter().any(|p| string_matches(p, v)))
 }
 
-fn in_block(block: &str, ip: IpAddr) -> bool {
-    match block.split_once('/') {
-        None => block.parse::<IpAddr>() == Ok(ip),
-        Some((net, len)) => {
-            let (Ok(net), Ok(len)) = (net.parse::<IpAddr>(), len.parse::<u32>()) else {
-                return false;
-            };
-            match (net, ip) {
-                (IpAddr::V4(n), IpAddr::V4(i)) if len <= 32 => {
-                    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
-                    u32::from(n) & mask == u32::from(i) & mask
-                }
-                (IpAddr::V6(n), IpAddr::V6(i)) if len <= 128 => {
-                    let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
-                    u128::from(n) & mask == u128::from(i) & mask
-                }
-                _ => false,
-            }
+/// An ipBlock: an address (a full-length prefix) or a CIDR. The one parser both the policy
+/// checks at load time and matching use, so they agree on what is valid.
+pub fn parse_block(block: &str) -> Option<(IpAddr, u32)> {
+    let (net, len) = match block.split_once('/') {
+        None => {
+            let ip: IpAddr = block.parse().ok()?;
+            return Some((ip, if ip.is_ipv4() { 32 } else { 128 }));
         }
+        Some((net, len)) => (net.parse::<IpAddr>().ok()?, len.parse::<u32>().ok()?),
+    };
+    (len <= if net.is_ipv4() { 32 } else { 128 }).then_some((net, len))
+}
+
+fn in_block(block: &str, ip: IpAddr) -> bool {
+    let Some((net, len)) = parse_block(block) else {
+        return false;
+    };
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(i)) => {
+            let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+            u32::from(n) & mask == u32::from(i) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(i)) => {
+            let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+            u128::from(n) & mask == u128::from(i) & mask
+        }
+        _ => false,
     }
 }
 

@@ -38,7 +38,7 @@ impl InpodListeners {
         };
         // QUIC is optional: without it peers fall back to h2.
         for any in [v4_any, v6_any] {
-            match crate::tunnel::quic::server_socket(netns, (any, ports::HBONE).into()) {
+            match crate::tunnel::quic::udp_socket(netns, (any, ports::HBONE).into()) {
                 Ok(s) => l.quic.push(s),
                 Err(e) => debug!(error = %e, %any, "no QUIC listener"),
             }

@@ -97,13 +97,7 @@ pub struct NamespaceObject {
 /// What the schema cannot say of an AuthorizationPolicy: ipBlocks are addresses or CIDRs, ports
 /// are port numbers.
 pub fn check_authorization_policy(ap: &crd::AuthorizationPolicy) -> Result<(), (String, String)> {
-    let cidr = |b: &str| match b.split_once('/') {
-        None => b.parse::<std::net::IpAddr>().is_ok(),
-        Some((ip, len)) => ip.parse::<std::net::IpAddr>().is_ok_and(|ip| {
-            len.parse::<u8>()
-                .is_ok_and(|l| l <= if ip.is_ipv4() { 32 } else { 128 })
-        }),
-    };
+    let cidr = |b: &str| crate::policy::matching::parse_block(b).is_some();
     for (r, rule) in ap.spec.rules.iter().enumerate() {
         for (f, from) in rule.from.iter().enumerate() {
             for (field, blocks) in [

@@ -44,16 +44,9 @@ fn transport() -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
-/// The pod's UDP :15008 socket (opened with its TCP listeners, served once mTLS is configured).
-pub fn server_socket(
-    netns: &crate::netns::Netns,
-    addr: std::net::SocketAddr,
-) -> std::io::Result<std::net::UdpSocket> {
-    udp_socket(netns, addr)
-}
-
-/// A UDP socket in the pod's netns, marked as the agent's.
-fn udp_socket(
+/// A UDP socket in the pod's netns, marked as the agent's: the pod's :15008 (opened with its
+/// TCP listeners) or a client connection's.
+pub fn udp_socket(
     netns: &crate::netns::Netns,
     addr: std::net::SocketAddr,
 ) -> std::io::Result<std::net::UdpSocket> {
