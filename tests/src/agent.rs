@@ -232,7 +232,7 @@ impl Agent {
         eventually(
             &format!("MeshConfig tunnel {tunnel} in force"),
             Duration::from_secs(10),
-            || (self.config_dump()["mesh"]["tunnel"] == tunnel).then_some(()),
+            || (self.config_dump()["state"]["mesh"]["tunnel"] == tunnel).then_some(()),
         )
     }
 

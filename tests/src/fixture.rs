@@ -101,6 +101,17 @@ impl TwoNodeMesh {
             &mesh_agent::identity::Identity::new(TRUST_DOMAIN, ns, sa),
         )
     }
+
+    /// A certificate for `ns/sa` of another trust domain (`evil.local`), from a CA of its own:
+    /// what a peer from outside the mesh presents.
+    pub fn mint_foreign(&self, ns: &str, sa: &str) -> crate::peer::Minted {
+        crate::peer::mint(
+            &self.topo.dir.join("evil-ca"),
+            "evil.local",
+            std::time::Duration::from_secs(3600),
+            &mesh_agent::identity::Identity::new("evil.local", ns, sa),
+        )
+    }
 }
 
 /// The MeshConfig that chooses the tunnel between agents (`h2` or `quic`).

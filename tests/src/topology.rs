@@ -60,12 +60,7 @@ pub fn cgroup2_root() -> PathBuf {
         return p.into();
     }
     let info = std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
-    info.lines()
-        .find_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let mount_point = pre.split_whitespace().nth(4)?;
-            (post.split_whitespace().next() == Some("cgroup2")).then(|| PathBuf::from(mount_point))
-        })
+    mesh_agent::netns::discover::cgroup2_mount(&info)
         .expect("no cgroup2 mount: mount -t cgroup2 none /sys/fs/cgroup/unified")
 }
 

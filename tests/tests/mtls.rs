@@ -105,17 +105,12 @@ fn hbone_refuses_bad_peers_and_keeps_serving() {
     let good = m.mint("mesh", "client");
     let roots = good.roots.clone();
     let server_id = id("mesh", "server");
+    let connect = |me: &peer::Minted, expect: &Identity, target: SocketAddr, payload: &[u8]| {
+        peer::connect(&from, me, &roots, hbone(&m.server), expect, target, payload)
+    };
 
     // The happy path through the test peer: 200 and the greeting of the application.
-    let (ok, echoed) = peer::connect(
-        &from,
-        &good,
-        &roots,
-        hbone(&m.server),
-        &server_id,
-        m.server.addr(8080),
-        b"hello",
-    );
+    let (ok, echoed) = connect(&good, &server_id, m.server.addr(8080), b"hello");
     assert!(matches!(ok, peer::Outcome::Status(200)), "{ok:?}");
     assert!(
         String::from_utf8_lossy(&echoed).contains("\"server\":\"server\""),
@@ -124,73 +119,27 @@ fn hbone_refuses_bad_peers_and_keeps_serving() {
     );
 
     // Wrong destination identity: the client side refuses the server.
-    let (wrong, _) = peer::connect(
-        &from,
-        &good,
-        &roots,
-        hbone(&m.server),
-        &id("mesh", "imposter"),
-        m.server.addr(8080),
-        b"x",
-    );
+    let (wrong, _) = connect(&good, &id("mesh", "imposter"), m.server.addr(8080), b"x");
     assert!(
         matches!(&wrong, peer::Outcome::Refused(e) if e.contains("expected spiffe://cluster.local/ns/mesh/sa/imposter")),
         "{wrong:?}"
     );
 
     // A certificate from another trust domain (another root).
-    let foreign_dir = m.topo.dir.join("evil-ca");
-    let evil = peer::mint(
-        &foreign_dir,
-        "evil.local",
-        Duration::from_secs(3600),
-        &Identity::new("evil.local", "mesh", "client"),
-    );
-    let (foreign, _) = peer::connect(
-        &from,
-        &evil,
-        &roots,
-        hbone(&m.server),
-        &server_id,
-        m.server.addr(8080),
-        b"x",
-    );
+    let evil = m.mint_foreign("mesh", "client");
+    let (foreign, _) = connect(&evil, &server_id, m.server.addr(8080), b"x");
     assert!(matches!(foreign, peer::Outcome::Refused(_)), "{foreign:?}");
 
     // An expired certificate from the right CA.
     let expired = peer::mint(&m.ca.state_dir, TD, Duration::ZERO, &id("mesh", "client"));
     std::thread::sleep(Duration::from_millis(1100)); // let its not-after pass
-    let (old, _) = peer::connect(
-        &from,
-        &expired,
-        &roots,
-        hbone(&m.server),
-        &server_id,
-        m.server.addr(8080),
-        b"x",
-    );
+    let (old, _) = connect(&expired, &server_id, m.server.addr(8080), b"x");
     assert!(matches!(old, peer::Outcome::Refused(_)), "{old:?}");
 
     // CONNECT to another pod, and to a port nothing listens on.
-    let (other, _) = peer::connect(
-        &from,
-        &good,
-        &roots,
-        hbone(&m.server),
-        &server_id,
-        m.plain.addr(8080),
-        b"x",
-    );
+    let (other, _) = connect(&good, &server_id, m.plain.addr(8080), b"x");
     assert!(matches!(other, peer::Outcome::Status(403)), "{other:?}");
-    let (closed, _) = peer::connect(
-        &from,
-        &good,
-        &roots,
-        hbone(&m.server),
-        &server_id,
-        m.server.addr(9999),
-        b"x",
-    );
+    let (closed, _) = connect(&good, &server_id, m.server.addr(9999), b"x");
     assert!(matches!(closed, peer::Outcome::Status(503)), "{closed:?}");
 
     // Plaintext and garbage on :15008 get no answer.

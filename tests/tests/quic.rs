@@ -210,12 +210,7 @@ fn quic_refuses_bad_peers_and_keeps_serving() {
         "the client side refuses a server that is not the expected identity: {wrong:?}"
     );
 
-    let evil = peer::mint(
-        &m.topo.dir.join("evil-ca"),
-        "evil.local",
-        Duration::from_secs(3600),
-        &Identity::new("evil.local", "mesh", "client"),
-    );
+    let evil = m.mint_foreign("mesh", "client");
     let (foreign, _) = connect(&evil, &server_id, m.server.addr(8080));
     assert!(matches!(foreign, peer::Outcome::Refused(_)), "{foreign:?}");
 

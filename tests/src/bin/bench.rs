@@ -13,7 +13,7 @@
 use std::net::SocketAddr;
 
 use serde_json::{json, Value};
-use weft_tests::{fixture::set_tunnel, probe, Agent, Ca, OneNode, Pod, Topology};
+use weft_tests::{fixture::set_tunnel, probe, OneNode, Pod, TwoNodeMesh};
 
 const EXCLUDED_PORT: u16 = 9999;
 const ROUNDS: usize = 5;
@@ -114,10 +114,7 @@ struct Path<'a> {
 }
 
 struct CrossNode {
-    a1: Agent,
-    a2: Agent,
-    _ca: Ca,
-    topo: Topology,
+    m: TwoNodeMesh,
     current: Option<&'static str>,
 }
 
@@ -126,42 +123,25 @@ impl CrossNode {
     fn select(&mut self, path: &Path) {
         if let Some(t) = path.tunnel {
             if self.current != Some(t) {
-                set_tunnel(&self.topo, &[&self.a1, &self.a2], t);
+                set_tunnel(&self.m.topo, &[&self.m.a1, &self.m.a2], t);
                 self.current = Some(t);
             }
         }
     }
 
     fn cpu(&self) -> f64 {
-        self.a1.usage().0 + self.a2.usage().0
+        self.m.a1.usage().0 + self.m.a2.usage().0
     }
 }
 
 fn cross_node(connections: usize) -> Value {
-    let mut topo = Topology::new();
-    let (n1, n2) = topo.two_nodes();
-    topo.namespace("mesh", true);
-    topo.namespace("plain", false);
-    let mc = topo.pod(&n1, "mesh", "mclient");
-    let ms = topo.pod(&n2, "mesh", "mserver");
-    let pc = topo.pod(&n1, "plain", "pclient");
-    let ps = topo.pod(&n2, "plain", "pserver");
-    probe::serve(&mut topo, &ms, &[8080]);
-    probe::serve(&mut topo, &ps, &[8080]);
-    let ca = Ca::start(&topo, &n1, 15012, 24 * 3600, "cluster.local");
-    let a1 = Agent::start_meshed(&topo, &n1, &ca, &[]);
-    let a2 = Agent::start_meshed(&topo, &n2, &ca, &[]);
-    a1.wait_enrolled(&mc);
-    a2.wait_enrolled(&ms);
-    a1.wait_certificates();
-    a2.wait_certificates();
-    let mut net = CrossNode {
-        a1,
-        a2,
-        _ca: ca,
-        topo,
-        current: None,
-    };
+    // mesh/client (n1) → mesh/server (n2) through Weft; a plain pod on n1 → plain/plain (n2)
+    // directly.
+    let mut m = TwoNodeMesh::start(24 * 3600, &[]);
+    let n1 = m.topo.node_named("n1").clone();
+    let pc = m.topo.pod(&n1, "plain", "pclient");
+    let (mc, ms, ps) = (m.client.clone(), m.server.clone(), m.plain.clone());
+    let mut net = CrossNode { m, current: None };
     let paths = [
         Path {
             name: "direct",
@@ -259,7 +239,7 @@ fn cross_node(connections: usize) -> Value {
             );
         }
     }
-    let rss: Vec<u64> = [&net.a1, &net.a2].iter().map(|a| a.usage().1).collect();
+    let rss: Vec<u64> = [&net.m.a1, &net.m.a2].iter().map(|a| a.usage().1).collect();
     for (i, p) in paths.iter().enumerate() {
         put(i, "path", json!(p.name));
     }
