@@ -1,4 +1,5 @@
-//! Admin endpoint (127.0.0.1:15000 in the node's netns): /healthz/ready and /config_dump.
+//! Admin endpoint (127.0.0.1:15000 in the node's netns): /healthz/ready, /config_dump,
+//! /logging (the log filter, changed at run time) and /debug/explain.
 
 use std::{
     collections::BTreeMap,
@@ -18,10 +19,13 @@ use serde::Serialize;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::debug;
 
+pub mod explain;
+
 use crate::{
     app::enrollment::PodStatus,
     config::AgentConfig,
     identity::{manager::CertStatus, CertManager},
+    proxy::Shared,
     redirect::Maps,
     source::ConfigError,
     state::State,
@@ -63,6 +67,8 @@ struct Live {
     status: Arc<RwLock<Status>>,
     maps: Arc<Maps>,
     certs: Option<CertManager>,
+    shared: Arc<Shared>,
+    logging: Option<LogControl>,
 }
 
 #[derive(Serialize)]
@@ -83,41 +89,82 @@ struct BpfDump {
     map_entries: BTreeMap<&'static str, usize>,
 }
 
+/// Changes the log filter at run time (`/logging`): given a filter, applies it; either way
+/// returns the filter in force. Set by `main`, which owns the subscriber.
+pub type LogControl = Arc<dyn Fn(Option<&str>) -> Result<String, String> + Send + Sync>;
+
 pub async fn serve(
     addr: SocketAddr,
     status: Arc<RwLock<Status>>,
     maps: Arc<Maps>,
-    certs: Option<CertManager>,
+    shared: Arc<Shared>,
+    logging: Option<LogControl>,
 ) -> std::io::Result<JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
     let live = Arc::new(Live {
         status,
         maps,
-        certs,
+        certs: shared.mtls.as_ref().map(|m| m.certs.clone()),
+        shared,
+        logging,
     });
-    Ok(tokio::spawn(async move {
+    Ok(spawn_http(listener, move |req| route(req, live.clone())))
+}
+
+/// Serves HTTP/1 on `listener`, each request answered by `handler` (small, in-memory answers).
+pub fn spawn_http<F, Fut>(listener: TcpListener, handler: F) -> JoinHandle<()>
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let live = live.clone();
+            let handler = handler.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
-                    let live = live.clone();
-                    async move { Ok::<_, Infallible>(route(req, &live)) }
+                    let answer = handler(req);
+                    async move { Ok::<_, Infallible>(answer.await) }
                 });
                 if let Err(e) = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
                     .await
                 {
-                    debug!(error = %e, "admin connection");
+                    debug!(error = %e, "http connection");
                 }
             });
         }
-    }))
+    })
 }
 
-fn route(req: Request<Incoming>, live: &Live) -> Response<Full<Bytes>> {
+async fn route(req: Request<Incoming>, live: Arc<Live>) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/debug/explain" {
+        let (Some(from), Some(to)) = (query_param(&req, "from"), query_param(&req, "to")) else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "usage: /debug/explain?from=NAMESPACE/POD&to=HOST:PORT\n".into(),
+            );
+        };
+        let status = live.status.read().expect("status lock").clone();
+        let answer = explain::explain(&live.shared, &status, &from, &to).await;
+        return json(&answer);
+    }
+    route_now(req, &live)
+}
+
+fn json(v: &impl Serialize) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(v)
+        .unwrap_or_else(|e| format!("{{\"error\": \"does not serialise: {e}\"}}").into_bytes());
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response")
+}
+
+fn route_now(req: Request<Incoming>, live: &Live) -> Response<Full<Bytes>> {
     let status = live.status.read().expect("status lock");
     match req.uri().path() {
         "/healthz/ready" if status.ready => text(StatusCode::OK, readiness(live.certs.as_ref())),
@@ -135,19 +182,71 @@ fn route(req: Request<Incoming>, live: &Live) -> Response<Full<Bytes>> {
                     map_entries: live.maps.entry_counts(),
                 },
             };
-            let body = serde_json::to_vec_pretty(&dump).unwrap_or_else(|e| {
-                format!("{{\"error\": \"config_dump does not serialise: {e}\"}}").into_bytes()
-            });
-            Response::builder()
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(body)))
-                .expect("static response")
+            json(&dump)
         }
+        "/logging" => logging(&req, live.logging.as_ref()),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /healthz/ready or /config_dump\n".into(),
+            "not found: try /healthz/ready, /config_dump, /logging or /debug/explain\n".into(),
         ),
     }
+}
+
+/// `GET /logging` shows the log filter; `POST /logging?level=FILTER` sets it (a level such as
+/// `debug`, or a tracing filter such as `info,mesh_agent::proxy=debug`).
+fn logging(req: &Request<Incoming>, control: Option<&LogControl>) -> Response<Full<Bytes>> {
+    let Some(control) = control else {
+        return text(
+            StatusCode::NOT_IMPLEMENTED,
+            "log level is fixed in this process\n".into(),
+        );
+    };
+    let level = query_param(req, "level");
+    let result = match (req.method(), level.as_deref()) {
+        (&hyper::Method::GET, None) => control(None),
+        (&hyper::Method::POST, Some(level)) => control(Some(level)),
+        _ => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "GET /logging shows the filter; POST /logging?level=FILTER changes it\n".into(),
+            )
+        }
+    };
+    match result {
+        Ok(now) => text(StatusCode::OK, format!("{now}\n")),
+        Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    }
+}
+
+/// A query parameter, percent-decoded.
+pub fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Ready means the configuration is applied. Certificate trouble does not make the agent unready

@@ -1,6 +1,7 @@
 //! Wiring: load the kernel programs, set up identities (when a CA is configured), follow the
 //! configuration, keep enrollment in step with it, serve the admin endpoint.
 
+pub mod egress;
 pub mod enrollment;
 
 use std::sync::{Arc, RwLock};
@@ -14,6 +15,7 @@ use crate::{
     admin::{self, Status},
     config::AgentConfig,
     identity::{CaClient, CertManager},
+    metrics::{self, AccessLog, Metrics},
     netns,
     proxy::{Mtls, Shared},
     redirect::Redirect,
@@ -26,24 +28,41 @@ use enrollment::Enrollment;
 /// How often failed enrollments are retried when nothing else changes.
 const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow::Result<()> {
     netns::init();
     info!(config = %serde_json::to_string(&cfg)?, "starting mesh-agent");
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating state directory {}", cfg.state_dir.display()))?;
     let redirect = Redirect::load(&cfg).context("loading eBPF programs")?;
+    let metrics = Arc::new(Metrics::default());
+    let access_log = AccessLog::new(&cfg.access_log, metrics.clone())
+        .with_context(|| format!("opening the access log {:?}", cfg.access_log))?;
     let shared = Arc::new(Shared {
         node: cfg.node.clone(),
         trust_domain: cfg.trust_domain.clone(),
         state: ArcSwap::from_pointee(State::default()),
         balancer: Default::default(),
         mtls: mtls(&cfg)?,
+        metrics: metrics.clone(),
+        access_log,
+        live: Default::default(),
+        egress_hosts: Default::default(),
     });
-    let certs = shared.mtls.as_ref().map(|m| m.certs.clone());
     let status = Arc::new(RwLock::new(Status::new(&cfg)));
-    let admin = admin::serve(cfg.admin_addr, status.clone(), redirect.maps.clone(), certs)
+    let admin = admin::serve(
+        cfg.admin_addr,
+        status.clone(),
+        redirect.maps.clone(),
+        shared.clone(),
+        logging,
+    )
+    .await
+    .with_context(|| format!("binding admin endpoint {}", cfg.admin_addr))?;
+    let metrics_server = metrics::server::serve(cfg.metrics_addr, metrics)
         .await
-        .with_context(|| format!("binding admin endpoint {}", cfg.admin_addr))?;
+        .with_context(|| format!("binding metrics endpoint {}", cfg.metrics_addr))?;
+    let (hosts_tx, hosts_rx) = watch::channel(Vec::new());
+    let resolver = tokio::spawn(egress::resolve_hosts(shared.clone(), hosts_rx));
 
     let (tx, mut rx) = watch::channel(None);
     source::start(
@@ -70,7 +89,19 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             continue;
         };
         shared.state.store(Arc::new(loaded.state));
-        enrollment.reconcile(&shared.state.load());
+        let state = shared.state.load_full();
+        enrollment.reconcile(&state);
+        let revoked = shared.live.recheck(&state);
+        if revoked > 0 {
+            info!(
+                connections = revoked,
+                "configuration change: closed connections authorization now denies"
+            );
+        }
+        hosts_tx.send_if_modified(|h| {
+            let new = state.egress_hosts();
+            (*h != new).then(|| *h = new).is_some()
+        });
         let mut s = status.write().expect("status lock");
         s.pods = enrollment.status();
         s.enrollment_errors = enrollment.failures();
@@ -81,6 +112,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     // Pods stay hooked (pinned links) and fail closed until the next agent takes over.
     info!("shutting down; enrolled pods stay hooked");
     admin.abort();
+    metrics_server.abort();
+    resolver.abort();
     Ok(())
 }
 

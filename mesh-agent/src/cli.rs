@@ -57,7 +57,8 @@ pub struct RunArgs {
     /// Load the eBPF object from this file instead of the embedded one.
     #[arg(long, env = "WEFT_BPF_OBJECT")]
     pub bpf_object: Option<PathBuf>,
-    /// Admin endpoint (/healthz/ready, /config_dump), in the node's network namespace.
+    /// Admin endpoint (/healthz/ready, /config_dump, /logging, /debug/explain), in the node's
+    /// network namespace.
     #[arg(long, env = "WEFT_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
     pub admin_addr: SocketAddr,
     /// Destination CIDR never captured (repeatable), e.g. the API server's address.
@@ -87,6 +88,12 @@ pub struct RunArgs {
     pub ca_bootstrap: Option<PathBuf>,
     #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = crate::identity::spiffe::DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
+    /// Prometheus endpoint (/metrics), in the node's network namespace.
+    #[arg(long, env = "WEFT_METRICS_ADDR", default_value = "0.0.0.0:15020")]
+    pub metrics_addr: SocketAddr,
+    /// Access log, one JSON line per connection: `stdout`, `off` or a file path.
+    #[arg(long, env = "WEFT_ACCESS_LOG", default_value = "stdout")]
+    pub access_log: crate::metrics::access_log::Target,
     /// How often the config directory is checked for changes, in milliseconds.
     #[arg(long, env = "WEFT_RELOAD_INTERVAL_MS", default_value_t = config::DEFAULT_RELOAD_INTERVAL.as_millis() as u64)]
     pub reload_interval_ms: u64,
@@ -112,6 +119,8 @@ impl RunArgs {
             ca_addr: self.ca_addr,
             trust_domain: self.trust_domain,
             reload_interval: Duration::from_millis(self.reload_interval_ms),
+            metrics_addr: self.metrics_addr,
+            access_log: self.access_log,
         }
     }
 }

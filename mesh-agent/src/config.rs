@@ -20,6 +20,8 @@ pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_millis(200);
 pub const COPY_BUFFER_BYTES: usize = 64 * 1024;
 /// Accept backlog of the in-pod listeners.
 pub const LISTEN_BACKLOG: i32 = 4096;
+/// How often the hosts of ServiceEntries are resolved again.
+pub const EGRESS_DNS_REFRESH: Duration = Duration::from_secs(30);
 /// How long an onward connect may take before the client's connection is reset.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -45,6 +47,10 @@ pub struct AgentConfig {
     pub trust_domain: String,
     #[serde(with = "millis")]
     pub reload_interval: Duration,
+    /// Prometheus endpoint (/metrics), in the node's network namespace.
+    pub metrics_addr: SocketAddr,
+    /// Where the per-connection access log goes.
+    pub access_log: crate::metrics::access_log::Target,
 }
 
 /// Where the cluster's configuration comes from.

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod crd;
 pub mod identity;
+pub mod metrics;
 pub mod netns;
 pub mod policy;
 pub mod proxy;

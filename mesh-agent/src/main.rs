@@ -1,9 +1,12 @@
 //! `mesh-agent`: Weft's node agent. All wiring is in `app`.
 
-use std::process::ExitCode;
+use std::{process::ExitCode, sync::Arc};
 
 use clap::Parser as _;
-use mesh_agent::cli::{Cli, Command, LogFormat};
+use mesh_agent::{
+    admin::LogControl,
+    cli::{Cli, Command, LogFormat},
+};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -18,14 +21,27 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    // The admin endpoint's /logging changes the filter through a reload handle.
+    let logging: LogControl = match cli.log_format {
+        LogFormat::Text => {
+            let b = builder.with_filter_reloading();
+            let handle = b.reload_handle();
+            b.init();
+            Arc::new(move |new| reload(&handle, new))
+        }
+        LogFormat::Json => {
+            let b = builder.json().with_filter_reloading();
+            let handle = b.reload_handle();
+            b.init();
+            Arc::new(move |new| reload(&handle, new))
+        }
+    };
     raise_fd_limit();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = match cli.command {
-        Command::Run(args) => runtime.block_on(mesh_agent::app::run(args.into_config())),
+        Command::Run(args) => {
+            runtime.block_on(mesh_agent::app::run(args.into_config(), Some(logging)))
+        }
         Command::Ca(args) => runtime.block_on(mesh_agent::ca::run(args)),
     };
     match result {
@@ -36,6 +52,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Applies a new filter (when given) and returns the filter in force.
+fn reload<S>(
+    handle: &tracing_subscriber::reload::Handle<EnvFilter, S>,
+    new: Option<&str>,
+) -> Result<String, String> {
+    if let Some(new) = new {
+        let filter = EnvFilter::try_new(new).map_err(|e| format!("invalid filter {new:?}: {e}"))?;
+        handle.reload(filter).map_err(|e| e.to_string())?;
+        tracing::info!(filter = new, "log filter changed");
+    }
+    handle
+        .with_current(|f| f.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// Each captured connection holds two sockets in the agent; the default soft limit (often 1024)

@@ -76,14 +76,19 @@ pub fn evaluate(state: &State, pod: &Pod, conn: &Connection) -> Verdict {
         .filter(|p| applies(p, pod))
         .collect();
     let name = |p: &AuthorizationPolicy| format!("{}/{}", p.namespace, p.name);
-    if let Some(deny) = applicable
-        .iter()
-        .find(|p| p.spec.action == Action::Deny && matching::policy_matches(&p.spec, conn))
-    {
+    let first_match = |action: Action| {
+        applicable.iter().find_map(|p| {
+            let rule = (p.spec.action == action)
+                .then(|| matching::matching_rule(&p.spec, conn))
+                .flatten()?;
+            Some((p, rule))
+        })
+    };
+    if let Some((deny, rule)) = first_match(Action::Deny) {
         return Verdict {
             allowed: false,
             policy: Some(name(deny)),
-            reason: "a DENY rule matched".into(),
+            reason: format!("rule {rule} of the DENY policy matched"),
         };
     }
     let allows: Vec<_> = applicable
@@ -97,14 +102,11 @@ pub fn evaluate(state: &State, pod: &Pod, conn: &Connection) -> Verdict {
             reason: "no ALLOW policy applies to this workload".into(),
         };
     }
-    match allows
-        .iter()
-        .find(|p| matching::policy_matches(&p.spec, conn))
-    {
-        Some(p) => Verdict {
+    match first_match(Action::Allow) {
+        Some((p, rule)) => Verdict {
             allowed: true,
             policy: Some(name(p)),
-            reason: "an ALLOW rule matched".into(),
+            reason: format!("rule {rule} of the ALLOW policy matched"),
         },
         None => Verdict {
             allowed: false,

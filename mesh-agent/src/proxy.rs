@@ -11,10 +11,15 @@ pub mod balance;
 pub mod copy;
 pub mod inbound;
 pub mod listeners;
+pub mod live;
 pub mod onward;
 pub mod outbound;
+pub mod record;
 
-use std::{net::IpAddr, sync::Arc, time::Instant};
+use std::{
+    net::IpAddr,
+    sync::{atomic::Ordering::Relaxed, Arc},
+};
 
 use arc_swap::ArcSwap;
 use tokio::{
@@ -42,6 +47,12 @@ pub struct Shared {
     pub balancer: balance::Balancer,
     /// Present when the agent has a CA: meshed traffic is then carried in mTLS tunnels.
     pub mtls: Option<Mtls>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub access_log: crate::metrics::AccessLog,
+    /// Open inbound connections, re-decided when policies change.
+    pub live: Arc<live::Live>,
+    /// The addresses ServiceEntry hosts resolve to (refreshed by `app`).
+    pub egress_hosts: ArcSwap<std::collections::HashMap<String, Vec<IpAddr>>>,
 }
 
 pub struct Mtls {
@@ -64,23 +75,29 @@ pub struct PodContext {
 }
 
 impl PodContext {
-    /// The authorization verdict for an inbound connection to this pod: None when allowed,
-    /// else the reason (naming the deciding policy), which is also logged.
-    pub fn authorize(&self, conn: &crate::policy::Connection) -> Option<String> {
-        let state = self.shared.state.load();
-        let pod = state.pods.get(&self.key)?;
-        let v = crate::policy::evaluate(&state, pod, conn);
+    /// The authorization verdict for an inbound connection to this pod; a denial is logged
+    /// with the deciding policy.
+    pub fn authorize(
+        &self,
+        state: &State,
+        conn: &crate::policy::Connection,
+    ) -> crate::policy::Verdict {
+        let Some(pod) = state.pods.get(&self.key) else {
+            return crate::policy::Verdict {
+                allowed: false,
+                policy: None,
+                reason: "the pod is no longer in the configuration".into(),
+            };
+        };
+        let v = crate::policy::evaluate(state, pod, conn);
         let principal = conn.principal.as_deref().unwrap_or("(plaintext)");
         let policy = v.policy.as_deref().unwrap_or("-");
         if v.allowed {
             tracing::debug!(pod = %self.key, principal, policy, reason = %v.reason, "allowed");
-            return None;
+        } else {
+            tracing::warn!(pod = %self.key, principal, src = %conn.source_ip, port = conn.port, policy, reason = %v.reason, "connection denied by authorization policy");
         }
-        tracing::warn!(pod = %self.key, principal, src = %conn.source_ip, port = conn.port, policy, reason = %v.reason, "connection denied by authorization policy");
-        Some(match &v.policy {
-            Some(p) => format!("denied by authorization policy {p}: {}", v.reason),
-            None => format!("denied by authorization: {}", v.reason),
-        })
+        v
     }
 }
 
@@ -113,47 +130,81 @@ pub fn serve(ctx: Arc<PodContext>, listeners: InpodListeners) -> Vec<JoinHandle<
 /// Ends a connection as a failure, so the peer sees a refusal at once instead of a hang or a
 /// clean end of stream that would look like success.
 pub trait Reset {
-    fn reset(self);
+    fn reset(&mut self);
 }
 
 impl Reset for TcpStream {
-    fn reset(self) {
+    fn reset(&mut self) {
         // A zero linger turns close into RST; it never blocks.
-        let _ = socket2::SockRef::from(&self).set_linger(Some(std::time::Duration::ZERO));
+        let _ = socket2::SockRef::from(&*self).set_linger(Some(std::time::Duration::ZERO));
     }
 }
 
 impl Reset for H2Stream {
-    fn reset(self) {
+    fn reset(&mut self) {
         H2Stream::reset(self)
     }
 }
 
 impl Reset for tunnel::quic::QuicStream {
-    fn reset(self) {
+    fn reset(&mut self) {
         tunnel::quic::QuicStream::reset(self)
     }
 }
 
-pub fn reset(stream: TcpStream) {
+pub fn reset(mut stream: TcpStream) {
     stream.reset()
 }
 
-/// Copies both ways until the connection ends and logs its one closing line (bytes, duration):
-/// the per-connection record, inside the caller's span.
-pub async fn relay<D, U>(down: D, up: U, start: Instant)
-where
+/// Copies both ways until the connection ends, counting into the metrics of `rec` as bytes
+/// move, then writes its access-log line. With `watch` (inbound connections), a policy change
+/// that denies the connection closes it: both sides reset.
+pub async fn relay<D, U>(
+    shared: &Shared,
+    down: D,
+    mut up: U,
+    rec: record::Record,
+    watch: Option<live::Registration>,
+) where
     D: AsyncRead + AsyncWrite + Unpin + Reset,
     U: AsyncRead + AsyncWrite + Unpin + Reset,
 {
-    let duration_ms = |s: Instant| s.elapsed().as_millis() as u64;
-    match copy::bidirectional(down, up).await {
-        Ok(t) => tracing::info!(
-            sent = t.sent,
-            received = t.received,
-            duration_ms = duration_ms(start),
+    let counters = shared.metrics.tcp(rec.labels(crate::metrics::flags::NONE));
+    counters.opened.fetch_add(1, Relaxed);
+    let mut down = copy::Counted::new(down, counters.clone());
+    let revoked = async {
+        match watch {
+            Some(mut w) => (&mut w.closed).await.ok(),
+            None => std::future::pending().await,
+        }
+    };
+    let end = tokio::select! {
+        r = copy::bidirectional(&mut down, &mut up) => match r {
+            Ok(_) => record::End::Closed { error: None },
+            Err(e) => record::End::Closed { error: Some(e.to_string()) },
+        },
+        Some(v) = revoked => {
+            down.reset();
+            up.reset();
+            tracing::warn!(policy = v.policy.as_deref().unwrap_or("-"), reason = %v.reason,
+                "open connection closed: authorization policy changed and denies it now");
+            record::End::Revoked { policy: v.policy, reason: format!("policy changed: {}", v.reason) }
+        }
+    };
+    counters.closed.fetch_add(1, Relaxed);
+    let bytes = (down.received, down.sent);
+    let ms = rec.start_elapsed_ms();
+    match &end {
+        record::End::Closed { error: None } => tracing::info!(
+            received = bytes.0,
+            sent = bytes.1,
+            duration_ms = ms,
             "connection closed"
         ),
-        Err(e) => tracing::info!(error = %e, duration_ms = duration_ms(start), "connection reset"),
+        record::End::Closed { error: Some(e) } => {
+            tracing::info!(error = %e, duration_ms = ms, "connection reset")
+        }
+        _ => {}
     }
+    rec.log(shared, bytes, end);
 }

@@ -239,6 +239,68 @@ impl Agent {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The access-log lines written so far (JSON lines on the agent's stdout).
+    pub fn access_log(&self) -> Vec<Value> {
+        self.log()
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v.get("reporter").is_some())
+            .collect()
+    }
+
+    /// The Prometheus text of the node's :15020/metrics.
+    pub fn metrics(&self) -> String {
+        let stream = netns::run_in(&self.node.netns, || TcpStream::connect("127.0.0.1:15020"))
+            .expect("node netns")
+            .expect("connect to :15020");
+        let (code, body) = http_request(stream, "GET", "/metrics").expect("GET /metrics");
+        assert_eq!(code, 200, "{body}");
+        body
+    }
+
+    /// POST on the admin endpoint: (status, body).
+    pub fn post(&self, path: &str) -> std::io::Result<(u16, String)> {
+        let stream = netns::run_in(&self.node.netns, || TcpStream::connect("127.0.0.1:15000"))??;
+        http_request(stream, "POST", path)
+    }
+
+    /// Runs `meshctl ARGS` in this node's netns (where the agent's admin endpoint is):
+    /// (exit code, stdout).
+    pub fn meshctl(&self, args: &[&str]) -> (i32, String) {
+        let mut cmd = Command::new(sibling_bin("meshctl"));
+        cmd.args(args);
+        netns::command_in(&mut cmd, &self.node.netns, None).expect("node netns");
+        let out = cmd.output().expect("run meshctl");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code().is_some_and(|c| c < 2),
+            "meshctl {args:?} failed: {stderr}\n{stdout}"
+        );
+        (out.status.code().unwrap_or(-1), stdout)
+    }
+}
+
+/// The value of the one series of `name` whose labels include every `labels` pair (0 when there
+/// is none); panics if several match, so a test never sums what it did not mean to.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
+    let matching: Vec<u64> = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert!(
+        matching.len() <= 1,
+        "{name} {labels:?} matches several series:\n{text}"
+    );
+    matching.first().copied().unwrap_or(0)
 }
 
 impl Drop for Agent {
@@ -247,9 +309,16 @@ impl Drop for Agent {
     }
 }
 
-fn http_get(mut s: TcpStream, path: &str) -> std::io::Result<(u16, String)> {
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+fn http_get(s: TcpStream, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(s, "GET", path)
+}
+
+fn http_request(mut s: TcpStream, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"
+    )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     let code = out

@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::{
     agent::sibling_bin,
     netns,
-    topology::{Pod, Topology},
+    topology::{Node, Pod, Topology},
 };
 
 fn probe(pod: &Pod) -> Command {
@@ -73,9 +73,20 @@ impl ConnectResult {
 
 /// Starts an echo server in `pod` on `ports`; returns once every port is listening.
 pub fn serve(topo: &mut Topology, pod: &Pod, ports: &[u16]) {
+    serve_with(topo, probe(pod), &pod.name, ports)
+}
+
+/// An echo server in a node's own netns (no pod, no cgroup): a destination outside the mesh.
+pub fn serve_on_node(topo: &mut Topology, node: &Node, ports: &[u16]) {
+    let mut cmd = Command::new(sibling_bin("weft-probe"));
+    netns::command_in(&mut cmd, &node.netns, None).expect("node netns");
+    serve_with(topo, cmd, &node.name, ports)
+}
+
+fn serve_with(topo: &mut Topology, mut cmd: Command, name: &str, ports: &[u16]) {
     let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
-    let mut child = probe(pod)
-        .args(["serve", "--name", &pod.name, "--ports", &ports.join(",")])
+    let mut child = cmd
+        .args(["serve", "--name", name, "--ports", &ports.join(",")])
         .stdout(Stdio::piped())
         .spawn()
         .expect("start probe server");

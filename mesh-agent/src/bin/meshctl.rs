@@ -35,12 +35,34 @@ enum Command {
         #[arg(long)]
         check: Option<PathBuf>,
     },
-    /// Show an agent's enrolled pods and hook state.
+    /// Show an agent: readiness, enrolled pods and their hooks, certificate health, rejected
+    /// configuration.
     Status {
         /// The agent's admin address (in the node's network namespace).
         #[arg(long, default_value = "127.0.0.1:15000")]
         admin: SocketAddr,
-        /// Print the raw JSON.
+        /// `json` prints the agent's whole /config_dump.
+        #[arg(short = 'o', long = "output")]
+        output: Option<String>,
+    },
+    /// Print an agent's /config_dump (JSON).
+    ConfigDump {
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: SocketAddr,
+    },
+    /// Explain every decision on one path: enrollment and hooks, where the destination
+    /// resolves, identities and certificates, the policy rule that decides, the transport.
+    Explain {
+        /// The source pod, NAMESPACE/POD.
+        #[arg(long)]
+        from: String,
+        /// The destination, HOST:PORT (an IP, a Service name such as web.shop, or a DNS name).
+        #[arg(long)]
+        to: String,
+        /// The admin address of the agent on the source pod's node.
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: SocketAddr,
+        /// `json` for scripts.
         #[arg(short = 'o', long = "output")]
         output: Option<String>,
     },
@@ -50,15 +72,76 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Validate { path } => validate(path),
         Command::Crds { out, check } => crds(out, check),
-        Command::Status { admin, output } => match status(admin, output.as_deref() == Some("json"))
-        {
-            Ok(()) => ExitCode::SUCCESS,
+        Command::Status { admin, output } => {
+            report(status(admin, output.as_deref() == Some("json")))
+        }
+        Command::ConfigDump { admin } => {
+            report(http_get(admin, "/config_dump").map(|body| println!("{body}")))
+        }
+        Command::Explain {
+            from,
+            to,
+            admin,
+            output,
+        } => match explain(admin, &from, &to, output.as_deref() == Some("json")) {
+            // The exit status says the verdict, for scripts: 0 allowed, 1 denied or unknown.
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
             Err(e) => {
                 eprintln!("meshctl: {e:#}");
-                ExitCode::FAILURE
+                ExitCode::from(2)
             }
         },
     }
+}
+
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Asks the source's agent; prints the steps for people (or the JSON); true when allowed.
+fn explain(admin: SocketAddr, from: &str, to: &str, json: bool) -> anyhow::Result<bool> {
+    let path = format!("/debug/explain?from={}&to={}", encode(from), encode(to));
+    let body = http_get(admin, &path)?;
+    let v: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|e| anyhow::anyhow!("the agent answered {body:?}: {e}"))?;
+    let allowed = v["verdict"] == "allowed";
+    if json {
+        println!("{body}");
+        return Ok(allowed);
+    }
+    println!("{from} -> {to}");
+    for (i, step) in v["steps"].as_array().into_iter().flatten().enumerate() {
+        let mark = if step["ok"] == true { "ok" } else { "!!" };
+        println!(
+            "{}. {:<11} [{mark}]",
+            i + 1,
+            step["step"].as_str().unwrap_or("?")
+        );
+        for line in step["lines"].as_array().into_iter().flatten() {
+            println!("     {}", line.as_str().unwrap_or(""));
+        }
+    }
+    println!("verdict: {}", v["verdict"].as_str().unwrap_or("unknown"));
+    Ok(allowed)
+}
+
+/// Percent-encodes a query value.
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' | b':' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn validate(path: PathBuf) -> ExitCode {
@@ -155,16 +238,20 @@ fn status(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let v: serde_json::Value = serde_json::from_str(&body)?;
-    println!(
-        "node {}  ready: {}",
-        v["node"].as_str().unwrap_or("?"),
-        v["ready"]
-    );
-    for p in v["pods"].as_array().into_iter().flatten() {
+    let ready = if v["ready"] == true {
+        "ready"
+    } else {
+        "NOT READY"
+    };
+    println!("node {}: agent {ready}", v["node"].as_str().unwrap_or("?"));
+    let pods = v["pods"].as_array().cloned().unwrap_or_default();
+    println!("enrolled pods: {}", pods.len());
+    for p in &pods {
         println!(
-            "  {:<30} {:<16} hooks: {}{}",
+            "  {:<30} {:<16} {:<45} hooks: {}{}",
             p["pod"].as_str().unwrap_or("?"),
             p["ip"].as_str().unwrap_or("?"),
+            p["identity"].as_str().unwrap_or("?"),
             p["hooks"].as_array().map(|h| h.len()).unwrap_or(0),
             if p["adopted"] == true {
                 " (adopted)"
@@ -176,8 +263,44 @@ fn status(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
     for (pod, err) in v["enrollment_errors"].as_object().into_iter().flatten() {
         println!("  {pod:<30} NOT ENROLLED: {}", err.as_str().unwrap_or(""));
     }
-    println!("  kernel counters: {}", v["bpf"]["counters"]);
+    match v["certificates"].as_array() {
+        None => println!("certificates: mTLS is off on this agent (no CA configured)"),
+        Some(certs) => {
+            println!("certificates: {}", certs.len());
+            for c in certs {
+                let health = match (c["expires_in_secs"].as_i64(), c["last_error"].as_str()) {
+                    (None, e) => format!("NONE YET ({})", e.unwrap_or("requesting")),
+                    (Some(t), _) if t <= 0 => "EXPIRED".to_owned(),
+                    (Some(t), Some(e)) => format!("valid {t}s, renewal FAILING: {e}"),
+                    (Some(t), None) => format!("valid, expires in {t}s"),
+                };
+                println!("  {:<50} {health}", c["identity"].as_str().unwrap_or("?"));
+            }
+        }
+    }
+    let errors = v["config_errors"].as_array().cloned().unwrap_or_default();
+    if !errors.is_empty() {
+        println!("rejected configuration ({}; last good kept):", errors.len());
+        for e in errors {
+            println!("  {}", config_error(&e));
+        }
+    }
+    println!("kernel counters: {}", v["bpf"]["counters"]);
     Ok(())
+}
+
+/// `file` document N, `field`: message — as the agent's log says it.
+fn config_error(e: &serde_json::Value) -> String {
+    format!(
+        "{} document {}, {}: {}",
+        e["file"].as_str().unwrap_or("?"),
+        e["document"],
+        e["field"]
+            .as_str()
+            .filter(|f| !f.is_empty())
+            .unwrap_or("(document)"),
+        e["message"].as_str().unwrap_or("?")
+    )
 }
 
 fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {

@@ -4,7 +4,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::state::TunnelProtocol;
+use crate::state::{OutboundMode, TunnelProtocol};
 
 #[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
@@ -13,11 +13,23 @@ use crate::state::TunnelProtocol;
     kind = "MeshConfig",
     namespaced
 )]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MeshConfigSpec {
     /// How agents carry meshed traffic between them: h2 (HBONE over HTTP/2, default) or quic.
     #[serde(default)]
     pub tunnel: TunnelProtocol,
+    /// What enrolled pods may reach outside the mesh.
+    #[serde(default)]
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundTrafficPolicy {
+    /// ALLOW_ANY (default): destinations outside the mesh are reached as plain TCP.
+    /// REGISTRY_ONLY: only pods and Services of the cluster, and hosts listed by a ServiceEntry.
+    #[serde(default)]
+    pub mode: OutboundMode,
 }
 
 #[cfg(test)]
@@ -30,6 +42,9 @@ mod tests {
             "default",
             MeshConfigSpec {
                 tunnel: TunnelProtocol::Quic,
+                outbound_traffic_policy: OutboundTrafficPolicy {
+                    mode: OutboundMode::RegistryOnly,
+                },
             },
         );
         mc.metadata.namespace = Some("weft-system".into());

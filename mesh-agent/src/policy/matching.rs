@@ -9,8 +9,9 @@ use std::net::IpAddr;
 use super::Connection;
 use crate::crd::authorization_policy::{AuthorizationPolicySpec, Operation, Source};
 
-pub fn policy_matches(spec: &AuthorizationPolicySpec, conn: &Connection) -> bool {
-    spec.rules.iter().any(|r| {
+/// The index of the first rule of `spec` that `conn` matches.
+pub fn matching_rule(spec: &AuthorizationPolicySpec, conn: &Connection) -> Option<usize> {
+    spec.rules.iter().position(|r| {
         (r.from.is_empty() || r.from.iter().any(|f| source_matches(&f.source, conn)))
             && (r.to.is_empty() || r.to.iter().any(|t| operation_matches(&t.operation, conn)))
     })
@@ -53,7 +54,8 @@ pub fn parse_block(block: &str) -> Option<(IpAddr, u32)> {
     (len <= if net.is_ipv4() { 32 } else { 128 }).then_some((net, len))
 }
 
-fn in_block(block: &str, ip: IpAddr) -> bool {
+/// Whether `ip` is in `block` (an address or CIDR); an invalid block holds nothing.
+pub fn in_block(block: &str, ip: IpAddr) -> bool {
     let Some((net, len)) = parse_block(block) else {
         return false;
     };

@@ -6,17 +6,20 @@
 use std::{
     net::{Ipv4Addr, SocketAddr},
     sync::Arc,
-    time::Instant,
 };
 
 use mesh_common::INBOUND_DELIVERY_SOURCE;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, info_span, warn, Instrument as _};
 
-use crate::state::MtlsMode;
+use crate::{
+    metrics::{flags, Reporter},
+    state::MtlsMode,
+};
 
 use super::{
     listeners::{accept_loop, connect_from_pod},
+    record::{Peer, Record},
     relay, reset, PodContext,
 };
 
@@ -37,10 +40,21 @@ async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
         return reset(down);
     }
     let state = ctx.shared.state.load();
+    let shared = &ctx.shared;
+    let mut record = Record::new(
+        Reporter::Destination,
+        Peer::at(&state, peer.ip(), None),
+        Peer::at(&state, orig.ip(), None),
+        orig,
+        state.service_of_endpoint(orig),
+        "tcp",
+    );
     if let Some(pod) = state.pods.get(&ctx.key) {
         if let (MtlsMode::Strict, policy) = state.mtls_mode(pod) {
             let policy = policy.unwrap_or_default();
             warn!(pod = %ctx.key, %peer, %orig, %policy, "plaintext refused: PeerAuthentication STRICT");
+            let reason = "plaintext refused: PeerAuthentication STRICT".to_owned();
+            record.refused(shared, flags::DENIED, Some(policy), reason);
             return reset(down);
         }
     }
@@ -49,19 +63,25 @@ async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
         source_ip: peer.ip(),
         port: orig.port(),
     };
-    if ctx.authorize(&conn).is_some() {
+    let verdict = ctx.authorize(&state, &conn);
+    if !verdict.allowed {
+        record.refused(shared, flags::DENIED, verdict.policy, verdict.reason);
         return reset(down);
     }
+    record.policy = verdict.policy;
+    let watch = shared.live.register(ctx.key.clone(), conn);
+    drop(state);
     let span = info_span!("inbound", pod = %ctx.key, src = %peer, dst = %orig);
     async move {
-        let start = Instant::now();
         let bind = orig
             .is_ipv4()
             .then(|| SocketAddr::new(Ipv4Addr::from(INBOUND_DELIVERY_SOURCE).into(), 0));
         match connect_from_pod(&ctx.netns, orig, bind).await {
-            Ok(up) => relay(down, up, start).await,
+            Ok(up) => relay(&ctx.shared, down, up, record, Some(watch)).await,
             Err(e) => {
                 info!(error = %e, "delivery to the application failed; reset");
+                let reason = format!("delivery to the application: {e}");
+                record.refused(&ctx.shared, flags::UPSTREAM_FAILURE, None, reason);
                 reset(down)
             }
         }

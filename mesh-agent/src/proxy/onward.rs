@@ -3,7 +3,8 @@
 //! A destination that is a meshed pod (enrolled on its node, PeerAuthentication not DISABLE) is
 //! reached through an HBONE tunnel to its :15008, presenting the source pod's identity and
 //! requiring the destination's. Anything else goes as plain TCP, still from inside the source
-//! pod's netns so that the destination (and any NetworkPolicy) sees the pod's own IP.
+//! pod's netns so that the destination (and any NetworkPolicy) sees the pod's own IP, if the
+//! mesh's outbound traffic policy lets it out (REGISTRY_ONLY: a ServiceEntry must list it).
 
 use std::{
     io,
@@ -21,8 +22,8 @@ use tokio::{
 use super::{listeners::connect_from_pod, PodContext, Reset};
 use crate::{
     identity::Identity,
-    state::TunnelProtocol,
-    state::{MtlsMode, State},
+    metrics::flags,
+    state::{egress::EgressVerdict, MtlsMode, ServiceKey, State, TunnelProtocol},
     tunnel::{quic::client::Failure, quic::QuicStream, H2Stream},
 };
 use tracing::{debug, warn};
@@ -57,73 +58,136 @@ pub fn route(state: &State, trust_domain: &str, dst: SocketAddr) -> Route {
     }
 }
 
+/// An onward leg made: where it went, and why it was allowed to leave the mesh.
+pub struct Onward {
+    pub up: Upstream,
+    pub service: Option<ServiceKey>,
+    /// The endpoint connected to (`dst` itself unless it was a Service).
+    pub endpoint: SocketAddr,
+    /// The ServiceEntry that let it out under REGISTRY_ONLY.
+    pub service_entry: Option<String>,
+}
+
+/// An onward leg that could not be made, with Envoy's response flag for it.
+pub struct Failed {
+    pub error: io::Error,
+    pub flags: &'static str,
+    pub service: Option<ServiceKey>,
+}
+
 /// The onward leg to `dst`: a Service's cluster IP is resolved to one of its endpoints first.
-pub async fn connect(ctx: &PodContext, dst: SocketAddr) -> io::Result<Upstream> {
+pub async fn connect(ctx: &PodContext, dst: SocketAddr) -> Result<Onward, Failed> {
     let Some(service) = ctx.shared.state.load().resolve_service(dst) else {
-        return connect_to(ctx, dst).await;
+        return match connect_to(ctx, dst).await {
+            Ok((up, service_entry)) => Ok(Onward {
+                up,
+                service: None,
+                endpoint: dst,
+                service_entry,
+            }),
+            Err((error, flags)) => Err(Failed {
+                error,
+                flags,
+                service: None,
+            }),
+        };
     };
     let balancer = &ctx.shared.balancer;
     let candidates = balancer.candidates(&service);
     if candidates.is_empty() {
         warn!(service = %service.service, port = service.port, "service has no ready endpoints; reset");
-        return Err(io::Error::new(
-            io::ErrorKind::ConnectionRefused,
-            format!(
-                "service {} port {} has no ready endpoints",
-                service.service, service.port
+        return Err(Failed {
+            error: io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!(
+                    "service {} port {} has no ready endpoints",
+                    service.service, service.port
+                ),
             ),
-        ));
+            flags: flags::NO_HEALTHY_UPSTREAM,
+            service: Some(service.service),
+        });
     }
     let mut last = None;
     for endpoint in candidates.into_iter().take(MAX_ATTEMPTS) {
         match connect_to(ctx, endpoint).await {
-            Ok(up) => {
+            Ok((up, service_entry)) => {
                 balancer.succeeded(endpoint);
                 debug!(service = %service.service, %endpoint, "service endpoint chosen");
-                return Ok(up);
+                return Ok(Onward {
+                    up,
+                    service: Some(service.service),
+                    endpoint,
+                    service_entry,
+                });
             }
-            Err(e) => {
+            Err((e, flags)) => {
                 warn!(service = %service.service, %endpoint, error = %e,
                     "service endpoint failed; skipped for {}s", EJECTION.as_secs());
                 balancer.failed(endpoint);
-                last = Some(e);
+                last = Some((e, flags));
             }
         }
     }
-    Err(last.expect("at least one endpoint was tried"))
+    let (error, flags) = last.expect("at least one endpoint was tried");
+    Err(Failed {
+        error,
+        flags,
+        service: Some(service.service),
+    })
 }
 
-async fn connect_to(ctx: &PodContext, dst: SocketAddr) -> io::Result<Upstream> {
+/// Connects to one endpoint: tunneled when it is meshed, else plain TCP if the outbound
+/// traffic policy lets it out (returning the ServiceEntry that did).
+async fn connect_to(
+    ctx: &PodContext,
+    dst: SocketAddr,
+) -> Result<(Upstream, Option<String>), (io::Error, &'static str)> {
     let shared = &ctx.shared;
-    if let Some(mtls) = &shared.mtls {
-        let (route, transport) = {
-            let state = shared.state.load();
-            (route(&state, &shared.trust_domain, dst), state.mesh.tunnel)
-        };
-        if let Route::Tunnel { identity, hbone } = route {
-            if transport == TunnelProtocol::Quic {
-                match mtls
-                    .quic
-                    .connect(&ctx.netns, &ctx.identity, &identity, hbone, dst)
-                    .await
-                {
-                    Ok(stream) => return Ok(Upstream::Quic(stream, identity)),
-                    Err(Failure::Refused(e)) => return Err(e),
-                    Err(Failure::Unavailable(e)) => {
-                        debug!(error = %e, "QUIC unavailable; tunneling over h2")
-                    }
+    let (route, transport, egress) = {
+        let state = shared.state.load();
+        let route = route(&state, &shared.trust_domain, dst);
+        let egress =
+            (route == Route::Direct).then(|| state.egress(dst, &shared.egress_hosts.load()));
+        (route, state.mesh.tunnel, egress)
+    };
+    let failed = |e| (e, flags::UPSTREAM_FAILURE);
+    if let (Some(mtls), Route::Tunnel { identity, hbone }) = (&shared.mtls, &route) {
+        if transport == TunnelProtocol::Quic {
+            match mtls
+                .quic
+                .connect(&ctx.netns, &ctx.identity, identity, *hbone, dst)
+                .await
+            {
+                Ok(stream) => return Ok((Upstream::Quic(stream, identity.clone()), None)),
+                Err(Failure::Refused(e)) => return Err(failed(e)),
+                Err(Failure::Unavailable(e)) => {
+                    debug!(error = %e, "QUIC unavailable; tunneling over h2")
                 }
             }
-            let stream = mtls
-                .pool
-                .connect(&ctx.netns, &ctx.identity, &identity, hbone, dst)
-                .await?;
-            return Ok(Upstream::Tunnel(stream, identity));
         }
+        let stream = mtls
+            .pool
+            .connect(&ctx.netns, &ctx.identity, identity, *hbone, dst)
+            .await
+            .map_err(failed)?;
+        return Ok((Upstream::Tunnel(stream, identity.clone()), None));
     }
-    Ok(Upstream::Direct(
-        connect_from_pod(&ctx.netns, dst, None).await?,
-    ))
+    let service_entry = match egress {
+        Some(EgressVerdict::Refused(why)) => {
+            warn!(%dst, "refused: {why}");
+            return Err((
+                io::Error::new(io::ErrorKind::PermissionDenied, why),
+                flags::NO_ROUTE,
+            ));
+        }
+        Some(EgressVerdict::ServiceEntry(name)) => Some(name),
+        _ => None,
+    };
+    let up = connect_from_pod(&ctx.netns, dst, None)
+        .await
+        .map_err(failed)?;
+    Ok((Upstream::Direct(up), service_entry))
 }
 
 /// The onward leg, whichever way it goes.
@@ -155,7 +219,7 @@ impl Upstream {
 }
 
 impl Reset for Upstream {
-    fn reset(self) {
+    fn reset(&mut self) {
         match self {
             Upstream::Direct(s) => s.reset(),
             Upstream::Tunnel(s, _) => s.reset(),

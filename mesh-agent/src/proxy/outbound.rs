@@ -2,12 +2,18 @@
 //! eBPF map (keyed by the application socket's address in this pod's netns), the agent's end
 //! joins the sockhash so the loopback leg is spliced, and the onward leg is opened.
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{net::SocketAddr, sync::Arc};
 
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, info_span, warn, Instrument as _};
 
-use super::{listeners::accept_loop, onward, relay, reset, PodContext};
+use super::{
+    listeners::accept_loop,
+    onward,
+    record::{Peer, Record},
+    relay, reset, PodContext,
+};
+use crate::metrics::Reporter;
 
 pub async fn serve(ctx: Arc<PodContext>, listener: TcpListener) {
     accept_loop(listener, move |stream, peer| {
@@ -30,17 +36,44 @@ async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
                 debug!(error = %e, "not spliced; bytes take the TCP path");
             }
         }
-        let start = Instant::now();
+        let shared = &ctx.shared;
         match onward::connect(&ctx, orig).await {
-            Ok(up) => {
-                match up.peer_identity() {
-                    Some(id) => debug!(dst_identity = %id, transport = up.transport(), "tunneled"),
-                    None => debug!("direct: destination is outside the mesh"),
-                }
-                relay(down, up, start).await
+            Ok(o) => {
+                let record = {
+                    let state = shared.state.load();
+                    let tunneled = o.up.peer_identity().cloned();
+                    let src_id = tunneled.is_some().then(|| ctx.identity.clone());
+                    match &tunneled {
+                        Some(id) => {
+                            debug!(dst_identity = %id, transport = o.up.transport(), "tunneled")
+                        }
+                        None => debug!("direct: destination is outside the mesh"),
+                    }
+                    let mut r = Record::new(
+                        Reporter::Source,
+                        Peer::at(&state, ctx.ip, src_id),
+                        Peer::at(&state, o.endpoint.ip(), tunneled),
+                        orig,
+                        o.service,
+                        o.up.transport(),
+                    );
+                    r.policy = o.service_entry;
+                    r
+                };
+                relay(shared, down, o.up, record, None).await
             }
-            Err(e) => {
-                info!(error = %e, "onward connect failed; reset");
+            Err(f) => {
+                info!(error = %f.error, "onward connect failed; reset");
+                let state = shared.state.load();
+                let record = Record::new(
+                    Reporter::Source,
+                    Peer::at(&state, ctx.ip, None),
+                    Peer::at(&state, orig.ip(), None),
+                    orig,
+                    f.service,
+                    "tcp",
+                );
+                record.refused(shared, f.flags, None, f.error.to_string());
                 reset(down)
             }
         }

@@ -17,8 +17,8 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::objects::{
-    check_authorization_policy, check_mesh_config, EndpointSliceObject, NamespaceObject,
-    NodeObject, Object, PodObject, ServiceObject,
+    check_authorization_policy, check_mesh_config, check_service_entry, EndpointSliceObject,
+    NamespaceObject, NodeObject, Object, PodObject, ServiceObject,
 };
 
 use crate::{
@@ -248,18 +248,20 @@ pub fn parse_document(value: serde_yaml::Value) -> Result<Option<Object>, (Strin
             check_mesh_config(&mc)?;
             Object::MeshConfig(mc)
         }
-        // Known kinds whose enforcement is not built yet: refused, never silently ignored (a
-        // policy that looks applied but is not would be worse than an error).
         (API_VERSION, "AuthorizationPolicy") => {
             let ap = typed::<crd::AuthorizationPolicy>(value)?;
             check_authorization_policy(&ap)?;
             Object::AuthorizationPolicy(ap)
         }
-        (API_VERSION, kind @ ("ServiceEntry" | "TrafficPolicy")) => {
-            match kind {
-                "ServiceEntry" => typed::<crd::ServiceEntry>(value).map(drop)?,
-                _ => typed::<crd::TrafficPolicy>(value).map(drop)?,
-            }
+        (API_VERSION, "ServiceEntry") => {
+            let se = typed::<crd::ServiceEntry>(value)?;
+            check_service_entry(&se)?;
+            Object::ServiceEntry(se)
+        }
+        // Known kinds whose enforcement is not built yet: refused, never silently ignored (a
+        // policy that looks applied but is not would be worse than an error).
+        (API_VERSION, kind @ "TrafficPolicy") => {
+            typed::<crd::TrafficPolicy>(value).map(drop)?;
             return Err((
                 "kind".into(),
                 format!("{kind} is valid but not enforced by this agent version; refusing it rather than ignoring it"),

@@ -99,6 +99,13 @@ pub const KINDS: &[Kind] = &[
     kind(
         "weft.dev",
         "v1alpha1",
+        "ServiceEntry",
+        "serviceentries",
+        true,
+    ),
+    kind(
+        "weft.dev",
+        "v1alpha1",
         "AuthorizationPolicy",
         "authorizationpolicies",
         true,

@@ -16,7 +16,7 @@ use crate::{
     crd,
     state::{
         mesh::{MESH_CONFIG_NAME, MESH_CONFIG_NAMESPACE},
-        MeshConfig, Namespace, Node, PeerAuthentication, Pod, PodKey, State,
+        MeshConfig, Namespace, Node, PeerAuthentication, Pod, PodKey, ServiceEntry, State,
     },
 };
 
@@ -133,6 +133,63 @@ pub fn check_authorization_policy(ap: &crd::AuthorizationPolicy) -> Result<(), (
     Ok(())
 }
 
+/// A ServiceEntry names what it lets out: at least one host or address, valid addresses and
+/// CIDRs, TCP ports.
+pub fn check_service_entry(se: &crd::ServiceEntry) -> Result<(), (String, String)> {
+    let spec = &se.spec;
+    if spec.hosts.is_empty() && spec.addresses.is_empty() {
+        return Err((
+            "spec.hosts".into(),
+            "a ServiceEntry needs hosts or addresses: it would let nothing out".into(),
+        ));
+    }
+    for (i, h) in spec.hosts.iter().enumerate() {
+        let valid = !h.is_empty()
+            && h.len() <= 253
+            && h.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+        if !valid {
+            let why = if h.contains('*') {
+                format!("{h:?}: wildcard hosts are not supported (the agent resolves each name); list the names")
+            } else {
+                format!("{h:?} is not a DNS name")
+            };
+            return Err((format!("spec.hosts[{i}]"), why));
+        }
+    }
+    for (i, a) in spec.addresses.iter().enumerate() {
+        if crate::policy::matching::parse_block(a).is_none() {
+            return Err((
+                format!("spec.addresses[{i}]"),
+                format!("{a:?} is not an IP address or CIDR"),
+            ));
+        }
+    }
+    if spec.ports.is_empty() {
+        return Err(("spec.ports".into(), "list at least one port".into()));
+    }
+    for (i, p) in spec.ports.iter().enumerate() {
+        if p.number == 0 {
+            return Err((format!("spec.ports[{i}].number"), "0 is not a port".into()));
+        }
+        if let Some(proto) = p.protocol.as_deref() {
+            if !matches!(
+                proto.to_ascii_uppercase().as_str(),
+                "TCP" | "HTTP" | "HTTPS" | "TLS" | "HTTP2" | "GRPC"
+            ) {
+                return Err((
+                    format!("spec.ports[{i}].protocol"),
+                    format!("{proto:?}: only TCP-based protocols are carried"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The name and namespace of the MeshConfig are part of the contract: a second MeshConfig would
 /// be ambiguous.
 pub fn check_mesh_config(mc: &crd::MeshConfig) -> Result<(), (String, String)> {
@@ -158,6 +215,7 @@ pub enum Object {
     PeerAuthentication(crd::PeerAuthentication),
     AuthorizationPolicy(crd::AuthorizationPolicy),
     MeshConfig(crd::MeshConfig),
+    ServiceEntry(crd::ServiceEntry),
     Service(ServiceObject),
     EndpointSlice(EndpointSliceObject),
 }
@@ -222,7 +280,14 @@ impl Object {
             Object::MeshConfig(mc) => {
                 state.mesh = MeshConfig {
                     tunnel: mc.spec.tunnel,
+                    outbound: mc.spec.outbound_traffic_policy.mode,
                 }
+            }
+            Object::ServiceEntry(se) => {
+                let entry = ServiceEntry::from_crd(se);
+                state
+                    .service_entries
+                    .insert((entry.namespace.clone(), entry.name.clone()), entry);
             }
         }
     }

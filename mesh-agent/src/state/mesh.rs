@@ -24,7 +24,21 @@ pub enum TunnelProtocol {
     Quic,
 }
 
+/// What enrolled pods may reach outside the mesh (Istio's `outboundTrafficPolicy.mode`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutboundMode {
+    /// Any destination; those outside the mesh are reached as plain TCP.
+    #[default]
+    AllowAny,
+    /// Only pods and Services the cluster knows, and hosts a ServiceEntry lists.
+    RegistryOnly,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct MeshConfig {
     pub tunnel: TunnelProtocol,
+    pub outbound: OutboundMode,
 }

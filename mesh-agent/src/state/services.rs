@@ -95,6 +95,27 @@ impl State {
         })
     }
 
+    /// The Service that has `endpoint` (a pod IP and port) among its endpoints, if any: the
+    /// destination an inbound connection was most likely sent to. Only the endpoint's namespace
+    /// is searched (a Service selects pods of its own namespace).
+    pub fn service_of_endpoint(&self, endpoint: SocketAddr) -> Option<ServiceKey> {
+        let ns = &self.pod_by_ip(endpoint.ip())?.key.namespace;
+        self.services
+            .range(
+                ServiceKey {
+                    namespace: ns.clone(),
+                    name: String::new(),
+                }..,
+            )
+            .take_while(|(k, _)| &k.namespace == ns)
+            .find(|(_, s)| {
+                s.ports
+                    .iter()
+                    .any(|p| self.service_endpoints(s, p).contains(&endpoint))
+            })
+            .map(|(k, _)| k.clone())
+    }
+
     fn service_endpoints(&self, service: &Service, port: &ServicePort) -> Vec<SocketAddr> {
         let slices: Vec<&EndpointSlice> = self
             .endpoint_slices
@@ -215,6 +236,21 @@ mod tests {
             .resolve_service("10.96.0.10:80".parse().unwrap())
             .unwrap();
         assert_eq!(r.endpoints, addrs(&["10.1.0.2:8080", "10.2.0.2:8080"]));
+    }
+
+    #[test]
+    fn an_endpoint_names_its_service() {
+        let s = state(TargetPort::Number(8080));
+        let web = s.service_of_endpoint("10.2.0.2:8080".parse().unwrap());
+        assert_eq!(web.map(|k| k.to_string()).as_deref(), Some("shop/web"));
+        assert_eq!(
+            s.service_of_endpoint("10.2.0.2:9090".parse().unwrap()),
+            None
+        );
+        assert_eq!(
+            s.service_of_endpoint("10.2.0.3:8080".parse().unwrap()),
+            None
+        );
     }
 
     #[test]

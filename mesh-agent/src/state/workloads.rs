@@ -64,6 +64,32 @@ pub struct Pod {
     pub cgroup: Option<PathBuf>,
 }
 
+impl Pod {
+    /// The workload a pod belongs to, as Istio names it in metrics: a Deployment's pod
+    /// (`name-<pod-template-hash>-<suffix>`) is its Deployment; other pods are themselves.
+    pub fn workload(&self) -> String {
+        let name = &self.key.name;
+        if let Some(hash) = self.labels.get("pod-template-hash") {
+            if let Some(at) = name.rfind(&format!("-{hash}-")) {
+                return name[..at].to_owned();
+            }
+        }
+        name.clone()
+    }
+
+    /// Istio's canonical service: its label, else the app name labels, else the workload.
+    pub fn canonical_service(&self) -> String {
+        [
+            "service.istio.io/canonical-name",
+            "app.kubernetes.io/name",
+            "app",
+        ]
+        .iter()
+        .find_map(|k| self.labels.get(*k).cloned())
+        .unwrap_or_else(|| self.workload())
+    }
+}
+
 /// Serialized for /config_dump: maps keyed by structs become lists of their values.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct State {
@@ -79,6 +105,9 @@ pub struct State {
     /// (namespace, name) → policy.
     #[serde(serialize_with = "values")]
     pub authorization_policies: BTreeMap<(String, String), crate::policy::AuthorizationPolicy>,
+    /// (namespace, name) → entry: what REGISTRY_ONLY lets out.
+    #[serde(serialize_with = "values")]
+    pub service_entries: BTreeMap<(String, String), super::ServiceEntry>,
     #[serde(serialize_with = "values")]
     pub services: BTreeMap<ServiceKey, Service>,
     /// (namespace, name) → slice.
@@ -253,6 +282,18 @@ mod tests {
             );
         }
         s
+    }
+
+    #[test]
+    fn workload_and_canonical_service_names() {
+        let mut p = pod("mesh", "n1", &[("pod-template-hash", "5d8f7b9c4")]);
+        p.key.name = "reviews-v1-5d8f7b9c4-x7k2p".into();
+        assert_eq!(p.workload(), "reviews-v1");
+        assert_eq!(p.canonical_service(), "reviews-v1");
+        p.labels.insert("app".into(), "reviews".into());
+        assert_eq!(p.canonical_service(), "reviews");
+        let bare = pod("mesh", "n1", &[]);
+        assert_eq!(bare.workload(), "p");
     }
 
     #[test]

@@ -29,7 +29,7 @@ impl H2Stream {
     }
 
     /// Aborts the stream (RST_STREAM CANCEL): the far end sees a failure, not a clean end.
-    pub fn reset(mut self) {
+    pub fn reset(&mut self) {
         self.send.send_reset(h2::Reason::CANCEL);
     }
 }

@@ -7,11 +7,7 @@
 //! fails), a method other than CONNECT (405), a target that is not this pod (403), a port
 //! nothing listens on (503).
 
-use std::{
-    net::SocketAddr,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -109,8 +105,7 @@ async fn stream(
         );
     }
     let authority = req.uri().authority().map(|a| a.as_str()).unwrap_or("");
-    let start = Instant::now();
-    let (target, up) = match deliver(&ctx, authority, &source, peer.ip()).await {
+    let d = match deliver(&ctx, authority, &source, peer.ip(), "hbone").await {
         Ok(d) => d,
         Err(r) => return refuse(respond, r.status, &r.reason),
     };
@@ -123,7 +118,8 @@ async fn stream(
         Err(e) => return info!(error = %e, "hbone: client went away"),
     };
     let down = H2Stream::new(send, req.into_body());
-    async move { relay(down, up, start).await }
-        .instrument(info_span!("deliver", dst = %target))
+    let span = info_span!("deliver", dst = %d.target);
+    relay(&ctx.shared, down, d.up, d.record, Some(d.watch))
+        .instrument(span)
         .await
 }

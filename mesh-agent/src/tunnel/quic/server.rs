@@ -4,10 +4,7 @@
 //! Garbage datagrams are dropped by QUIC itself; a failed handshake, a bad header or a refused
 //! target is logged with the reason and the agent goes on.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use quinn::{
     crypto::rustls::QuicServerConfig, Connection, Endpoint, Incoming, RecvStream, SendStream,
@@ -117,8 +114,7 @@ async fn stream(
             Ok(Err(why)) => return refuse(send, recv, 400, &why).await,
             Err(_) => return refuse(send, recv, 408, "no tunnel header in time").await,
         };
-    let start = Instant::now();
-    let (target, up) = match deliver(&ctx, &authority, &source, source_ip).await {
+    let d = match deliver(&ctx, &authority, &source, source_ip, "quic").await {
         Ok(d) => d,
         Err(r) => return refuse(send, recv, r.status.as_u16(), &r.reason).await,
     };
@@ -126,8 +122,9 @@ async fn stream(
         return info!(error = %e, "hbone-quic: client went away");
     }
     let down = QuicStream::new(send, recv);
-    relay(down, up, start)
-        .instrument(info_span!("deliver", dst = %target))
+    let span = info_span!("deliver", dst = %d.target);
+    relay(&ctx.shared, down, d.up, d.record, Some(d.watch))
+        .instrument(span)
         .await
 }
 

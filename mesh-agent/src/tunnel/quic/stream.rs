@@ -23,7 +23,7 @@ impl QuicStream {
         Self { send, recv }
     }
 
-    pub fn reset(mut self) {
+    pub fn reset(&mut self) {
         let _ = self.send.reset(CANCELLED);
         let _ = self.recv.stop(CANCELLED);
     }

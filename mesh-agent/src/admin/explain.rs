@@ -1,0 +1,440 @@
+//! `/debug/explain?from=NS/POD&to=HOST:PORT`: every decision on one path, in the order traffic
+//! meets them, from this agent's configuration and its live certificates. The answer
+//! `meshctl explain` prints.
+//!
+//! 1. source: is the pod enrolled and are its hooks attached;
+//! 2. destination: the Service and endpoints it resolves to, the pods and nodes behind them, or
+//!    the outbound traffic policy for a destination outside the mesh;
+//! 3. identities: what each side presents; when the source is on this node, a real mTLS
+//!    handshake from its netns proves the destination's certificate (and that the network lets
+//!    the tunnel port through);
+//! 4. policy: PeerAuthentication and the AuthorizationPolicy rule that decides, by name;
+//! 5. transport: what carries the bytes.
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Serialize;
+
+use super::Status;
+use crate::{
+    identity::Identity,
+    policy,
+    proxy::{
+        onward::{route, Route},
+        Shared,
+    },
+    state::{egress::EgressVerdict, Enrollment, MtlsMode, Pod, PodKey, ServiceKey, State},
+    tunnel,
+};
+
+#[derive(Debug, Serialize)]
+pub struct Explanation {
+    pub from: String,
+    pub to: String,
+    /// `allowed`, `denied`, `partly allowed` (some endpoints of a Service) or `unknown`.
+    pub verdict: String,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Step {
+    pub step: &'static str,
+    pub ok: bool,
+    pub lines: Vec<String>,
+}
+
+impl Explanation {
+    fn step(&mut self, step: &'static str, ok: bool, lines: Vec<String>) {
+        self.steps.push(Step { step, ok, lines });
+    }
+
+    fn stop(mut self, step: &'static str, why: String) -> Self {
+        self.step(step, false, vec![why]);
+        self.verdict = "unknown".into();
+        self
+    }
+}
+
+pub async fn explain(shared: &Shared, status: &Status, from: &str, to: &str) -> Explanation {
+    let state = shared.state.load_full();
+    let mut ex = Explanation {
+        from: from.into(),
+        to: to.into(),
+        verdict: String::new(),
+        steps: Vec::new(),
+    };
+
+    // 1. Source.
+    let Some((ns, name)) = from.split_once('/') else {
+        return ex.stop("source", format!("--from {from:?}: expected NAMESPACE/POD"));
+    };
+    let key = PodKey {
+        namespace: ns.into(),
+        name: name.into(),
+    };
+    let Some(src) = state.pods.get(&key) else {
+        return ex.stop(
+            "source",
+            format!("no pod {from} in this agent's configuration"),
+        );
+    };
+    let Some(src_ip) = src.ip else {
+        return ex.stop("source", format!("pod {from} has no IP yet (status.podIP)"));
+    };
+    let node = src.node.clone().unwrap_or_default();
+    let local = node == shared.node;
+    let enrolled = status.pods.iter().find(|p| p.pod == from);
+    let mut lines = vec![format!(
+        "pod {from} on node {node}, IP {src_ip}, service account {}",
+        src.service_account
+    )];
+    let (captured, ok) = match state.enrollment(src, &node) {
+        Enrollment::Enrolled if !local => {
+            lines.push(format!(
+                "enrolled on node {node}; its hooks are reported by that node's agent (this is {})",
+                shared.node
+            ));
+            (true, true)
+        }
+        Enrollment::Enrolled => match enrolled {
+            Some(p) => {
+                lines.push(format!("enrolled; hooks attached: {}", p.hooks.join(", ")));
+                (true, true)
+            }
+            None => {
+                let why = status
+                    .enrollment_errors
+                    .get(from)
+                    .cloned()
+                    .unwrap_or_else(|| "enrollment in progress".into());
+                lines.push(format!(
+                    "should be enrolled but is NOT: {why}; its traffic is not captured"
+                ));
+                (false, false)
+            }
+        },
+        other => {
+            lines.push(format!(
+                "not enrolled ({}): its traffic is not captured and leaves as plain TCP",
+                describe_enrollment(&other)
+            ));
+            (false, true)
+        }
+    };
+    ex.step("source", ok, lines);
+
+    // 2. Destination.
+    let dst = match resolve_target(&state, ns, to).await {
+        Ok(d) => d,
+        Err(why) => return ex.stop("destination", why),
+    };
+    let mut lines = Vec::new();
+    let endpoints = match state.resolve_service(dst) {
+        Some(r) => {
+            lines.push(format!(
+                "{dst} is Service {} port {}: {} ready endpoint(s)",
+                r.service,
+                r.port,
+                r.endpoints.len()
+            ));
+            if r.endpoints.is_empty() {
+                lines.push("connections are refused at once (response flag UH)".into());
+                ex.step("destination", false, lines);
+                ex.verdict = "denied".into();
+                return ex;
+            }
+            r.endpoints
+        }
+        None => vec![dst],
+    };
+    let mut egress_ok = true;
+    for ep in &endpoints {
+        match state.pod_by_ip(ep.ip()) {
+            Some(p) => lines.push(format!(
+                "endpoint {ep}: pod {} on node {}",
+                p.key,
+                p.node.as_deref().unwrap_or("?")
+            )),
+            None => {
+                let verdict = state.egress(*ep, &shared.egress_hosts.load());
+                let line = match &verdict {
+                    EgressVerdict::AllowAny => "outside the mesh; outbound policy ALLOW_ANY lets it out as plain TCP".into(),
+                    EgressVerdict::InRegistry => "a Service of the cluster".into(),
+                    EgressVerdict::ServiceEntry(se) => format!("outside the mesh; REGISTRY_ONLY lets it out: listed by ServiceEntry {se}"),
+                    EgressVerdict::Refused(why) if captured => {
+                        egress_ok = false;
+                        format!("REFUSED by {why} (response flag NR)")
+                    }
+                    EgressVerdict::Refused(_) => "outside the mesh; REGISTRY_ONLY would refuse it, but the source is not captured".into(),
+                };
+                lines.push(format!("endpoint {ep}: {line}"));
+            }
+        }
+    }
+    ex.step("destination", egress_ok, lines);
+    if !egress_ok {
+        ex.verdict = "denied".into();
+        return ex;
+    }
+
+    // 3-5, per endpoint.
+    let src_id = Identity::new(
+        &shared.trust_domain,
+        &src.key.namespace,
+        &src.service_account,
+    );
+    let mut id_lines = Vec::new();
+    let mut id_ok = true;
+    let mut policy_lines = Vec::new();
+    let mut transport_lines = Vec::new();
+    let mut allowed = 0;
+    if captured && shared.mtls.is_some() {
+        match shared
+            .mtls
+            .as_ref()
+            .filter(|_| local)
+            .map(|m| m.certs.statuses())
+        {
+            Some(statuses) => {
+                let s = statuses.iter().find(|s| s.identity == src_id.to_string());
+                match s.and_then(|s| s.expires_in_secs) {
+                    Some(t) if t > 0 => id_lines.push(format!(
+                        "source presents {src_id}: certificate valid, expires in {t}s"
+                    )),
+                    _ => {
+                        id_ok = false;
+                        let why = s.and_then(|s| s.last_error.clone());
+                        id_lines.push(format!(
+                            "source {src_id}: NO valid certificate ({})",
+                            why.unwrap_or_else(|| "not issued yet".into())
+                        ));
+                    }
+                }
+            }
+            None => id_lines.push(format!(
+                "source presents {src_id} (its certificate is held by the agent on node {node})"
+            )),
+        }
+    }
+    for ep in &endpoints {
+        let dst_pod = state.pod_by_ip(ep.ip());
+        let path = if captured {
+            route(&state, &shared.trust_domain, *ep)
+        } else {
+            Route::Direct
+        };
+        let tunneled = match (&path, &shared.mtls) {
+            (Route::Tunnel { identity, hbone }, Some(mtls)) => {
+                let probe = match (local, enrolled) {
+                    (true, Some(p)) => match crate::netns::Netns::open(&p.netns) {
+                        Ok(netns) => Some(
+                            tunnel::probe::handshake(
+                                &mtls.certs,
+                                &netns,
+                                &src_id,
+                                identity,
+                                *hbone,
+                            )
+                            .await,
+                        ),
+                        Err(e) => Some(Err(format!("source netns {}: {e}", p.netns.display()))),
+                    },
+                    _ => None,
+                };
+                match probe {
+                    Some(Ok(p)) if p.expires_in_secs > 0 => id_lines.push(format!(
+                        "{ep}: destination presented {} (verified against the mesh root), expires in {}s",
+                        p.presented, p.expires_in_secs
+                    )),
+                    Some(Ok(p)) => {
+                        id_ok = false;
+                        id_lines.push(format!("{ep}: destination certificate of {} EXPIRED", p.presented));
+                    }
+                    Some(Err(e)) => {
+                        id_ok = false;
+                        id_lines.push(format!("{ep}: handshake as {src_id} requiring {identity} FAILED: {e}"));
+                    }
+                    None => id_lines.push(format!("{ep}: destination must present {identity}")),
+                }
+                let proto = state.mesh.tunnel;
+                transport_lines.push(format!(
+                    "{ep}: HBONE tunnel to {hbone} over {} (mTLS, from the source pod's own IP){}",
+                    serde_json::to_value(proto)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    if proto == crate::state::TunnelProtocol::Quic {
+                        "; falls back to h2 if UDP is blocked"
+                    } else {
+                        ""
+                    }
+                ));
+                true
+            }
+            (Route::Tunnel { .. }, None) => {
+                transport_lines.push(format!(
+                    "{ep}: plain TCP: mTLS is off on this agent (no --ca-addr); NOT encrypted"
+                ));
+                false
+            }
+            (Route::Direct, _) => {
+                let why = match dst_pod {
+                    Some(p) if !captured => {
+                        format!("the source is not captured; plain TCP to {}", p.key)
+                    }
+                    Some(p) => format!(
+                        "{} is not meshed ({}); plain TCP",
+                        p.key,
+                        not_meshed_reason(&state, p)
+                    ),
+                    None => "plain TCP to a destination outside the mesh".into(),
+                };
+                transport_lines.push(format!("{ep}: {why}"));
+                false
+            }
+        };
+        let Some(dst_pod) = dst_pod else {
+            policy_lines.push(format!(
+                "{ep}: no authorization policy applies outside the mesh"
+            ));
+            allowed += 1;
+            continue;
+        };
+        let decided_by = format!(
+            "decided by the agent on node {}",
+            dst_pod.node.as_deref().unwrap_or("?")
+        );
+        let dst_node = dst_pod.node.as_deref().unwrap_or_default();
+        let dst_enrolled = state.enrollment(dst_pod, dst_node) == Enrollment::Enrolled;
+        if !tunneled && dst_enrolled {
+            if let (MtlsMode::Strict, pa) = state.mtls_mode(dst_pod) {
+                policy_lines.push(format!(
+                    "{ep}: DENIED: PeerAuthentication {} is STRICT and this connection is plaintext ({decided_by})",
+                    pa.unwrap_or_default()
+                ));
+                continue;
+            }
+        }
+        if !dst_enrolled {
+            policy_lines.push(format!(
+                "{ep}: {} is not enrolled: no agent enforces policy for it",
+                dst_pod.key
+            ));
+            allowed += 1;
+            continue;
+        }
+        let conn = policy::Connection {
+            principal: tunneled.then(|| src_id.principal()),
+            source_ip: src_ip,
+            port: ep.port(),
+        };
+        let v = policy::evaluate(&state, dst_pod, &conn);
+        let by = v
+            .policy
+            .as_deref()
+            .map(|p| format!(" by AuthorizationPolicy {p}"))
+            .unwrap_or_default();
+        let who = conn
+            .principal
+            .as_deref()
+            .unwrap_or("plaintext (no principal)");
+        policy_lines.push(format!(
+            "{ep}: {}{by}: {} (source {who}, port {}; {decided_by})",
+            if v.allowed { "ALLOWED" } else { "DENIED" },
+            v.reason,
+            ep.port()
+        ));
+        if v.allowed {
+            allowed += 1;
+        }
+    }
+    if !id_lines.is_empty() {
+        ex.step("identities", id_ok, id_lines);
+    } else {
+        ex.step(
+            "identities",
+            true,
+            vec!["no mTLS on this path: no identities are presented".into()],
+        );
+    }
+    ex.step("policy", allowed == endpoints.len(), policy_lines);
+    ex.step("transport", id_ok, transport_lines);
+    ex.verdict = match allowed {
+        0 => "denied",
+        n if n == endpoints.len() && id_ok => "allowed",
+        n if n == endpoints.len() => "denied",
+        _ => "partly allowed",
+    }
+    .into();
+    ex
+}
+
+fn describe_enrollment(e: &Enrollment) -> String {
+    match e {
+        Enrollment::Enrolled => "enrolled".into(),
+        Enrollment::NotOnThisNode => "not scheduled on a node".into(),
+        Enrollment::NamespaceNotEnrolled => {
+            format!(
+                "its namespace lacks the label {}={}",
+                crate::config::MESH_LABEL,
+                crate::config::MESH_ENABLED
+            )
+        }
+        Enrollment::OptedOut => format!(
+            "the pod is labelled {}={}",
+            crate::config::MESH_LABEL,
+            crate::config::MESH_DISABLED
+        ),
+        Enrollment::Incomplete(field) => format!("{field} is missing"),
+    }
+}
+
+fn not_meshed_reason(state: &State, pod: &Pod) -> String {
+    let node = pod.node.as_deref().unwrap_or_default();
+    match state.enrollment(pod, node) {
+        Enrollment::Enrolled => "PeerAuthentication DISABLE".into(),
+        other => describe_enrollment(&other),
+    }
+}
+
+/// `HOST:PORT` → an address: an IP, a Service name (`name`, `name.ns`, `name.ns.svc`,
+/// `name.ns.svc.cluster.local`; a bare name is in the source's namespace), or a DNS name.
+async fn resolve_target(state: &State, src_ns: &str, to: &str) -> Result<SocketAddr, String> {
+    let (host, port) = to
+        .rsplit_once(':')
+        .ok_or_else(|| format!("--to {to:?}: expected HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("--to {to:?}: {port:?} is not a port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let parts: Vec<&str> = host.split('.').collect();
+    let key = match parts.as_slice() {
+        [name] => Some((src_ns, *name)),
+        [name, ns] | [name, ns, "svc"] | [name, ns, "svc", "cluster", "local"] => {
+            Some((*ns, *name))
+        }
+        _ => None,
+    };
+    if let Some((ns, name)) = key {
+        let key = ServiceKey {
+            namespace: ns.into(),
+            name: name.into(),
+        };
+        if let Some(svc) = state.services.get(&key) {
+            let ip = svc.cluster_ips.first().ok_or_else(|| {
+                format!("Service {key} is headless (no cluster IP); name a pod IP")
+            })?;
+            return Ok(SocketAddr::new(*ip, port));
+        }
+    }
+    tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| {
+            format!("{host:?} is neither a Service of the mesh nor a resolvable name: {e}")
+        })?
+        .next()
+        .ok_or_else(|| format!("{host:?} resolves to no address"))
+}
