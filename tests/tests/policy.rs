@@ -67,3 +67,118 @@ fn an_allow_policy_denies_other_principals_by_name_and_changes_live() {
     let r = outside.connect(m.server.addr(8080), 16);
     assert!(!r.ok(), "{:?}", r.raw);
 }
+
+/// A policy change re-decides open connections: the one the new policy denies is closed (the
+/// client sees the end), the agent says which policy did it, and the access log records it.
+#[test]
+fn a_policy_change_closes_open_connections_it_now_denies() {
+    if !features::require(
+        "a_policy_change_closes_open_connections_it_now_denies",
+        features::CAPTURE,
+    ) {
+        return;
+    }
+    let mut m = TwoNodeMesh::start(3600, &[]);
+    let mut c = Client::start(&mut m.topo, &m.client);
+    assert!(c.open("kept", m.server.addr(8080)).ok());
+    assert!(c.xfer("kept", 4096).intact(), "flows before the change");
+
+    m.topo
+        .apply("policy", &only_from("cluster.local/ns/mesh/sa/other"));
+    eventually(
+        "the open connection closed by the server agent",
+        Duration::from_secs(10),
+        || {
+            m.a2.log()
+                .contains("open connection closed: authorization policy changed")
+                .then_some(())
+        },
+    );
+    let after = c.xfer("kept", 4096);
+    assert!(
+        !after.ok() || !after.intact(),
+        "the connection is closed: {:?}",
+        after.raw
+    );
+    let line = eventually("the access-log line", Duration::from_secs(5), || {
+        m.a2.access_log().into_iter().find(|l| {
+            l["verdict"] == "deny" && l["original_dst"] == m.server.addr(8080).to_string()
+        })
+    });
+    assert!(
+        line["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("policy changed"),
+        "{line}"
+    );
+    assert_eq!(line["bytes_received"], 4096, "{line}");
+}
+
+/// `meshctl explain` names the rule that decides, for a denied then an allowed path, with the
+/// identities proven by a real handshake; `-o json` and the exit status serve scripts.
+#[test]
+fn explain_names_the_deciding_policy_for_denied_and_allowed_paths() {
+    if !features::require(
+        "explain_names_the_deciding_policy_for_denied_and_allowed_paths",
+        features::CAPTURE,
+    ) {
+        return;
+    }
+    let m = TwoNodeMesh::start(
+        3600,
+        &[("policy", &only_from("cluster.local/ns/mesh/sa/other"))],
+    );
+    let to = m.server.addr(8080).to_string();
+    let explain = |extra: &[&str]| {
+        let mut args = vec!["explain", "--from", "mesh/client", "--to", &to];
+        args.extend(extra);
+        m.a1.meshctl(&args)
+    };
+    let (code, out) = explain(&[]);
+    assert_eq!(code, 1, "denied exits 1:\n{out}");
+    for expected in [
+        "1. source",
+        "enrolled; hooks attached:",
+        "pod mesh/server on node n2",
+        "source presents spiffe://cluster.local/ns/mesh/sa/client: certificate valid",
+        "destination presented spiffe://cluster.local/ns/mesh/sa/server (verified against the mesh root)",
+        "DENIED",
+        "ALLOW policies apply (mesh/server-allowlist) and none matched",
+        "decided by the agent on node n2",
+        "HBONE tunnel to",
+        "verdict: denied",
+    ] {
+        assert!(out.contains(expected), "{expected:?} missing from:\n{out}");
+    }
+
+    m.topo
+        .apply("policy", &only_from("cluster.local/ns/mesh/sa/client"));
+    let (code, out) = eventually(
+        "explain sees the new policy",
+        Duration::from_secs(10),
+        || {
+            let r = explain(&[]);
+            (r.0 == 0).then_some(r)
+        },
+    );
+    assert!(
+        out.contains("ALLOWED by AuthorizationPolicy mesh/server-allowlist: rule 0 of the ALLOW policy matched"),
+        "{out}"
+    );
+    assert!(out.contains("verdict: allowed"), "{code}\n{out}");
+
+    let (_, json) = explain(&["-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(v["verdict"], "allowed");
+    let steps: Vec<&str> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        ["source", "destination", "identities", "policy", "transport"]
+    );
+}

@@ -536,6 +536,62 @@ status: {podIP: 10.0.1.2}
     }
 
     #[test]
+    fn service_entries_apply_and_name_their_mistakes() {
+        let doc = |spec: &str| -> serde_yaml::Value {
+            let text = format!(
+                "apiVersion: weft.dev/v1alpha1\nkind: ServiceEntry\nmetadata: {{name: e, namespace: shop}}\nspec: {spec}\n"
+            );
+            serde_yaml::from_str(&text).unwrap()
+        };
+        let mut state = State::default();
+        match parse_document(doc(
+            "{hosts: [api.example.com], addresses: [203.0.113.0/24], ports: [{number: 443}]}",
+        )) {
+            Ok(Some(o)) => o.apply(&mut state),
+            other => panic!("a valid ServiceEntry parses: {:?}", other.err()),
+        }
+        assert_eq!(state.egress_hosts(), ["api.example.com"]);
+        for (spec, field, words) in [
+            (
+                "{hosts: ['*.example.com'], ports: [{number: 443}]}",
+                "spec.hosts[0]",
+                "wildcard hosts are not supported",
+            ),
+            (
+                "{addresses: [10.0.0.0/33], ports: [{number: 443}]}",
+                "spec.addresses[0]",
+                "not an IP address or CIDR",
+            ),
+            (
+                "{addresses: [10.0.0.1], ports: []}",
+                "spec.ports",
+                "at least one port",
+            ),
+            (
+                "{ports: [{number: 443}]}",
+                "spec.hosts",
+                "would let nothing out",
+            ),
+            (
+                "{addresses: [10.0.0.1], ports: [{number: 53, protocol: UDP}]}",
+                "spec.ports[0].protocol",
+                "only TCP",
+            ),
+            (
+                "{addresses: [10.0.0.1], ports: [{number: 443}], location: MESH_EXTERNAL}",
+                "spec.location",
+                "unknown field",
+            ),
+        ] {
+            let (f, msg) = parse_document(doc(spec))
+                .err()
+                .unwrap_or_else(|| panic!("{spec} accepted"));
+            assert_eq!(f, field, "{spec}: {msg}");
+            assert!(msg.contains(words), "{spec}: {msg}");
+        }
+    }
+
+    #[test]
     fn mesh_config_sets_the_tunnel_and_names_its_mistakes() {
         let doc = |meta: &str, spec: &str| -> serde_yaml::Value {
             let text = format!(
@@ -551,6 +607,19 @@ status: {podIP: 10.0.1.2}
             _ => panic!("a valid MeshConfig parses"),
         }
         assert_eq!(state.mesh.tunnel, crate::state::TunnelProtocol::Quic);
+        match parse_document(doc(home, "{outboundTrafficPolicy: {mode: REGISTRY_ONLY}}")) {
+            Ok(Some(o)) => o.apply(&mut state),
+            _ => panic!("a valid MeshConfig parses"),
+        }
+        assert_eq!(
+            state.mesh.outbound,
+            crate::state::OutboundMode::RegistryOnly
+        );
+        let (field, msg) = parse_document(doc(home, "{outboundTrafficPolicy: {mode: DENY}}"))
+            .err()
+            .unwrap();
+        assert_eq!(field, "spec.outboundTrafficPolicy.mode");
+        assert!(msg.contains("REGISTRY_ONLY"), "{msg}");
 
         let (field, msg) = parse_document(doc(home, "{tunnel: udp}")).err().unwrap();
         assert_eq!(field, "spec.tunnel");

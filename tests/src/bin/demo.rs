@@ -153,27 +153,98 @@ fn run(topo: &mut Topology) {
 
     step(
         6,
-        "What the agents saw (one line per connection, with identities and destinations)",
+        "What the agents saw: one JSON access-log line per connection and side",
     );
     for agent in [&agent_a, &agent_b] {
-        let log = agent.log();
-        let interesting = |l: &&str| l.contains("connection closed") || l.contains("tunneled");
-        for line in log.lines().filter(interesting) {
-            let short = line
-                .split_once(" INFO ")
-                .or_else(|| line.split_once(" DEBUG "))
-                .map(|(_, r)| r)
-                .unwrap_or(line);
-            println!("   {}: {short}", agent.node.name);
+        for l in agent.access_log() {
+            println!(
+                "   {} {:<11} {} -> {} via {:<5} {:<5} in {} B out {} B{}",
+                agent.node.name,
+                l["reporter"].as_str().unwrap_or("?"),
+                peer(&l["src"]),
+                l["original_dst"].as_str().unwrap_or("?"),
+                l["transport"].as_str().unwrap_or("?"),
+                l["verdict"].as_str().unwrap_or("?"),
+                l["bytes_received"],
+                l["bytes_sent"],
+                match (l["verdict"].as_str(), l["service"].as_str()) {
+                    (Some("allow"), Some(s)) => format!(" (Service {s})"),
+                    (Some("allow"), None) => String::new(),
+                    _ => format!(" [{}]", l["reason"].as_str().unwrap_or("")),
+                }
+            );
         }
     }
-    println!("\n   $ nsenter --net=/run/netns/{} meshctl status", a.netns);
-    let mut cmd = std::process::Command::new(weft_tests::agent::sibling_bin("meshctl"));
-    cmd.arg("status");
-    weft_tests::netns::command_in(&mut cmd, &a.netns, None).expect("node netns");
-    let out = cmd.output().expect("run meshctl");
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+
+    step(
+        7,
+        "An AuthorizationPolicy: orders accepts only namespace backend; web is denied",
+    );
+    topo.apply(
+        "policy",
+        "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\n\
+         metadata: {name: orders-from-backend-only, namespace: backend}\n\
+         spec: {action: ALLOW, rules: [{from: [{source: {namespaces: [backend]}}]}]}\n",
+    );
+    let denied = weft_tests::eventually(
+        "the policy in force",
+        std::time::Duration::from_secs(10),
+        || {
+            let r = client.connect(vip, 1024);
+            (!r.ok()).then_some(r)
+        },
+    );
+    show(&format!("web -> Service orders {vip}"), &denied);
+    println!(
+        "\n   $ nsenter --net=/run/netns/{} meshctl explain --from shop/web --to orders.backend:80",
+        a.netns
+    );
+    let (_, out) = agent_a.meshctl(&["explain", "--from", "shop/web", "--to", "orders.backend:80"]);
+    for line in out.lines() {
         println!("   {line}");
+    }
+
+    step(
+        8,
+        "Istio's metrics on node-b's :15020/metrics (destination reporter)",
+    );
+    for line in agent_b
+        .metrics()
+        .lines()
+        .filter(|l| l.starts_with("istio_tcp_connections_opened_total{"))
+    {
+        let label = |k: &str| {
+            line.split(&format!("{k}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("?")
+                .to_owned()
+        };
+        println!(
+            "   opened {:>3}  {} -> {} ({})  security={} flags={}",
+            line.rsplit(' ').next().unwrap_or("?"),
+            label("source_principal"),
+            label("destination_workload"),
+            label("destination_service"),
+            label("connection_security_policy"),
+            label("response_flags"),
+        );
+    }
+    println!("\n   $ nsenter --net=/run/netns/{} meshctl status", b.netns);
+    let (_, out) = agent_b.meshctl(&["status"]);
+    for line in out.lines() {
+        println!("   {line}");
+    }
+}
+
+fn peer(p: &serde_json::Value) -> String {
+    match p["pod"].as_object() {
+        Some(pod) => format!(
+            "{}/{}",
+            pod["namespace"].as_str().unwrap_or("?"),
+            pod["name"].as_str().unwrap_or("?")
+        ),
+        None => p["ip"].as_str().unwrap_or("?").to_owned(),
     }
 }
 
