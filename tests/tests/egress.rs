@@ -55,7 +55,7 @@ fn registry_only_lets_out_what_a_service_entry_lists() {
     let refused = [
         ("reporter", "source"),
         ("source_workload", "client"),
-        ("destination_service", EXTERNAL),
+        ("destination_service", "BlackHoleCluster"),
         ("response_flags", "NR"),
     ];
     assert_eq!(

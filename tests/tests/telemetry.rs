@@ -166,3 +166,39 @@ fn the_log_level_changes_at_run_time() {
     );
     assert_eq!(m.a1.get("/healthz/ready").unwrap().0, 200);
 }
+
+#[test]
+fn meshctl_status_shows_pods_identities_and_certificate_health() {
+    if !features::require(
+        "meshctl_status_shows_pods_identities_and_certificate_health",
+        features::CAPTURE,
+    ) {
+        return;
+    }
+    let m = TwoNodeMesh::start(3600, &[]);
+    let (code, out) = m.a2.meshctl(&["status"]);
+    assert_eq!(code, 0, "{out}");
+    for expected in [
+        "node n2: agent ready",
+        "enrolled pods: 1",
+        "mesh/server",
+        "spiffe://cluster.local/ns/mesh/sa/server",
+        "certificates: 1",
+        "valid, expires in",
+    ] {
+        assert!(out.contains(expected), "{expected:?} missing:\n{out}");
+    }
+    // A second agent that does not answer is named, and the exit status says so.
+    let (code, out) = m.a2.meshctl(&[
+        "status",
+        "--admin",
+        "127.0.0.1:15000",
+        "--admin",
+        "127.0.0.1:1",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("node n2: agent ready") && out.contains("agent at 127.0.0.1:1: UNREACHABLE"),
+        "{out}"
+    );
+}

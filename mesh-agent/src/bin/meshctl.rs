@@ -38,9 +38,10 @@ enum Command {
     /// Show an agent: readiness, enrolled pods and their hooks, certificate health, rejected
     /// configuration.
     Status {
-        /// The agent's admin address (in the node's network namespace).
+        /// Agents' admin addresses (each in its node's network namespace, e.g. through
+        /// `kubectl port-forward`); repeat for several nodes.
         #[arg(long, default_value = "127.0.0.1:15000")]
-        admin: SocketAddr,
+        admin: Vec<SocketAddr>,
         /// `json` prints the agent's whole /config_dump.
         #[arg(short = 'o', long = "output")]
         output: Option<String>,
@@ -73,7 +74,14 @@ fn main() -> ExitCode {
         Command::Validate { path } => validate(path),
         Command::Crds { out, check } => crds(out, check),
         Command::Status { admin, output } => {
-            report(status(admin, output.as_deref() == Some("json")))
+            let json = output.as_deref() == Some("json");
+            // Every agent is reported, reachable or not; the exit status says if one was not.
+            let results: Vec<_> = admin.iter().map(|a| status(*a, json)).collect();
+            let failed = results.into_iter().filter_map(Result::err).count();
+            report(match failed {
+                0 => Ok(()),
+                n => Err(anyhow::anyhow!("{n} agent(s) did not answer")),
+            })
         }
         Command::ConfigDump { admin } => {
             report(http_get(admin, "/config_dump").map(|body| println!("{body}")))
@@ -232,7 +240,9 @@ fn tempdir_for(path: &std::path::Path) -> Dir {
 }
 
 fn status(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
-    let body = http_get(admin, "/config_dump")?;
+    let body = http_get(admin, "/config_dump").inspect_err(|e| {
+        println!("agent at {admin}: UNREACHABLE ({e:#})");
+    })?;
     if json {
         println!("{body}");
         return Ok(());

@@ -1,5 +1,6 @@
 //! The inbound connections open on this node, with what their authorization was decided on, so
-//! that a policy change re-decides them: a connection no longer allowed is closed (both sides
+//! that a policy change (AuthorizationPolicy, or PeerAuthentication turning STRICT for a
+//! plaintext connection) re-decides them: a connection no longer allowed is closed (both sides
 //! reset), logged and counted, as if it had been denied at the start.
 
 use std::{
@@ -14,7 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     policy::{self, Verdict},
-    state::{PodKey, State},
+    state::{MtlsMode, PodKey, State},
 };
 
 #[derive(Default)]
@@ -74,6 +75,16 @@ impl Live {
             .iter()
             .filter_map(|(id, e)| {
                 let pod = state.pods.get(&e.pod)?;
+                if e.conn.principal.is_none() {
+                    if let (MtlsMode::Strict, pa) = state.mtls_mode(pod) {
+                        let v = Verdict {
+                            allowed: false,
+                            policy: pa,
+                            reason: "PeerAuthentication STRICT refuses plaintext".into(),
+                        };
+                        return Some((*id, v));
+                    }
+                }
                 let v = policy::evaluate(state, pod, &e.conn);
                 (!v.allowed).then_some((*id, v))
             })
@@ -137,5 +148,28 @@ mod tests {
         assert_eq!(live.len(), 1);
         drop(a);
         assert!(live.is_empty());
+
+        // A plaintext connection (no principal) is closed when the pod turns STRICT.
+        let mut plain = live.register(
+            key.clone(),
+            policy::Connection {
+                principal: None,
+                ..conn("api")
+            },
+        );
+        state.authorization_policies.clear();
+        assert_eq!(live.recheck(&state), 0, "PERMISSIVE keeps it");
+        state.peer_authentications.insert(
+            ("shop".into(), "strict".into()),
+            crate::state::PeerAuthentication {
+                namespace: "shop".into(),
+                name: "strict".into(),
+                selector: None,
+                mode: MtlsMode::Strict,
+            },
+        );
+        assert_eq!(live.recheck(&state), 1);
+        let v = plain.closed.try_recv().expect("closed");
+        assert_eq!(v.policy.as_deref(), Some("shop/strict"));
     }
 }

@@ -164,10 +164,17 @@ impl Record {
                 s.name.clone(),
                 s.namespace.clone(),
             ),
-            None => {
-                let dst = self.original_dst.ip().to_string();
-                (dst, UNKNOWN.into(), UNKNOWN.into())
+            // Istio's names for traffic that leaves the mesh: let through, or refused. A fixed
+            // name, not the address, keeps the number of series bounded.
+            None if self.dst.pod.is_none() => {
+                let name = if response_flags == flags::NO_ROUTE {
+                    "BlackHoleCluster"
+                } else {
+                    "PassthroughCluster"
+                };
+                (name.into(), name.into(), UNKNOWN.into())
             }
+            None => (UNKNOWN.into(), UNKNOWN.into(), UNKNOWN.into()),
         };
         TcpLabels {
             reporter: self.reporter,

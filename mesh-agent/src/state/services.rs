@@ -99,7 +99,14 @@ impl State {
     /// destination an inbound connection was most likely sent to. Only the endpoint's namespace
     /// is searched (a Service selects pods of its own namespace).
     pub fn service_of_endpoint(&self, endpoint: SocketAddr) -> Option<ServiceKey> {
-        let ns = &self.pod_by_ip(endpoint.ip())?.key.namespace;
+        let pod = self.pod_by_ip(endpoint.ip())?;
+        let ns = &pod.key.namespace;
+        let selects =
+            |sel: &BTreeMap<String, String>| sel.iter().all(|(k, v)| pod.labels.get(k) == Some(v));
+        let targets = |p: &ServicePort| match &p.target_port {
+            TargetPort::Number(n) => *n == endpoint.port(),
+            TargetPort::Name(name) => pod.ports.get(name) == Some(&endpoint.port()),
+        };
         self.services
             .range(
                 ServiceKey {
@@ -108,10 +115,14 @@ impl State {
                 }..,
             )
             .take_while(|(k, _)| &k.namespace == ns)
-            .find(|(_, s)| {
-                s.ports
+            .find(|(_, s)| match &s.selector {
+                // The common case, without building endpoint lists: the selector and the port.
+                Some(sel) if !sel.is_empty() => selects(sel) && s.ports.iter().any(targets),
+                // Endpoints managed by hand: only the EndpointSlices say.
+                _ => s
+                    .ports
                     .iter()
-                    .any(|p| self.service_endpoints(s, p).contains(&endpoint))
+                    .any(|p| self.service_endpoints(s, p).contains(&endpoint)),
             })
             .map(|(k, _)| k.clone())
     }
