@@ -35,7 +35,7 @@ fn registry_only_lets_out_what_a_service_entry_lists() {
     }
     let mut m = TwoNodeMesh::start(3600, &[("mesh-config", &mesh_config("REGISTRY_ONLY"))]);
     let n2 = m.topo.node_named("n2").clone();
-    probe::serve_on_node(&mut m.topo, &n2, &[9090, 9091]);
+    probe::serve_on_node(&mut m.topo, &n2, &[9090, 9091, 9092]);
     let external = |port: u16| format!("{EXTERNAL}:{port}").parse().unwrap();
     let mut c = Client::start(&mut m.topo, &m.client);
 
@@ -93,11 +93,57 @@ fn registry_only_lets_out_what_a_service_entry_lists() {
     assert_eq!(line["transport"], "tcp");
     assert_eq!(line["connection_security_policy"], "none");
 
+    // A ServiceEntry by host name: the agent resolves it (here through /etc/hosts, as
+    // getaddrinfo would through DNS) and lets the addresses out on the listed port.
+    let host = format!("echo-{}.weft-test.invalid", m.topo.tag);
+    let _hosts = HostsEntry::add(EXTERNAL, &host);
+    m.topo.apply(
+        "service-entry-by-name",
+        &format!(
+            "apiVersion: weft.dev/v1alpha1\nkind: ServiceEntry\n\
+             metadata: {{name: external-by-name, namespace: mesh}}\n\
+             spec: {{hosts: [{host}], ports: [{{number: 9091}}]}}\n"
+        ),
+    );
+    let by_name = eventually(
+        "the host resolved and let out",
+        Duration::from_secs(10),
+        || {
+            let r = c.connect(external(9091), 1024);
+            r.ok().then_some(r)
+        },
+    );
+    assert!(by_name.intact());
+
     // ALLOW_ANY: everything leaves as plain TCP.
     m.topo.apply("mesh-config", &mesh_config("ALLOW_ANY"));
     let any = eventually("ALLOW_ANY in force", Duration::from_secs(10), || {
-        let r = c.connect(external(9091), 1024);
+        let r = c.connect(external(9092), 1024);
         r.ok().then_some(r)
     });
     assert!(any.intact());
+}
+
+/// A line of /etc/hosts for the test's lifetime (the name is unique to the test's topology).
+struct HostsEntry(String);
+
+impl HostsEntry {
+    fn add(ip: &str, name: &str) -> Self {
+        let line = format!("{ip} {name}\n");
+        let mut hosts = std::fs::read_to_string("/etc/hosts").expect("read /etc/hosts");
+        if !hosts.ends_with('\n') && !hosts.is_empty() {
+            hosts.push('\n');
+        }
+        hosts.push_str(&line);
+        std::fs::write("/etc/hosts", hosts).expect("write /etc/hosts");
+        Self(line)
+    }
+}
+
+impl Drop for HostsEntry {
+    fn drop(&mut self) {
+        if let Ok(hosts) = std::fs::read_to_string("/etc/hosts") {
+            let _ = std::fs::write("/etc/hosts", hosts.replace(&self.0, ""));
+        }
+    }
 }
