@@ -16,3 +16,41 @@ pub use pool::Pool;
 
 /// Largest HTTP/2 DATA frame accepted: fewer, larger frames cost less CPU per byte.
 pub const MAX_FRAME: u32 = 256 * 1024;
+
+/// The destination's agent answered a tunnel request with a status other than 200 (403: its
+/// authorization policy denied the source). Carried inside an `io::Error`, so the source side
+/// can tell a denial from a failure.
+#[derive(Debug)]
+pub struct TunnelRefused {
+    pub destination: String,
+    pub status: u16,
+}
+
+impl std::fmt::Display for TunnelRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let reason = http::StatusCode::from_u16(self.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        write!(
+            f,
+            "tunnel refused by {}: {} {reason}",
+            self.destination, self.status
+        )
+    }
+}
+
+impl std::error::Error for TunnelRefused {}
+
+impl TunnelRefused {
+    pub fn into_io(self) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::ConnectionRefused, self)
+    }
+
+    /// Whether `e` is a refusal by the destination's authorization policy.
+    pub fn is_denial(e: &std::io::Error) -> bool {
+        e.get_ref()
+            .and_then(|i| i.downcast_ref::<TunnelRefused>())
+            .is_some_and(|r| r.status == 403)
+    }
+}

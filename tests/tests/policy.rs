@@ -182,3 +182,63 @@ fn explain_names_the_deciding_policy_for_denied_and_allowed_paths() {
         ["source", "destination", "identities", "policy", "transport"]
     );
 }
+
+/// A denial over a Service is reported by both agents (the source's too, from the tunnel's 403)
+/// and is not taken for a sick endpoint: another pod of the same node still reaches it first
+/// time, and nothing is ejected.
+#[test]
+fn a_denial_is_reported_by_both_sides_and_does_not_eject_the_endpoint() {
+    if !features::require(
+        "a_denial_is_reported_by_both_sides_and_does_not_eject_the_endpoint",
+        features::CAPTURE,
+    ) {
+        return;
+    }
+    let deny = "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\n\
+        metadata: {name: not-the-client, namespace: mesh}\n\
+        spec: {action: DENY, rules: [{from: [{source: {principals: [cluster.local/ns/mesh/sa/client]}}]}]}\n";
+    let service = "apiVersion: v1\nkind: Service\nmetadata: {name: server, namespace: mesh}\n\
+        spec: {clusterIP: 10.96.0.30, selector: {app: server}, ports: [{port: 80, targetPort: 8080}]}\n";
+    let mut m = TwoNodeMesh::start(3600, &[("policy", deny), ("services", service)]);
+    m.topo.set_pod_label("server", "app", "server");
+    let n1 = m.topo.node_named("n1").clone();
+    let other = m.topo.pod(&n1, "mesh", "other");
+    m.a1.wait_enrolled(&other);
+    m.a1.wait_certificates();
+    let vip: std::net::SocketAddr = "10.96.0.30:80".parse().unwrap();
+
+    let mut other_client = Client::start(&mut m.topo, &other);
+    eventually("the Service known", Duration::from_secs(10), || {
+        other_client.connect(vip, 16).ok().then_some(())
+    });
+    let mut client = Client::start(&mut m.topo, &m.client);
+    let before = m.a1.log().len();
+    assert!(!client.connect(vip, 16).ok(), "the client is denied");
+    assert!(other_client.connect(vip, 1024).intact(), "others are not");
+    let since = m.a1.log()[before..].to_owned();
+    assert!(
+        !since.contains("service endpoint failed"),
+        "a denial ejected the endpoint:\n{since}"
+    );
+    let denied = [
+        ("reporter", "source"),
+        ("source_workload", "client"),
+        ("destination_service", "server.mesh.svc.cluster.local"),
+        ("response_flags", "RBAC"),
+    ];
+    assert_eq!(
+        weft_tests::agent::metric(
+            &m.a1.metrics(),
+            "istio_tcp_connections_opened_total",
+            &denied
+        ),
+        1
+    );
+    let line =
+        m.a1.access_log()
+            .into_iter()
+            .find(|l| l["verdict"] == "deny")
+            .expect("the source's deny line");
+    assert_eq!(line["service"], "mesh/server");
+    assert!(line["reason"].as_str().unwrap().contains("403"), "{line}");
+}

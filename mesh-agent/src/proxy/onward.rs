@@ -121,6 +121,15 @@ pub async fn connect(ctx: &PodContext, dst: SocketAddr) -> Result<Onward, Failed
                     service_entry,
                 });
             }
+            // A refusal by policy says nothing about the endpoint's health: do not eject it
+            // (the balancer is shared by every pod of the node) and do not try others.
+            Err((error, flags)) if flags == flags::DENIED || flags == flags::NO_ROUTE => {
+                return Err(Failed {
+                    error,
+                    flags,
+                    service: Some(service.service),
+                });
+            }
             Err((e, flags)) => {
                 warn!(service = %service.service, %endpoint, error = %e,
                     "service endpoint failed; skipped for {}s", EJECTION.as_secs());
@@ -151,7 +160,15 @@ async fn connect_to(
             (route == Route::Direct).then(|| state.egress(dst, &shared.egress_hosts.load()));
         (route, state.mesh.tunnel, egress)
     };
-    let failed = |e| (e, flags::UPSTREAM_FAILURE);
+    // The destination's agent saying 403 is its policy denying us: a denial, not a failure.
+    let failed = |e: io::Error| {
+        let flags = if crate::tunnel::TunnelRefused::is_denial(&e) {
+            flags::DENIED
+        } else {
+            flags::UPSTREAM_FAILURE
+        };
+        (e, flags)
+    };
     if let (Some(mtls), Route::Tunnel { identity, hbone }) = (&shared.mtls, &route) {
         if transport == TunnelProtocol::Quic {
             match mtls

@@ -70,10 +70,11 @@ impl Pool {
             .await
             .map_err(|e| io_err(io::ErrorKind::ConnectionReset, e))?;
         if resp.status() != http::StatusCode::OK {
-            return Err(io_err(
-                io::ErrorKind::ConnectionRefused,
-                format!("tunnel refused by {destination}: {}", resp.status()),
-            ));
+            return Err(super::TunnelRefused {
+                destination: destination.to_string(),
+                status: resp.status().as_u16(),
+            }
+            .into_io());
         }
         Ok(H2Stream::new(send, resp.into_body()))
     }

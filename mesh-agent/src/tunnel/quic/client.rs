@@ -113,10 +113,11 @@ impl QuicPool {
             .map_err(|_| refused(io_err(io::ErrorKind::TimedOut, "no answer to CONNECT")))?
             .map_err(refused)?;
         if status != 200 {
-            return Err(Failure::Refused(io_err(
-                io::ErrorKind::ConnectionRefused,
-                format!("tunnel refused by {destination}: {status}"),
-            )));
+            let refusal = crate::tunnel::TunnelRefused {
+                destination: destination.to_string(),
+                status,
+            };
+            return Err(Failure::Refused(refusal.into_io()));
         }
         Ok(QuicStream::new(send, recv))
     }
