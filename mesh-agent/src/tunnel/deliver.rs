@@ -91,6 +91,7 @@ pub async fn deliver(
     }
     record.policy = verdict.policy;
     let watch = shared.live.register(ctx.key.clone(), conn);
+    drop(state); // not held across the connect
     let bind = target
         .is_ipv4()
         .then(|| SocketAddr::new(Ipv4Addr::from(INBOUND_DELIVERY_SOURCE).into(), 0));
