@@ -66,6 +66,19 @@ fn registry_only_lets_out_what_a_service_entry_lists() {
         ),
         1
     );
+    let (code, out) = m.a1.meshctl(&[
+        "explain",
+        "--from",
+        "mesh/client",
+        "--to",
+        "10.255.0.2:9090",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("REFUSED by outbound traffic policy REGISTRY_ONLY")
+            && out.contains("verdict: denied"),
+        "{out}"
+    );
     // Meshed traffic is unaffected.
     assert!(c.connect(m.server.addr(8080), 1024).intact());
 
@@ -83,6 +96,18 @@ fn registry_only_lets_out_what_a_service_entry_lists() {
     assert!(
         !c.connect(external(9091), 64).ok(),
         "port 9091 is not listed"
+    );
+    let (code, out) = m.a1.meshctl(&[
+        "explain",
+        "--from",
+        "mesh/client",
+        "--to",
+        "10.255.0.2:9090",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("listed by ServiceEntry mesh/external-echo"),
+        "{out}"
     );
     let line = eventually("the access-log line", Duration::from_secs(5), || {
         m.a1.access_log()
