@@ -66,13 +66,7 @@ fn registry_only_lets_out_what_a_service_entry_lists() {
         ),
         1
     );
-    let (code, out) = m.a1.meshctl(&[
-        "explain",
-        "--from",
-        "mesh/client",
-        "--to",
-        "10.255.0.2:9090",
-    ]);
+    let (code, out) = explain_9090(&m);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("REFUSED by outbound traffic policy REGISTRY_ONLY")
@@ -97,13 +91,7 @@ fn registry_only_lets_out_what_a_service_entry_lists() {
         !c.connect(external(9091), 64).ok(),
         "port 9091 is not listed"
     );
-    let (code, out) = m.a1.meshctl(&[
-        "explain",
-        "--from",
-        "mesh/client",
-        "--to",
-        "10.255.0.2:9090",
-    ]);
+    let (code, out) = explain_9090(&m);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("listed by ServiceEntry mesh/external-echo"),
@@ -171,4 +159,15 @@ impl Drop for HostsEntry {
             let _ = std::fs::write("/etc/hosts", hosts.replace(&self.0, ""));
         }
     }
+}
+
+/// `meshctl explain` of mesh/client to the external server's port 9090, on n1.
+fn explain_9090(m: &TwoNodeMesh) -> (i32, String) {
+    m.a1.meshctl(&[
+        "explain",
+        "--from",
+        "mesh/client",
+        "--to",
+        &format!("{EXTERNAL}:9090"),
+    ])
 }
