@@ -155,6 +155,13 @@ fn run(topo: &mut Topology) {
         6,
         "What the agents saw: one JSON access-log line per connection and side",
     );
+    // A line is written when its connection has closed on that side: wait for node-b's four
+    // (web before and after enrollment, web through the Service, batch).
+    weft_tests::eventually(
+        "node-b's access-log lines",
+        std::time::Duration::from_secs(5),
+        || (agent_b.access_log().len() >= 4).then_some(()),
+    );
     for agent in [&agent_a, &agent_b] {
         for l in agent.access_log() {
             println!(
