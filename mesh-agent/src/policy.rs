@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::{
     crd::authorization_policy::{Action, AuthorizationPolicySpec},
-    state::{peer_auth::ROOT_NAMESPACE, Pod, State},
+    state::{peer_auth::ROOT_NAMESPACE, MtlsMode, Pod, State},
 };
 
 /// What is known of an inbound connection when it is decided.
@@ -68,7 +68,29 @@ fn applies(p: &AuthorizationPolicy, pod: &Pod) -> bool {
     }
 }
 
-/// Decides `conn` to `pod`.
+/// A plaintext connection (no principal) to a pod whose PeerAuthentication is STRICT is refused
+/// before any AuthorizationPolicy is consulted; the verdict names the PeerAuthentication.
+pub fn plaintext_refusal(state: &State, pod: &Pod, conn: &Connection) -> Option<Verdict> {
+    if conn.principal.is_some() {
+        return None;
+    }
+    match state.mtls_mode(pod) {
+        (MtlsMode::Strict, policy) => Some(Verdict {
+            allowed: false,
+            policy,
+            reason: "plaintext refused: PeerAuthentication STRICT".into(),
+        }),
+        _ => None,
+    }
+}
+
+/// Everything the destination decides for `conn` to `pod`: PeerAuthentication STRICT, then
+/// authorization.
+pub fn admit(state: &State, pod: &Pod, conn: &Connection) -> Verdict {
+    plaintext_refusal(state, pod, conn).unwrap_or_else(|| evaluate(state, pod, conn))
+}
+
+/// Decides `conn` to `pod` by AuthorizationPolicy.
 pub fn evaluate(state: &State, pod: &Pod, conn: &Connection) -> Verdict {
     let applicable: Vec<&AuthorizationPolicy> = state
         .authorization_policies

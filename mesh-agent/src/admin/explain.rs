@@ -23,7 +23,7 @@ use crate::{
         onward::{route, Route},
         Shared,
     },
-    state::{egress::EgressVerdict, Enrollment, MtlsMode, Pod, PodKey, ServiceKey, State},
+    state::{egress::EgressVerdict, Enrollment, Pod, PodKey, ServiceKey, State},
     tunnel,
 };
 
@@ -306,15 +306,6 @@ pub async fn explain(shared: &Shared, status: &Status, from: &str, to: &str) -> 
         );
         let dst_node = dst_pod.node.as_deref().unwrap_or_default();
         let dst_enrolled = state.enrollment(dst_pod, dst_node) == Enrollment::Enrolled;
-        if !tunneled && dst_enrolled {
-            if let (MtlsMode::Strict, pa) = state.mtls_mode(dst_pod) {
-                policy_lines.push(format!(
-                    "{ep}: DENIED: PeerAuthentication {} is STRICT and this connection is plaintext ({decided_by})",
-                    pa.unwrap_or_default()
-                ));
-                continue;
-            }
-        }
         if !dst_enrolled {
             policy_lines.push(format!(
                 "{ep}: {} is not enrolled: no agent enforces policy for it",
@@ -328,6 +319,13 @@ pub async fn explain(shared: &Shared, status: &Status, from: &str, to: &str) -> 
             source_ip: src_ip,
             port: ep.port(),
         };
+        if let Some(v) = policy::plaintext_refusal(&state, dst_pod, &conn) {
+            policy_lines.push(format!(
+                "{ep}: DENIED: PeerAuthentication {} is STRICT and this connection is plaintext ({decided_by})",
+                v.policy.unwrap_or_default()
+            ));
+            continue;
+        }
         let v = policy::evaluate(&state, dst_pod, &conn);
         let by = v
             .policy

@@ -12,10 +12,7 @@ use mesh_common::INBOUND_DELIVERY_SOURCE;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, info_span, warn, Instrument as _};
 
-use crate::{
-    metrics::{flags, Reporter},
-    state::MtlsMode,
-};
+use crate::metrics::{flags, Reporter};
 
 use super::{
     listeners::{accept_loop, connect_from_pod},
@@ -49,20 +46,19 @@ async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
         state.service_of_endpoint(orig),
         "tcp",
     );
-    if let Some(pod) = state.pods.get(&ctx.key) {
-        if let (MtlsMode::Strict, policy) = state.mtls_mode(pod) {
-            let policy = policy.unwrap_or_default();
-            warn!(pod = %ctx.key, %peer, %orig, %policy, "plaintext refused: PeerAuthentication STRICT");
-            let reason = "plaintext refused: PeerAuthentication STRICT".to_owned();
-            record.refused(shared, flags::DENIED, Some(policy), reason);
-            return reset(down);
-        }
-    }
     let conn = crate::policy::Connection {
         principal: None,
         source_ip: peer.ip(),
         port: orig.port(),
     };
+    if let Some(pod) = state.pods.get(&ctx.key) {
+        if let Some(v) = crate::policy::plaintext_refusal(&state, pod, &conn) {
+            let policy = v.policy.as_deref().unwrap_or_default();
+            warn!(pod = %ctx.key, %peer, %orig, %policy, "plaintext refused: PeerAuthentication STRICT");
+            record.refused(shared, flags::DENIED, v.policy, v.reason);
+            return reset(down);
+        }
+    }
     let verdict = ctx.authorize(&state, &conn);
     if !verdict.allowed {
         record.refused(shared, flags::DENIED, verdict.policy, verdict.reason);

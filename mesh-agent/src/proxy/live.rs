@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     policy::{self, Verdict},
-    state::{MtlsMode, PodKey, State},
+    state::{PodKey, State},
 };
 
 #[derive(Default)]
@@ -75,17 +75,7 @@ impl Live {
             .iter()
             .filter_map(|(id, e)| {
                 let pod = state.pods.get(&e.pod)?;
-                if e.conn.principal.is_none() {
-                    if let (MtlsMode::Strict, pa) = state.mtls_mode(pod) {
-                        let v = Verdict {
-                            allowed: false,
-                            policy: pa,
-                            reason: "PeerAuthentication STRICT refuses plaintext".into(),
-                        };
-                        return Some((*id, v));
-                    }
-                }
-                let v = policy::evaluate(state, pod, &e.conn);
+                let v = policy::admit(state, pod, &e.conn);
                 (!v.allowed).then_some((*id, v))
             })
             .collect();
@@ -165,7 +155,7 @@ mod tests {
                 namespace: "shop".into(),
                 name: "strict".into(),
                 selector: None,
-                mode: MtlsMode::Strict,
+                mode: crate::state::MtlsMode::Strict,
             },
         );
         assert_eq!(live.recheck(&state), 1);
