@@ -109,20 +109,9 @@ impl Pool {
     }
 
     async fn open(&self, netns: &Netns, key: &Key) -> io::Result<SendRequest<Bytes>> {
-        let tcp = connect_from_pod(netns, key.addr, None).await?;
-        let _ = tcp.set_nodelay(true);
-        let cfg = tls::client_config(&self.certs, &key.source, &key.destination);
-        let name = ServerName::IpAddress(key.addr.ip().into());
         let handshake = async {
-            let tls = tokio_rustls::TlsConnector::from(cfg)
-                .connect(name, tcp)
-                .await
-                .map_err(|e| {
-                    io_err(
-                        io::ErrorKind::PermissionDenied,
-                        format!("mTLS with {}: {e}", key.destination),
-                    )
-                })?;
+            let tls =
+                mtls_connect(&self.certs, netns, &key.source, &key.destination, key.addr).await?;
             h2::client::Builder::new()
                 .initial_window_size(STREAM_WINDOW)
                 .initial_connection_window_size(CONNECTION_WINDOW)
@@ -142,4 +131,29 @@ impl Pool {
         });
         Ok(sender)
     }
+}
+
+/// The client side of an HBONE endpoint's mTLS, from inside the source pod's netns: presents
+/// `source`'s certificate and requires `destination`'s identity. Shared by the pool and by
+/// `probe` (explain), so both prove certificates the same way.
+pub async fn mtls_connect(
+    certs: &CertManager,
+    netns: &Netns,
+    source: &Identity,
+    destination: &Identity,
+    addr: SocketAddr,
+) -> io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = connect_from_pod(netns, addr, None).await?;
+    let _ = tcp.set_nodelay(true);
+    let cfg = tls::client_config(certs, source, destination);
+    let name = ServerName::IpAddress(addr.ip().into());
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| {
+            io_err(
+                io::ErrorKind::PermissionDenied,
+                format!("mTLS with {destination}: {e}"),
+            )
+        })
 }

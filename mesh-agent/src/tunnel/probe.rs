@@ -5,14 +5,11 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use rustls::pki_types::ServerName;
 use serde::Serialize;
 
 use crate::{
     identity::{CertManager, Identity},
     netns::Netns,
-    proxy::listeners::connect_from_pod,
-    tls,
 };
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -33,15 +30,9 @@ pub async fn handshake(
     hbone: SocketAddr,
 ) -> Result<Probe, String> {
     let attempt = async {
-        let tcp = connect_from_pod(netns, hbone, None)
+        let tls = super::pool::mtls_connect(certs, netns, source, destination, hbone)
             .await
-            .map_err(|e| format!("TCP to {hbone}: {e}"))?;
-        let cfg = tls::client_config(certs, source, destination);
-        let name = ServerName::IpAddress(hbone.ip().into());
-        let tls = tokio_rustls::TlsConnector::from(cfg)
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("mTLS with {hbone}: {e}"))?;
+            .map_err(|e| format!("{hbone}: {e}"))?;
         let leaf = tls
             .get_ref()
             .1
