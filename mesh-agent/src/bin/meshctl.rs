@@ -140,16 +140,9 @@ fn explain(admin: SocketAddr, from: &str, to: &str, json: bool) -> anyhow::Resul
     Ok(allowed)
 }
 
-/// Percent-encodes a query value.
+/// Encodes a query value.
 fn encode(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' | b':' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    form_urlencoded::byte_serialize(v.as_bytes()).collect()
 }
 
 fn validate(path: PathBuf) -> ExitCode {
