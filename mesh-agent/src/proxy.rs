@@ -157,7 +157,7 @@ pub fn reset(mut stream: TcpStream) {
 }
 
 /// Copies both ways until the connection ends, counting into the metrics of `rec` as bytes
-/// move, then writes its access-log line. With `watch` (inbound connections), a policy change
+/// move, then writes its access-log line (the one per-connection record). With `watch` (inbound connections), a policy change
 /// that denies the connection closes it: both sides reset.
 pub async fn relay<D, U>(
     shared: &Shared,
@@ -193,18 +193,15 @@ pub async fn relay<D, U>(
     };
     counters.closed.fetch_add(1, Relaxed);
     let bytes = (down.received, down.sent);
-    let ms = rec.start_elapsed_ms();
-    match &end {
-        record::End::Closed { error: None } => tracing::info!(
+    // The access-log line is the per-connection record; the span's debug line only ties it to
+    // the rest of this connection's diagnostics.
+    if let record::End::Closed { error } = &end {
+        tracing::debug!(
             received = bytes.0,
             sent = bytes.1,
-            duration_ms = ms,
-            "connection closed"
-        ),
-        record::End::Closed { error: Some(e) } => {
-            tracing::info!(error = %e, duration_ms = ms, "connection reset")
-        }
-        _ => {}
+            error = error.as_deref(),
+            "connection ended"
+        );
     }
     rec.log(shared, bytes, end);
 }

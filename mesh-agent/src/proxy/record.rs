@@ -145,10 +145,6 @@ impl Record {
         }
     }
 
-    pub fn start_elapsed_ms(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
-    }
-
     pub fn security(&self) -> &'static str {
         if self.transport == "tcp" {
             "none"
@@ -258,7 +254,7 @@ impl Record {
             connection_security_policy: self.security(),
             bytes_received: bytes.0,
             bytes_sent: bytes.1,
-            duration_ms: self.start_elapsed_ms(),
+            duration_ms: self.start.elapsed().as_millis() as u64,
             verdict,
             policy,
             reason,
