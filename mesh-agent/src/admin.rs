@@ -42,8 +42,11 @@ pub struct Status {
     /// PeerAuthentications.
     pub state: Arc<State>,
     pub pods: Vec<PodStatus>,
-    /// Pods that should be enrolled but are not, with the reason (retried every second).
+    /// Pods that should be enrolled but are not, with the reason (retried with backoff).
     pub enrollment_errors: BTreeMap<String, String>,
+    /// Pods the agent will not enroll as they ask (Weft's own namespace, the host network,
+    /// Kubernetes-mode netns/cgroup annotations), with the reason.
+    pub enrollment_notices: BTreeMap<String, String>,
     /// Configuration documents that were rejected.
     pub config_errors: Vec<ConfigError>,
 }
@@ -57,6 +60,7 @@ impl Status {
             state: Arc::default(),
             pods: Vec::new(),
             enrollment_errors: BTreeMap::new(),
+            enrollment_notices: BTreeMap::new(),
             config_errors: Vec::new(),
         }
     }

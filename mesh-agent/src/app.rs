@@ -25,9 +25,6 @@ use crate::{
 };
 use enrollment::Enrollment;
 
-/// How often failed enrollments are retried when nothing else changes.
-const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-
 pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow::Result<()> {
     netns::init();
     info!(config = %serde_json::to_string(&cfg)?, "starting mesh-agent");
@@ -73,16 +70,24 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
         tx,
     )
     .await?;
-    let mut enrollment = Enrollment::new(redirect, shared.clone(), cfg.cgroup_root.clone());
-    let mut retry = tokio::time::interval(RETRY_INTERVAL);
+    let mut enrollment = Enrollment::new(
+        redirect,
+        shared.clone(),
+        cfg.cgroup_root.clone(),
+        cfg.source,
+    );
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
+        // Failed enrollments are retried when their own backoff is due (not on a fixed tick,
+        // whose missed ticks would fire in a burst).
+        let retry_at = enrollment.next_retry().map(tokio::time::Instant::from_std);
         tokio::select! {
             changed = rx.changed() => {
                 if changed.is_err() { break; }
             }
-            _ = retry.tick(), if enrollment.has_failures() => {}
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)),
+                if retry_at.is_some() => {}
             _ = &mut shutdown => break,
         }
         let Some(loaded) = rx.borrow_and_update().clone() else {
@@ -105,6 +110,7 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
         let mut s = status.write().expect("status lock");
         s.pods = enrollment.status();
         s.enrollment_errors = enrollment.failures();
+        s.enrollment_notices = enrollment.notices();
         s.config_errors = loaded.errors;
         s.state = shared.state.load_full();
         s.ready = true;

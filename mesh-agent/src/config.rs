@@ -12,6 +12,14 @@ pub const MESH_DISABLED: &str = "disabled";
 /// File-mode pod annotations: the pod's netns path and cgroup v2 directory.
 pub const NETNS_ANNOTATION: &str = "weft.dev/netns";
 pub const CGROUP_ANNOTATION: &str = "weft.dev/cgroup";
+/// Weft's own namespace (deploy/kubernetes: the agent, the CA, the L7 pool and the gateway run
+/// here). Its pods are never enrolled, whatever its labels say: an enrolled CA under STRICT
+/// would refuse the plaintext bootstrap of every agent.
+pub const SYSTEM_NAMESPACE: &str = "weft-system";
+/// A pod that could not be enrolled is retried after this, doubling per failure up to
+/// [`ENROLL_RETRY_MAX`]; a change of the pod in the configuration retries it at once.
+pub const ENROLL_RETRY_MIN: Duration = Duration::from_millis(250);
+pub const ENROLL_RETRY_MAX: Duration = Duration::from_secs(5);
 
 pub const DEFAULT_BPF_PIN_DIR: &str = "/sys/fs/bpf/weft";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/weft";

@@ -383,6 +383,10 @@ fn describe_enrollment(e: &Enrollment) -> String {
             crate::config::MESH_LABEL,
             crate::config::MESH_DISABLED
         ),
+        Enrollment::MeshItself => format!(
+            "{} is Weft's own namespace; the mesh never enrolls itself",
+            crate::config::SYSTEM_NAMESPACE
+        ),
         Enrollment::Incomplete(field) => format!("{field} is missing"),
     }
 }

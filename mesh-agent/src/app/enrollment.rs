@@ -6,55 +6,25 @@
 //! Un-enrolling runs the other way: hooks first, so new connects go direct at once; established
 //! connections are left to finish.
 
-use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, sync::Arc};
+mod retry;
+mod target;
+
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, sync::Arc, time::Instant};
 
 use serde::Serialize;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
+    config::SourceKind,
     identity::Identity,
-    netns::{discover::Locator, Netns},
+    netns::{discover::Locator, ports, Netns, NetnsId},
     proxy::{self, InpodListeners, PodContext, Shared},
     redirect::{PodHooks, Redirect},
-    state::{Pod, PodKey, State},
+    state::{self, Pod, PodKey, State},
 };
-
-/// What enrollment depends on: if any of it changes, the pod is enrolled anew.
-#[derive(Debug, Clone, PartialEq)]
-struct Target {
-    ip: IpAddr,
-    netns: PathBuf,
-    cgroup: PathBuf,
-    identity: Identity,
-}
-
-impl Target {
-    /// File mode names the pod's netns and cgroup; Kubernetes mode finds them from its UID.
-    fn of(pod: &Pod, trust_domain: &str, locator: &mut Option<Locator>) -> Result<Self, String> {
-        let ip = pod.ip.ok_or("no status.podIP")?;
-        let (netns, cgroup) = match (&pod.netns, &pod.cgroup, &pod.uid) {
-            (Some(n), Some(c), _) => (n.clone(), c.clone()),
-            (_, _, Some(uid)) => {
-                if locator.is_none() {
-                    *locator = Some(
-                        Locator::for_this_node()
-                            .map_err(|e| format!("finding pod cgroups: {e}"))?,
-                    );
-                }
-                let found = locator.as_mut().expect("just set").locate(uid)?;
-                (found.netns, found.cgroup)
-            }
-            _ => return Err("neither weft.dev/netns + weft.dev/cgroup nor metadata.uid".into()),
-        };
-        Ok(Self {
-            ip,
-            netns,
-            cgroup,
-            identity: Identity::new(trust_domain, &pod.key.namespace, &pod.service_account),
-        })
-    }
-}
+use retry::{Report, Retries};
+use target::{NotEnrollable, Target};
 
 struct Enrolled {
     target: Target,
@@ -69,7 +39,10 @@ pub struct PodStatus {
     pub pod: String,
     pub ip: IpAddr,
     pub identity: Identity,
+    /// Where the netns was found when the pod was enrolled.
     pub netns: PathBuf,
+    /// The netns itself (what enrollment compares).
+    pub netns_inode: u64,
     pub netns_cookie: u64,
     pub cgroup: PathBuf,
     pub hooks: Vec<&'static str>,
@@ -81,37 +54,45 @@ pub struct PodStatus {
 pub struct Enrollment {
     redirect: Redirect,
     shared: Arc<Shared>,
+    mode: SourceKind,
     pods: BTreeMap<PodKey, Enrolled>,
-    failures: BTreeMap<PodKey, String>,
+    retries: Retries,
+    /// Pods not enrolled, or enrolled differently than they ask, and why (logged once).
+    notices: BTreeMap<PodKey, String>,
     swept: bool,
     /// Kubernetes mode: finds pods' netns and cgroup from their UID (made on first use).
     locator: Option<Locator>,
+    /// The node's own netns: never a pod's.
+    node_netns: Option<NetnsId>,
 }
 
 impl Enrollment {
-    pub fn new(redirect: Redirect, shared: Arc<Shared>, cgroup_root: Option<PathBuf>) -> Self {
+    pub fn new(
+        redirect: Redirect,
+        shared: Arc<Shared>,
+        cgroup_root: Option<PathBuf>,
+        mode: SourceKind,
+    ) -> Self {
+        let node_netns = NetnsId::node()
+            .map_err(|e| warn!(error = %e, "cannot identify the node's network namespace"))
+            .ok();
         Self {
             redirect,
             shared,
+            mode,
             pods: BTreeMap::new(),
-            failures: BTreeMap::new(),
+            retries: Retries::default(),
+            notices: BTreeMap::new(),
             swept: false,
             locator: cgroup_root.map(|root| Locator::new(root, PathBuf::from("/proc"))),
+            node_netns,
         }
     }
 
     pub fn reconcile(&mut self, state: &State) {
-        let td = self.shared.trust_domain.clone();
-        let mut desired = BTreeMap::new();
-        let mut unlocated = Vec::new();
-        for p in state.enrolled_pods(&self.shared.node) {
-            match Target::of(p, &td, &mut self.locator) {
-                Ok(t) => {
-                    desired.insert(p.key.clone(), t);
-                }
-                Err(e) => unlocated.push((p.key.clone(), e)),
-            }
-        }
+        let now = Instant::now();
+        let (desired, unlocated, notices) = self.desired(state);
+        self.notify(notices);
         if let Some(l) = &mut self.locator {
             let uids: Vec<&str> = state
                 .pods_on(&self.shared.node)
@@ -131,25 +112,85 @@ impl Enrollment {
         if !self.swept {
             self.sweep_pinned(&desired);
         }
-        self.failures.retain(|k, _| desired.contains_key(k));
+        self.retries
+            .retain(|k| desired.contains_key(k) || unlocated.iter().any(|(u, _)| u == k));
         for (key, why) in unlocated {
-            warn!(pod = %key, "cannot enroll yet: {why}; will retry");
-            self.failures.insert(key, why);
+            let report = self.retries.record(&key, why.clone(), None, now);
+            log_failure(&key, report, "cannot enroll yet", &why);
         }
         for (key, target) in desired {
-            if self.pods.contains_key(&key) {
+            if self.pods.contains_key(&key) || !self.retries.due(&key, &target, now) {
                 continue;
             }
-            match self.enroll(&key, target) {
-                Ok(()) => {
-                    self.failures.remove(&key);
-                }
+            match self.enroll(&key, target.clone()) {
+                Ok(()) => self.retries.succeeded(&key),
                 Err(e) => {
-                    warn!(pod = %key, error = format!("{e:#}"), "enrollment failed; will retry");
-                    self.failures.insert(key, format!("{e:#}"));
+                    let why = format!("{e:#}");
+                    let report = self.retries.record(&key, why.clone(), Some(target), now);
+                    log_failure(&key, report, "enrollment failed", &why);
                 }
             }
         }
+        // An enrolled pod has nothing to retry (keeps the retry timer from firing for it).
+        let enrolled = &self.pods;
+        self.retries.retain(|k| !enrolled.contains_key(k));
+    }
+
+    /// The targets of the pods to enroll, the pods that cannot be located yet, and notices.
+    #[allow(clippy::type_complexity)]
+    fn desired(
+        &mut self,
+        state: &State,
+    ) -> (
+        BTreeMap<PodKey, Target>,
+        Vec<(PodKey, String)>,
+        BTreeMap<PodKey, String>,
+    ) {
+        let td = self.shared.trust_domain.clone();
+        let node = self.shared.node.clone();
+        let mut desired = BTreeMap::new();
+        let mut unlocated = Vec::new();
+        let mut notices = BTreeMap::new();
+        for p in state.pods_on(&node) {
+            if state.enrollment(p, &node) == state::Enrollment::MeshItself
+                && asks_for_mesh(state, p)
+            {
+                notices.insert(p.key.clone(), target::mesh_itself());
+            }
+        }
+        for p in state.enrolled_pods(&node) {
+            if let Some(why) = target::ignored_annotations(p, self.mode) {
+                notices.insert(p.key.clone(), why);
+            }
+            match Target::of(p, &td, self.mode, &mut self.locator, self.node_netns) {
+                Ok(t) => {
+                    desired.insert(p.key.clone(), t);
+                }
+                Err(NotEnrollable::Refused(why)) => {
+                    notices.insert(p.key.clone(), why);
+                }
+                Err(NotEnrollable::Retry(why)) => match self.pods.get(&p.key) {
+                    // Enrolled, and no process to find it by for now (its first one exited, the
+                    // next not yet there): the netns lives on in the file the agent holds.
+                    Some(e) if still_matches(&e.target, p, &td) => {
+                        debug!(pod = %p.key, reason = %why, "keeping enrollment on the open netns");
+                        desired.insert(p.key.clone(), e.target.clone());
+                    }
+                    _ => unlocated.push((p.key.clone(), why)),
+                },
+            }
+        }
+        (desired, unlocated, notices)
+    }
+
+    /// Logs each notice when it first appears (or changes), not on every reconcile.
+    fn notify(&mut self, notices: BTreeMap<PodKey, String>) {
+        for (key, why) in &notices {
+            if self.notices.get(key) != Some(why) {
+                warn!(pod = %key, "{why}");
+            }
+        }
+        self.notices = notices;
     }
 
     /// Hooks pinned by an earlier agent for pods that are no longer to be enrolled.
@@ -166,8 +207,18 @@ impl Enrollment {
 
     fn enroll(&mut self, key: &PodKey, target: Target) -> anyhow::Result<()> {
         use anyhow::Context as _;
-        let netns = Netns::open(&target.netns)
-            .with_context(|| format!("opening netns {}", target.netns.display()))?;
+        let path = &target.netns_path;
+        let netns =
+            Netns::open(path).with_context(|| format!("opening netns {}", path.display()))?;
+        if netns.id() != target.netns {
+            anyhow::bail!("netns {} changed while it was opened", path.display());
+        }
+        // Before binding: from now on no new socket of the pod takes the mesh's ports.
+        if let Err(e) = ports::reserve_mesh_ports(&netns) {
+            warn!(pod = %key, error = %e, "cannot reserve the mesh's ports in the pod \
+                (net.ipv4.ip_local_reserved_ports); a pod socket holding one blocks enrollment \
+                until it closes");
+        }
         let listeners =
             InpodListeners::open(&netns, target.ip).context("opening in-pod listeners")?;
         let maps = self.redirect.maps.clone();
@@ -235,12 +286,19 @@ impl Enrollment {
         info!(pod = %key, "pod released");
     }
 
-    pub fn has_failures(&self) -> bool {
-        !self.failures.is_empty()
+    /// When a failed enrollment is next due for a retry.
+    pub fn next_retry(&self) -> Option<Instant> {
+        self.retries.next_due()
     }
 
     pub fn failures(&self) -> BTreeMap<String, String> {
-        self.failures
+        self.retries.reasons()
+    }
+
+    /// Pods the agent refuses to enroll as they ask (the mesh itself, the host network,
+    /// Kubernetes-mode annotations), with the reason.
+    pub fn notices(&self) -> BTreeMap<String, String> {
+        self.notices
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect()
@@ -253,7 +311,8 @@ impl Enrollment {
                 pod: k.to_string(),
                 ip: e.target.ip,
                 identity: e.target.identity.clone(),
-                netns: e.target.netns.clone(),
+                netns: e.target.netns_path.clone(),
+                netns_inode: e.target.netns.ino,
                 netns_cookie: e.ctx.netns.cookie(),
                 cgroup: e.target.cgroup.clone(),
                 hooks: e.hooks.names().to_vec(),
@@ -261,5 +320,30 @@ impl Enrollment {
                 adopted: e.hooks.adopted,
             })
             .collect()
+    }
+}
+
+/// A pod (or its namespace) labelled to be enrolled.
+fn asks_for_mesh(state: &State, pod: &Pod) -> bool {
+    use crate::config::{MESH_ENABLED, MESH_LABEL};
+    state.namespace_asks_for_mesh(&pod.key.namespace)
+        || pod
+            .labels
+            .get(MESH_LABEL)
+            .is_some_and(|v| v == MESH_ENABLED)
+}
+
+/// The enrolled target still fits the pod (same address and identity).
+fn still_matches(t: &Target, pod: &Pod, trust_domain: &str) -> bool {
+    Some(t.ip) == pod.ip
+        && t.identity == Identity::new(trust_domain, &pod.key.namespace, &pod.service_account)
+}
+
+/// A new reason at warn; the same reason again only at debug.
+fn log_failure(key: &PodKey, report: Report, what: &str, why: &str) {
+    match report {
+        Report::New => warn!(pod = %key, reason = %why, "{what}; will retry"),
+        Report::Repeat => debug!(pod = %key, reason = %why, "{what} again; will retry"),
+        Report::Unchanged => {}
     }
 }

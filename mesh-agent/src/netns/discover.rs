@@ -9,8 +9,10 @@
 //! 2. A process of the pod: the first PID in `cgroup.procs` of that directory or of its
 //!    container children (the sandbox's pause process shares the pod's netns, as does every
 //!    container of a pod that is not hostNetwork).
-//! 3. Its netns: `/proc/<pid>/ns/net`. The agent opens it once; the open file keeps the netns,
-//!    so the PID may come and go afterwards.
+//! 3. Its netns: `/proc/<pid>/ns/net`. Looked up again on every call (a cached PID may have
+//!    exited, or been reused by a process of another pod); enrollment compares the netns by
+//!    inode, so another process of the same pod names the same netns, and the open file keeps
+//!    the netns alive when the pod has no process for a while.
 
 use std::{
     collections::HashMap,
@@ -31,7 +33,8 @@ pub struct PodPaths {
 pub struct Locator {
     cgroup_root: PathBuf,
     proc_root: PathBuf,
-    found: HashMap<String, PodPaths>,
+    /// UID → the pod's cgroup directory (the tree walk is the expensive step).
+    cgroups: HashMap<String, PathBuf>,
 }
 
 impl Locator {
@@ -39,7 +42,7 @@ impl Locator {
         Self {
             cgroup_root,
             proc_root,
-            found: HashMap::new(),
+            cgroups: HashMap::new(),
         }
     }
 
@@ -54,28 +57,25 @@ impl Locator {
 
     /// The netns and cgroup of the pod with `uid`; errors say which step failed.
     pub fn locate(&mut self, uid: &str) -> Result<PodPaths, String> {
-        if let Some(p) = self.found.get(uid) {
-            if p.netns.exists() {
-                return Ok(p.clone());
-            }
-        }
-        let cgroup = find_pod_cgroup(&self.cgroup_root, uid).ok_or_else(|| {
-            format!(
-                "no cgroup named after pod UID {uid} under {} (kubelet with cgroup v2?)",
-                self.cgroup_root.display()
-            )
-        })?;
+        let cgroup = match self.cgroups.get(uid).filter(|c| c.is_dir()) {
+            Some(c) => c.clone(),
+            None => find_pod_cgroup(&self.cgroup_root, uid).ok_or_else(|| {
+                format!(
+                    "no cgroup named after pod UID {uid} under {} (kubelet with cgroup v2?)",
+                    self.cgroup_root.display()
+                )
+            })?,
+        };
+        self.cgroups.insert(uid.to_owned(), cgroup.clone());
         let pid = first_pid(&cgroup)
             .ok_or_else(|| format!("no process in pod cgroup {} yet", cgroup.display()))?;
         let netns = self.proc_root.join(pid.to_string()).join("ns/net");
-        let paths = PodPaths { netns, cgroup };
-        self.found.insert(uid.to_owned(), paths.clone());
-        Ok(paths)
+        Ok(PodPaths { netns, cgroup })
     }
 
     /// Forgets pods that are gone.
     pub fn retain(&mut self, uids: &[&str]) {
-        self.found.retain(|uid, _| uids.contains(&uid.as_str()));
+        self.cgroups.retain(|uid, _| uids.contains(&uid.as_str()));
     }
 }
 
@@ -193,6 +193,28 @@ mod tests {
         let p = l.locate(UID).unwrap();
         assert!(p.cgroup.ends_with(format!("kubepods/pod{UID}")));
         assert_eq!(p.netns, PathBuf::from("/host/proc/555/ns/net"));
+    }
+
+    #[test]
+    fn a_pid_that_left_the_pod_is_not_trusted_again() {
+        let pod = format!("kubepods/pod{UID}");
+        let cgroups = tree(&[(&pod, "300\n"), (&format!("{pod}/ctr"), "200\n")]);
+        // Every PID has a /proc entry: PID 200 is reused by a process outside the pod.
+        let proc_root = tree(&[("200/ns", ""), ("300/ns", "")]);
+        for pid in ["200", "300"] {
+            std::fs::write(proc_root.path().join(pid).join("ns/net"), "").unwrap();
+        }
+        let mut l = Locator::new(cgroups.path().into(), proc_root.path().into());
+        assert_eq!(
+            l.locate(UID).unwrap().netns,
+            proc_root.path().join("200/ns/net")
+        );
+        std::fs::write(cgroups.path().join(&pod).join("ctr/cgroup.procs"), "").unwrap();
+        assert_eq!(
+            l.locate(UID).unwrap().netns,
+            proc_root.path().join("300/ns/net"),
+            "a process still in the pod's cgroup"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::{
     services::{EndpointSlice, Service, ServiceKey},
     MeshConfig, PeerAuthentication,
 };
-use crate::config::{MESH_DISABLED, MESH_ENABLED, MESH_LABEL};
+use crate::config::{MESH_DISABLED, MESH_ENABLED, MESH_LABEL, SYSTEM_NAMESPACE};
 
 /// `namespace/name`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -141,6 +141,8 @@ pub enum Enrollment {
     NotOnThisNode,
     NamespaceNotEnrolled,
     OptedOut,
+    /// A pod of Weft's own namespace: the mesh never enrolls itself.
+    MeshItself,
     Incomplete(&'static str),
 }
 
@@ -183,12 +185,10 @@ impl State {
         if pod.node.as_deref() != Some(node) {
             return Enrollment::NotOnThisNode;
         }
-        let ns_enabled = self
-            .namespaces
-            .get(&pod.key.namespace)
-            .and_then(|ns| ns.labels.get(MESH_LABEL))
-            .is_some_and(|v| v == MESH_ENABLED);
-        if !ns_enabled {
+        if pod.key.namespace == SYSTEM_NAMESPACE {
+            return Enrollment::MeshItself;
+        }
+        if !self.namespace_asks_for_mesh(&pod.key.namespace) {
             return Enrollment::NamespaceNotEnrolled;
         }
         if pod
@@ -217,6 +217,15 @@ impl State {
     pub fn enrolled_pods<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Pod> + 'a {
         self.pods_on(node)
             .filter(move |p| self.enrollment(p, node) == Enrollment::Enrolled)
+    }
+
+    /// Whether the namespace carries `weft.dev/mesh: enabled` (which, for Weft's own
+    /// namespace, is refused with a message).
+    pub fn namespace_asks_for_mesh(&self, namespace: &str) -> bool {
+        self.namespaces
+            .get(namespace)
+            .and_then(|ns| ns.labels.get(MESH_LABEL))
+            .is_some_and(|v| v == MESH_ENABLED)
     }
 
     /// The pods scheduled on `node`.
@@ -268,7 +277,7 @@ mod tests {
 
     fn state() -> State {
         let mut s = State::default();
-        for (name, enabled) in [("mesh", true), ("plain", false)] {
+        for (name, enabled) in [("mesh", true), ("plain", false), (SYSTEM_NAMESPACE, true)] {
             let mut labels = BTreeMap::new();
             if enabled {
                 labels.insert(MESH_LABEL.to_string(), MESH_ENABLED.to_string());
@@ -315,6 +324,15 @@ mod tests {
             s.enrollment(&pod("mesh", "n1", &[(MESH_LABEL, MESH_DISABLED)]), "n1"),
             Enrollment::OptedOut
         );
+        // Labels cannot enroll the mesh's own pods: not the namespace's, not the pod's.
+        assert_eq!(
+            s.enrollment(
+                &pod(SYSTEM_NAMESPACE, "n1", &[(MESH_LABEL, MESH_ENABLED)]),
+                "n1"
+            ),
+            Enrollment::MeshItself
+        );
+        assert!(s.namespace_asks_for_mesh(SYSTEM_NAMESPACE));
         let mut no_ip = pod("mesh", "n1", &[]);
         no_ip.ip = None;
         assert_eq!(
