@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{agent::agent_bin, eventually, netns, topology::Node, Topology};
+use crate::{agent::agent_bin, eventually, netns, topology::Node, Pod, Topology};
 
 pub struct Ca {
     pub addr: SocketAddr,
@@ -17,6 +17,9 @@ pub struct Ca {
     args: Vec<String>,
     node: Node,
     log: PathBuf,
+    /// Where the process runs: the node's netns, or a pod's netns and cgroup.
+    netns: String,
+    cgroup: Option<PathBuf>,
 }
 
 impl Ca {
@@ -32,6 +35,37 @@ impl Ca {
         let addr: SocketAddr = format!("10.{}.0.1:{port}", node.index)
             .parse()
             .expect("addr");
+        Self::start_at(
+            topo,
+            node,
+            (addr, &node.netns, None),
+            lifetime_secs,
+            trust_domain,
+        )
+    }
+
+    /// Starts a CA as a pod of the topology (as deploy/ runs it, in its own netns and cgroup),
+    /// serving on the pod's address.
+    pub fn start_in_pod(
+        topo: &Topology,
+        pod: &Pod,
+        port: u16,
+        lifetime_secs: u64,
+        trust_domain: &str,
+    ) -> Self {
+        let node = topo.node_named(&pod.node).clone();
+        let place = (pod.addr(port), pod.netns.as_str(), Some(pod.cgroup.clone()));
+        Self::start_at(topo, &node, place, lifetime_secs, trust_domain)
+    }
+
+    fn start_at(
+        topo: &Topology,
+        node: &Node,
+        (addr, netns, cgroup): (SocketAddr, &str, Option<PathBuf>),
+        lifetime_secs: u64,
+        trust_domain: &str,
+    ) -> Self {
+        let port = addr.port();
         let state_dir = topo.dir.join(format!("ca-{port}"));
         let args = vec![
             "ca".into(),
@@ -53,6 +87,8 @@ impl Ca {
             args,
             node: node.clone(),
             log: topo.dir.join(format!("ca-{port}.log")),
+            netns: netns.to_owned(),
+            cgroup,
         };
         ca.spawn(topo);
         ca
@@ -78,6 +114,8 @@ impl Ca {
             args,
             node: of.node.clone(),
             log: topo.dir.join(format!("ca-{port}.log")),
+            netns: of.node.netns.clone(),
+            cgroup: None,
         };
         ca.spawn(topo);
         ca
@@ -95,10 +133,10 @@ impl Ca {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("fd"))
             .stderr(log);
-        netns::command_in(&mut cmd, &self.node.netns, None).expect("netns");
+        netns::command_in(&mut cmd, &self.netns, self.cgroup.clone()).expect("netns");
         self.child = Some(cmd.spawn().expect("start mesh-agent ca"));
         let nodes: Vec<String> = topo.nodes().iter().map(|n| n.name.clone()).collect();
-        let (ns, addr) = (self.node.netns.clone(), self.addr);
+        let (ns, addr) = (self.netns.clone(), self.addr);
         eventually("the CA to serve", Duration::from_secs(20), || {
             let written = nodes
                 .iter()
