@@ -63,12 +63,16 @@ fn the_mesh_never_enrolls_its_own_namespace_even_when_labelled_under_strict() {
         "meshed traffic under STRICT: {:?}",
         r.raw
     );
-    eventually("the server's access-log line", Duration::from_secs(10), || {
-        a2.access_log().into_iter().find(|l| {
-            l["src"]["identity"] == "spiffe://cluster.local/ns/mesh/sa/client"
-                && l["connection_security_policy"] == "mutual_tls"
-        })
-    });
+    eventually(
+        "the server's access-log line",
+        Duration::from_secs(10),
+        || {
+            a2.access_log().into_iter().find(|l| {
+                l["src"]["identity"] == "spiffe://cluster.local/ns/mesh/sa/client"
+                    && l["connection_security_policy"] == "mutual_tls"
+            })
+        },
+    );
 
     assert!(
         a1.enrolled(&ca_pod).is_none(),

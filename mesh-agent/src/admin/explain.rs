@@ -105,6 +105,7 @@ pub async fn explain(shared: &Shared, status: &Status, from: &str, to: &str) -> 
                 let why = status
                     .enrollment_errors
                     .get(from)
+                    .or_else(|| status.enrollment_notices.get(from))
                     .cloned()
                     .unwrap_or_else(|| "enrollment in progress".into());
                 lines.push(format!(

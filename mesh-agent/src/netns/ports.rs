@@ -17,18 +17,35 @@ use super::Netns;
 /// The ports the agent listens on inside a pod.
 pub const MESH_PORTS: [u16; 3] = [ports::OUTBOUND, ports::INBOUND, ports::HBONE];
 
-const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+/// Where the sysctl is written: /proc/sys, or — in a container, whose /proc/sys the runtime
+/// mounts read-only — the host's procfs mounted at /host/proc (deploy/kubernetes/agent.yaml).
+/// Either shows the netns of the thread that opens it.
+const RESERVED_PORTS: [&str; 2] = [
+    "/proc/sys/net/ipv4/ip_local_reserved_ports",
+    "/host/proc/sys/net/ipv4/ip_local_reserved_ports",
+];
 
 /// Adds [`MESH_PORTS`] to the pod's reserved ports (written from inside its netns, where
 /// /proc/sys/net is the pod's).
 pub fn reserve_mesh_ports(netns: &Netns) -> io::Result<()> {
-    netns.run(|| -> io::Result<()> {
-        let current = std::fs::read_to_string(RESERVED_PORTS)?;
-        match merged(&current, &MESH_PORTS) {
-            Some(value) => std::fs::write(RESERVED_PORTS, value),
-            None => Ok(()),
+    netns.run(|| {
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no procfs");
+        for path in RESERVED_PORTS {
+            match reserve_at(path) {
+                Ok(()) => return Ok(()),
+                Err(e) => last = io::Error::new(e.kind(), format!("{path}: {e}")),
+            }
         }
+        Err(last)
     })?
+}
+
+fn reserve_at(path: &str) -> io::Result<()> {
+    let current = std::fs::read_to_string(path)?;
+    match merged(&current, &MESH_PORTS) {
+        Some(value) => std::fs::write(path, value),
+        None => Ok(()),
+    }
 }
 
 /// The new value of ip_local_reserved_ports (`80,1000-1010` style) that also holds `wanted`, or
