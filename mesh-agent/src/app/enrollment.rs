@@ -1,8 +1,11 @@
 //! Enrollment: keeps the set of hooked pods equal to the set the state says to enroll.
 //!
 //! Enrolling a pod, in this order so that no connection is captured without a listener:
-//! open the in-pod listeners (inside the pod's netns), register the pod address and its inbound
-//! listener in the maps, start the accept loops, then attach (or adopt) the hooks.
+//! reserve the mesh's ports in the pod's ephemeral range, open the in-pod listeners (inside the
+//! pod's netns), register the pod address and its inbound listener in the maps, start the
+//! accept loops, then attach (or adopt) the hooks. A pod is enrolled anew only when its target
+//! changes (address, identity, cgroup, or its netns by inode); failures are retried with a
+//! per-pod backoff.
 //! Un-enrolling runs the other way: hooks first, so new connects go direct at once; established
 //! connections are left to finish.
 
@@ -25,6 +28,14 @@ use crate::{
 };
 use retry::{Report, Retries};
 use target::{NotEnrollable, Target};
+
+/// What the state asks of this node's pods, as found on the node.
+struct Desired {
+    targets: BTreeMap<PodKey, Target>,
+    /// To enroll, but not found yet: why.
+    unlocated: Vec<(PodKey, String)>,
+    notices: BTreeMap<PodKey, String>,
+}
 
 struct Enrolled {
     target: Target,
@@ -91,7 +102,11 @@ impl Enrollment {
 
     pub fn reconcile(&mut self, state: &State) {
         let now = Instant::now();
-        let (desired, unlocated, notices) = self.desired(state);
+        let Desired {
+            targets: desired,
+            unlocated,
+            notices,
+        } = self.desired(state);
         self.notify(notices);
         if let Some(l) = &mut self.locator {
             let uids: Vec<&str> = state
@@ -136,16 +151,7 @@ impl Enrollment {
         self.retries.retain(|k| !enrolled.contains_key(k));
     }
 
-    /// The targets of the pods to enroll, the pods that cannot be located yet, and notices.
-    #[allow(clippy::type_complexity)]
-    fn desired(
-        &mut self,
-        state: &State,
-    ) -> (
-        BTreeMap<PodKey, Target>,
-        Vec<(PodKey, String)>,
-        BTreeMap<PodKey, String>,
-    ) {
+    fn desired(&mut self, state: &State) -> Desired {
         let td = self.shared.trust_domain.clone();
         let node = self.shared.node.clone();
         let mut desired = BTreeMap::new();
@@ -180,7 +186,11 @@ impl Enrollment {
                 },
             }
         }
-        (desired, unlocated, notices)
+        Desired {
+            targets: desired,
+            unlocated,
+            notices,
+        }
     }
 
     /// Logs each notice when it first appears (or changes), not on every reconcile.
