@@ -183,3 +183,93 @@ fn meshctl_validate_reads_the_file_it_is_given() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The config dir is a mounted volume (reached through a symlink, as a ConfigMap's files are);
+/// the volume is unmounted. What is left is an empty directory on another device: the agent
+/// keeps the last good configuration and says why, instead of releasing every pod.
+#[test]
+fn an_unmounted_config_volume_keeps_pods_enrolled() {
+    if !features::require(
+        "an_unmounted_config_volume_keeps_pods_enrolled",
+        features::CAPTURE,
+    ) {
+        return;
+    }
+    let mut m = OneNode::new(&[8080]);
+    let mut client = Client::start(&mut m.topo, &m.client);
+    let dst = m.server.addr(8080);
+
+    let dir = m.topo.config_dir();
+    let volume = m.topo.dir.join("volume");
+    std::fs::create_dir(&volume).expect("mount point");
+    let run = |cmd: &str, args: &[&std::ffi::OsStr]| {
+        let ok = std::process::Command::new(cmd)
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "{cmd} {args:?}");
+    };
+    run(
+        "mount",
+        &[
+            "-t".as_ref(),
+            "tmpfs".as_ref(),
+            "weft-test".as_ref(),
+            volume.as_os_str(),
+        ],
+    );
+    let _unmount = Unmount(volume.clone());
+    for entry in std::fs::read_dir(&dir).expect("config dir") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(&path, volume.join(path.file_name().expect("name"))).expect("copy");
+    }
+    std::fs::write(
+        volume.join("marker.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: marker}\n",
+    )
+    .expect("marker");
+    // Swap the directory for a link to the volume, atomically.
+    let link = m.topo.dir.join("config.link");
+    std::os::unix::fs::symlink(&volume, &link).expect("symlink");
+    let old = m.topo.dir.join("config.old");
+    std::fs::rename(&dir, &old).expect("move the dir");
+    std::fs::rename(&link, &dir).expect("the link in its place");
+    // Wait until the agent has read the volume (its marker, of a kind Weft does not use, is
+    // listed in /config_dump).
+    eventually("the volume read", Duration::from_secs(10), || {
+        let dump = m.agent.config_dump();
+        let kinds = dump["ignored_kinds"].as_array()?.clone();
+        kinds
+            .iter()
+            .any(|k| k["kind"] == "v1 ConfigMap")
+            .then_some(())
+    });
+    m.agent.wait_enrolled(&m.client);
+
+    run("umount", &[volume.as_os_str()]);
+    let dump = eventually("the unmount reported", Duration::from_secs(10), || {
+        let dump = m.agent.config_dump();
+        let msg = dump["config_unreadable"][0]["message"].as_str()?.to_owned();
+        msg.contains("another file system").then_some(dump)
+    });
+    assert!(
+        m.agent.enrolled(&m.client).is_some(),
+        "the pod was released when the volume went: {:#}",
+        dump["pods"]
+    );
+    let r = client.connect(dst, 64 << 10);
+    assert!(r.intact() && captured(&r), "{:?}", r.raw);
+    assert!(!m.agent.log().contains("released"), "{}", m.agent.log());
+}
+
+/// Unmounts on the way out, whatever happened.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(&self.0)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}

@@ -117,6 +117,8 @@ struct Good {
 #[derive(Debug, Default)]
 pub struct LastGood {
     by_file: HashMap<PathBuf, Vec<Good>>,
+    /// The device the directory was on.
+    dev: Option<u64>,
 }
 
 const KEPT: &str = "; the previous version stays in force";
@@ -128,11 +130,11 @@ pub fn load_dir(path: &Path) -> Loaded {
     let listing = match fs.entry(path) {
         Ok(read::Entry::File(f)) => Listing {
             files: vec![(path.to_owned(), f)],
-            unreadable: Vec::new(),
+            ..Listing::default()
         },
         Err(e) => Listing {
-            files: Vec::new(),
             unreadable: vec![(path.to_owned(), format!("cannot read: {e}"))],
+            ..Listing::default()
         },
         _ => read::list(&fs, path),
     };
@@ -143,6 +145,26 @@ pub fn load_dir(path: &Path) -> Loaded {
 /// cannot be read.
 pub fn load_dir_keeping(fs: &dyn ConfigFs, dir: &Path, last: &mut LastGood) -> Loaded {
     load_listing(fs, &read::list(fs, dir), last)
+}
+
+/// A directory that is suddenly empty and on another device is an unmounted volume, not a
+/// decision to delete everything: it is treated as unreadable until files appear in it.
+fn unmounted(dir: &Path, listing: &Listing, last: &mut LastGood) -> Option<(PathBuf, String)> {
+    let (Some(before), Some(now)) = (last.dev, listing.dev) else {
+        last.dev = listing.dev.or(last.dev);
+        return None;
+    };
+    if before != now && listing.files.is_empty() && !last.by_file.is_empty() {
+        return Some((
+            dir.to_owned(),
+            format!(
+                "the directory is empty and on another file system than before (device {before}, now {now}): \
+                 an unmounted volume?"
+            ),
+        ));
+    }
+    last.dev = Some(now);
+    None
 }
 
 /// A document that would apply, and where it comes from.
@@ -176,7 +198,9 @@ impl Pass {
 fn load_listing(fs: &dyn ConfigFs, listing: &Listing, last: &mut LastGood) -> Loaded {
     let mut pass = Pass::default();
     let listed: HashSet<&Path> = listing.files.iter().map(|(p, _)| p.as_path()).collect();
-    for (path, why) in &listing.unreadable {
+    let mut unreadable = listing.unreadable.clone();
+    unreadable.extend(unmounted(&listing.root, listing, last));
+    for (path, why) in &unreadable {
         // Files the last good configuration had under what cannot be read now.
         let kept: Vec<&PathBuf> = last
             .by_file
@@ -1125,5 +1149,38 @@ status: {podIP: 10.0.1.2}
         release.send(()).unwrap();
         rx.changed().await.unwrap();
         assert_eq!(pod_names(&rx.borrow().as_ref().unwrap().state), ["web"]);
+    }
+
+    #[test]
+    fn an_unmounted_volume_is_not_an_empty_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("all.yaml"), GOOD).unwrap();
+        let fs = read::fake::Failing::default();
+        let mut last = LastGood::default();
+        load_dir_keeping(&fs, dir.path(), &mut last);
+
+        // The volume goes: what is left is an empty directory on the parent's device.
+        std::fs::remove_file(dir.path().join("all.yaml")).unwrap();
+        fs.remount(dir.path());
+        for _ in 0..2 {
+            let loaded = load_dir_keeping(&fs, dir.path(), &mut last);
+            assert_eq!(pod_names(&loaded.state), ["web"]);
+            let e = &loaded.unreadable[0];
+            assert!(
+                e.message.contains("another file system") && e.message.contains("stays in force"),
+                "{e}"
+            );
+        }
+        // Files on the new device: that is the configuration now.
+        let other = GOOD.replace("name: web", "name: api");
+        std::fs::write(dir.path().join("all.yaml"), other).unwrap();
+        let loaded = load_dir_keeping(&fs, dir.path(), &mut last);
+        assert!(loaded.unreadable.is_empty(), "{:?}", loaded.unreadable);
+        assert_eq!(pod_names(&loaded.state), ["api"]);
+        std::fs::remove_file(dir.path().join("all.yaml")).unwrap();
+        assert!(load_dir_keeping(&fs, dir.path(), &mut last)
+            .state
+            .pods
+            .is_empty());
     }
 }

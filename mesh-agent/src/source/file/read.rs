@@ -85,22 +85,31 @@ impl ConfigFs for RealFs {
 /// The directory's files and what in it could not be read.
 #[derive(Debug, Default, PartialEq)]
 pub struct Listing {
+    /// The directory listed.
+    pub root: PathBuf,
     /// Regular files, sorted, with their fingerprints.
     pub files: Vec<(PathBuf, Fingerprint)>,
     /// Directories or entries that could not be read, with the reason: whatever the last good
     /// configuration had under them is still in force.
     pub unreadable: Vec<(PathBuf, String)>,
+    /// The directory's device, when it could be listed: a volume that is unmounted leaves an
+    /// empty directory on another device behind.
+    pub dev: Option<u64>,
 }
 
 /// Regular, non-hidden files under `dir`, recursively, symlinks followed (hidden names are
 /// skipped: a ConfigMap's `..data` and `..2024_…` directories are reached through the
 /// visible links to them, so each file is read once).
 pub fn list(fs: &dyn ConfigFs, dir: &Path) -> Listing {
-    let mut listing = Listing::default();
+    let mut listing = Listing {
+        root: dir.to_owned(),
+        ..Listing::default()
+    };
     let mut seen = HashSet::new();
     match fs.entry(dir) {
         Ok(Entry::Dir { dev, ino }) => {
             seen.insert((dev, ino));
+            listing.dev = Some(dev);
             walk(fs, dir, 0, &mut seen, &mut listing);
         }
         Ok(_) => listing
@@ -160,13 +169,20 @@ pub mod fake {
 
     use super::{ConfigFs, Entry, RealFs};
 
-    /// The real file system, except for the paths given an error.
+    /// The real file system, except for the paths given an error, and directories that
+    /// appear on another device.
     #[derive(Default)]
     pub struct Failing {
         errors: Mutex<HashMap<PathBuf, i32>>,
+        remounted: Mutex<Vec<PathBuf>>,
     }
 
     impl Failing {
+        /// From now on, `dir` reports another device (as after an unmount).
+        pub fn remount(&self, dir: &Path) {
+            self.remounted.lock().unwrap().push(dir.to_owned());
+        }
+
         /// From now on, every access to `path` fails with `errno`.
         pub fn fail(&self, path: &Path, errno: i32) {
             self.errors.lock().unwrap().insert(path.to_owned(), errno);
@@ -192,7 +208,14 @@ pub mod fake {
 
         fn entry(&self, path: &Path) -> io::Result<Entry> {
             // Listing a name works even when opening it does not (EACCES, EMFILE on open).
-            RealFs.entry(path)
+            match RealFs.entry(path)? {
+                Entry::Dir { dev, ino }
+                    if self.remounted.lock().unwrap().iter().any(|d| d == path) =>
+                {
+                    Ok(Entry::Dir { dev: dev + 1, ino })
+                }
+                other => Ok(other),
+            }
         }
 
         fn read(&self, path: &Path, limit: usize) -> io::Result<Vec<u8>> {
