@@ -245,6 +245,11 @@ fn an_unmounted_config_volume_keeps_pods_enrolled() {
             .then_some(())
     });
     m.agent.wait_enrolled(&m.client);
+    let (_, status) = m.agent.meshctl(&["status"]);
+    assert!(
+        status.contains("not used (kinds Weft does not act on): v1 ConfigMap (1)"),
+        "{status}"
+    );
 
     run("umount", &[volume.as_os_str()]);
     let dump = eventually("the unmount reported", Duration::from_secs(10), || {

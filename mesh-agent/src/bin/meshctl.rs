@@ -282,6 +282,18 @@ fn status(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
             println!("  {}", config_error(&e));
         }
     }
+    let ignored: Vec<String> = v["ignored_kinds"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| format!("{} ({})", i["kind"].as_str().unwrap_or("?"), i["documents"]))
+        .collect();
+    if !ignored.is_empty() {
+        println!(
+            "not used (kinds Weft does not act on): {}",
+            ignored.join(", ")
+        );
+    }
     println!("kernel counters: {}", v["bpf"]["counters"]);
     Ok(())
 }

@@ -325,6 +325,7 @@ pub async fn watch_kinds(
     }
     drop(events);
     let mut store = Store::new(kinds, node);
+    let mut logged_kinds = std::collections::HashSet::new();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
@@ -357,6 +358,13 @@ pub async fn watch_kinds(
             store = back;
             for e in &loaded.errors {
                 warn!(object = %e.file.display(), field = %e.field, "rejected: {}", e.message);
+            }
+            for i in loaded
+                .ignored
+                .iter()
+                .filter(|i| logged_kinds.insert(i.kind.clone()))
+            {
+                info!(kind = %i.kind, first = %i.first, "objects of this kind are not used: {}", i.reason);
             }
             tx.send_replace(Some(loaded));
         }
