@@ -8,7 +8,7 @@
 use std::{
     collections::HashSet,
     io::{self, Read as _},
-    os::unix::fs::MetadataExt as _,
+    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
     time::SystemTime,
 };
@@ -74,10 +74,17 @@ impl ConfigFs for RealFs {
     }
 
     fn read(&self, path: &Path, limit: usize) -> io::Result<Vec<u8>> {
+        // Non-blocking open: a name swapped for a FIFO since the listing must not hang the
+        // reader (for a regular file the flag changes nothing).
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)?;
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::other("not a regular file"));
+        }
         let mut out = Vec::new();
-        std::fs::File::open(path)?
-            .take(limit as u64 + 1)
-            .read_to_end(&mut out)?;
+        file.take(limit as u64 + 1).read_to_end(&mut out)?;
         Ok(out)
     }
 }
@@ -222,5 +229,20 @@ pub mod fake {
             self.check(path)?;
             RealFs.read(path, limit)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fifo_in_place_of_a_file_is_refused_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("cluster.yaml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let e = RealFs.read(&fifo, 10).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        assert!(list(&RealFs, dir.path()).files.is_empty());
     }
 }
