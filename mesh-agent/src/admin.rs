@@ -27,7 +27,7 @@ use crate::{
     identity::{manager::CertStatus, CertManager},
     proxy::Shared,
     redirect::Maps,
-    source::ConfigError,
+    source::{ConfigError, Ignored},
     state::State,
 };
 
@@ -49,6 +49,10 @@ pub struct Status {
     pub enrollment_notices: BTreeMap<String, String>,
     /// Configuration documents that were rejected.
     pub config_errors: Vec<ConfigError>,
+    /// Configuration that could not be read (the last good version of it stays in force).
+    pub config_unreadable: Vec<ConfigError>,
+    /// Documents of kinds the agent does not act on, once per kind.
+    pub ignored_kinds: Vec<Ignored>,
 }
 
 impl Status {
@@ -62,6 +66,8 @@ impl Status {
             enrollment_errors: BTreeMap::new(),
             enrollment_notices: BTreeMap::new(),
             config_errors: Vec::new(),
+            config_unreadable: Vec::new(),
+            ignored_kinds: Vec::new(),
         }
     }
 }
@@ -171,7 +177,10 @@ fn json(v: &impl Serialize) -> Response<Full<Bytes>> {
 fn route_now(req: Request<Incoming>, live: &Live) -> Response<Full<Bytes>> {
     let status = live.status.read().expect("status lock");
     match req.uri().path() {
-        "/healthz/ready" if status.ready => text(StatusCode::OK, readiness(live.certs.as_ref())),
+        "/healthz/ready" if status.ready => text(
+            StatusCode::OK,
+            readiness(live.certs.as_ref(), &status.config_unreadable),
+        ),
         "/healthz/ready" => text(
             StatusCode::SERVICE_UNAVAILABLE,
             "configuration not loaded yet\n".into(),
@@ -229,10 +238,14 @@ pub fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// Ready means the configuration is applied. Certificate trouble does not make the agent unready
-/// (it keeps serving with the last good certificates) but is said here, one line per problem.
-fn readiness(certs: Option<&CertManager>) -> String {
+/// Ready means the configuration is applied. Certificate trouble and configuration that cannot
+/// be read do not make the agent unready (it keeps serving with the last good certificates and
+/// configuration) but are said here, one line per problem.
+fn readiness(certs: Option<&CertManager>, unreadable: &[ConfigError]) -> String {
     let mut out = String::from("ready\n");
+    for e in unreadable {
+        out += &format!("configuration: {e}\n");
+    }
     for s in certs.map(CertManager::statuses).unwrap_or_default() {
         let id = &s.identity;
         match (&s.last_error, s.expires_in_secs) {

@@ -112,6 +112,8 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
         s.enrollment_errors = enrollment.failures();
         s.enrollment_notices = enrollment.notices();
         s.config_errors = loaded.errors;
+        s.config_unreadable = loaded.unreadable;
+        s.ignored_kinds = loaded.ignored;
         s.state = shared.state.load_full();
         s.ready = true;
     }

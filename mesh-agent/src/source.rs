@@ -5,8 +5,9 @@
 pub mod file;
 pub mod kubernetes;
 pub mod objects;
+pub mod parse;
 
-pub use file::{load_dir, watch, ConfigError, Loaded};
+pub use file::{load_dir, watch, ConfigError, Ignored, Loaded};
 
 /// Starts the configured source; it publishes on `tx`.
 pub async fn start(

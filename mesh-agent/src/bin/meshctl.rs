@@ -146,19 +146,25 @@ fn encode(v: &str) -> String {
 }
 
 fn validate(path: PathBuf) -> ExitCode {
-    let dir = tempdir_for(&path);
-    let (state, errors) = load_dir(&dir.0);
-    for e in &errors {
+    let loaded = load_dir(&path);
+    for e in loaded.unreadable.iter().chain(&loaded.errors) {
         println!("error: {e}");
     }
+    for i in &loaded.ignored {
+        println!(
+            "note: {} document(s) of kind {} not used ({}), first at {}",
+            i.documents, i.kind, i.reason, i.first
+        );
+    }
+    let state = &loaded.state;
+    let errors = loaded.errors.len() + loaded.unreadable.len();
     println!(
-        "{} error(s); {} pod(s), {} namespace(s), {} node(s) read",
-        errors.len(),
+        "{errors} error(s); {} pod(s), {} namespace(s), {} node(s) read",
         state.pods.len(),
         state.namespaces.len(),
         state.nodes.len()
     );
-    if errors.is_empty() {
+    if errors == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -201,35 +207,6 @@ fn crds(out: Option<PathBuf>, check: Option<PathBuf>) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
-}
-
-/// `load_dir` reads directories; a single file is validated through a directory holding only it.
-struct Dir(PathBuf, bool);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        if self.1 {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-fn tempdir_for(path: &std::path::Path) -> Dir {
-    if path.is_dir() {
-        return Dir(path.to_owned(), false);
-    }
-    let dir = std::env::temp_dir().join(format!("meshctl-validate-{}", std::process::id()));
-    let _ = std::fs::create_dir_all(&dir);
-    let name = path.file_name().unwrap_or_default();
-    if std::os::unix::fs::symlink(
-        std::fs::canonicalize(path).unwrap_or(path.to_owned()),
-        dir.join(name),
-    )
-    .is_err()
-    {
-        let _ = std::fs::copy(path, dir.join(name));
-    }
-    Dir(dir, true)
 }
 
 fn status(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
@@ -281,12 +258,41 @@ fn status(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
             }
         }
     }
+    let unreadable = v["config_unreadable"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !unreadable.is_empty() {
+        println!(
+            "UNREADABLE configuration ({}; last good kept):",
+            unreadable.len()
+        );
+        for e in unreadable {
+            println!(
+                "  {}: {}",
+                e["file"].as_str().unwrap_or("?"),
+                e["message"].as_str().unwrap_or("?")
+            );
+        }
+    }
     let errors = v["config_errors"].as_array().cloned().unwrap_or_default();
     if !errors.is_empty() {
         println!("rejected configuration ({}; last good kept):", errors.len());
         for e in errors {
             println!("  {}", config_error(&e));
         }
+    }
+    let ignored: Vec<String> = v["ignored_kinds"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| format!("{} ({})", i["kind"].as_str().unwrap_or("?"), i["documents"]))
+        .collect();
+    if !ignored.is_empty() {
+        println!(
+            "not used (kinds Weft does not act on): {}",
+            ignored.join(", ")
+        );
     }
     println!("kernel counters: {}", v["bpf"]["counters"]);
     Ok(())

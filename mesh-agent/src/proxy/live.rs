@@ -128,7 +128,7 @@ mod tests {
             policy::AuthorizationPolicy {
                 namespace: "shop".into(),
                 name: "only-api".into(),
-                spec: serde_yaml::from_str(spec).unwrap(),
+                spec: yaml_serde::from_str(spec).unwrap(),
             },
         );
         assert_eq!(live.recheck(&state), 1);

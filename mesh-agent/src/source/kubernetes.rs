@@ -26,8 +26,11 @@ use kube::{
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use super::{file::parse_document, ConfigError, Loaded};
-use crate::state::State;
+use super::{
+    file::IgnoredKinds,
+    parse::{parse_document, Parsed},
+    ConfigError, Loaded,
+};
 
 /// A kind the agent watches.
 #[derive(Debug, Clone, Copy)]
@@ -108,6 +111,14 @@ pub const KINDS: &[Kind] = &[
         "v1alpha1",
         "AuthorizationPolicy",
         "authorizationpolicies",
+        true,
+    ),
+    // Refused with its reason (not enforced yet), as in file mode: never ignored in silence.
+    kind(
+        "weft.dev",
+        "v1alpha1",
+        "TrafficPolicy",
+        "trafficpolicies",
         true,
     ),
     kind(
@@ -215,35 +226,34 @@ impl Store {
 
     /// The state, through the same parser as the file source.
     pub fn build(&mut self) -> Loaded {
-        let mut state = State::default();
-        let mut errors = Vec::new();
+        let mut loaded = Loaded::default();
+        let mut ignored = IgnoredKinds::default();
         for (i, objects) in self.objects.iter().enumerate() {
             for (key, value) in objects {
                 let id = (i, key.clone());
+                let name = || format!("kubernetes:{}/{}/{}", self.kinds[i].kind, key.0, key.1);
                 match parse(value) {
-                    Ok(Some(object)) => {
-                        object.apply(&mut state);
+                    Ok((Parsed::Object(object), _)) => {
+                        object.apply(&mut loaded.state);
                         self.last_good.insert(id, value.clone());
                     }
-                    Ok(None) => {}
+                    Ok((Parsed::Empty, _)) => {}
+                    Ok((Parsed::Ignored(reason), yaml)) => ignored.note(&yaml, name, reason),
                     Err((field, message)) => {
-                        let last = self
-                            .last_good
-                            .get(&id)
-                            .and_then(|v| parse(v).ok().flatten());
+                        let last = self.last_good.get(&id).and_then(|v| match parse(v) {
+                            Ok((Parsed::Object(o), _)) => Some(o),
+                            _ => None,
+                        });
                         let kept = if last.is_some() {
                             "; the previous version stays in force"
                         } else {
                             ""
                         };
                         if let Some(object) = last {
-                            object.apply(&mut state);
+                            object.apply(&mut loaded.state);
                         }
-                        errors.push(ConfigError {
-                            file: PathBuf::from(format!(
-                                "kubernetes:{}/{}/{}",
-                                self.kinds[i].kind, key.0, key.1
-                            )),
+                        loaded.errors.push(ConfigError {
+                            file: PathBuf::from(name()),
                             document: 0,
                             field,
                             message: format!("{message}{kept}"),
@@ -252,14 +262,15 @@ impl Store {
                 }
             }
         }
-        state.reindex();
-        Loaded { state, errors }
+        loaded.ignored = ignored.into_vec();
+        loaded.state.reindex();
+        loaded
     }
 }
 
-fn parse(value: &serde_json::Value) -> Result<Option<super::objects::Object>, (String, String)> {
-    let yaml = serde_yaml::to_value(value).map_err(|e| (String::new(), e.to_string()))?;
-    parse_document(yaml)
+fn parse(value: &serde_json::Value) -> Result<(Parsed, yaml_serde::Value), (String, String)> {
+    let yaml = yaml_serde::to_value(value).map_err(|e| (String::new(), e.to_string()))?;
+    Ok((parse_document(yaml.clone())?, yaml))
 }
 
 /// What the agent needs of a pod on another node: who it is, where, and its address.
@@ -314,6 +325,7 @@ pub async fn watch_kinds(
     }
     drop(events);
     let mut store = Store::new(kinds, node);
+    let mut logged_kinds = std::collections::HashSet::new();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
@@ -335,9 +347,24 @@ pub async fn watch_kinds(
             }
         }
         if store.ready() {
-            let loaded = store.build();
+            // Parsing every object is work in proportion to the cluster: off the runtime.
+            let job = tokio::task::spawn_blocking(move || {
+                let loaded = store.build();
+                (store, loaded)
+            });
+            let Ok((back, loaded)) = job.await else {
+                return;
+            };
+            store = back;
             for e in &loaded.errors {
                 warn!(object = %e.file.display(), field = %e.field, "rejected: {}", e.message);
+            }
+            for i in loaded
+                .ignored
+                .iter()
+                .filter(|i| logged_kinds.insert(i.kind.clone()))
+            {
+                info!(kind = %i.kind, first = %i.first, "objects of this kind are not used: {}", i.reason);
             }
             tx.send_replace(Some(loaded));
         }

@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use kube::{api::DynamicObject, runtime::watcher::Event};
 
 use super::*;
+use crate::state::State;
 
 const NODES: &str = include_str!("../../../testdata/kube/nodes-list.json");
 const NAMESPACES: &str = include_str!("../../../testdata/kube/namespaces-list.json");
@@ -26,6 +27,7 @@ const PODS_2: &str = include_str!("../../../testdata/kube/pods-list-2.json");
 const SERVICES: &str = include_str!("../../../testdata/kube/services-list.json");
 const SLICES: &str = include_str!("../../../testdata/kube/endpointslices-list.json");
 const PEER_AUTH: &str = include_str!("../../../testdata/kube/peerauthentications-list.json");
+const TRAFFIC: &str = include_str!("../../../testdata/kube/trafficpolicies-list.json");
 const NOT_FOUND: &str = include_str!("../../../testdata/kube/not-found.json");
 
 /// Per path: the list responses in order (the last one repeats) and the watch streams in order
@@ -119,6 +121,10 @@ fn recorded() -> Script {
         "/apis/weft.dev/v1alpha1/peerauthentications",
         vec![(200, PEER_AUTH)],
     );
+    s.lists.insert(
+        "/apis/weft.dev/v1alpha1/trafficpolicies",
+        vec![(200, TRAFFIC)],
+    );
     // No MeshConfig CRD in this cluster.
     s.lists.insert(
         "/apis/weft.dev/v1alpha1/meshconfigs",
@@ -188,7 +194,7 @@ async fn lists_watches_and_resyncs_after_410_from_recorded_responses() {
         .collect();
     assert_eq!(enrolled, ["web-7d9f8b6c5-x2x4z"]);
     assert_eq!(state.peer_authentications.len(), 1);
-    assert_eq!(final_state.errors.len(), 1, "{:?}", final_state.errors);
+    assert_eq!(final_state.errors.len(), 2, "{:?}", final_state.errors);
     let e = &final_state.errors[0];
     assert_eq!(
         e.file.to_string_lossy(),
@@ -196,6 +202,13 @@ async fn lists_watches_and_resyncs_after_410_from_recorded_responses() {
     );
     assert_eq!(e.field, "spec.mtls");
     assert!(e.message.contains("mode"), "{e}");
+    // A TrafficPolicy is watched and refused with the reason, as in file mode, not ignored.
+    let e = &final_state.errors[1];
+    assert_eq!(
+        e.file.to_string_lossy(),
+        "kubernetes:TrafficPolicy/shop/web"
+    );
+    assert!(e.message.contains("not enforced"), "{e}");
 
     let seen = script.lock().unwrap().seen.clone();
     let pod_lists = seen
