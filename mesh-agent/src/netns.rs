@@ -13,6 +13,7 @@ use std::{
 use nix::sched::{setns, CloneFlags};
 
 pub mod discover;
+pub mod socket;
 
 /// The agent's own (node) network namespace, captured before any thread switches.
 fn host_netns() -> &'static File {

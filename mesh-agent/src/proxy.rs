@@ -5,7 +5,8 @@
 //!   tunnel to a meshed destination, plain TCP otherwise).
 //! - inbound (:15006): plaintext connections sk_lookup steered; delivered to the application
 //!   unless the pod's PeerAuthentication is STRICT.
-//! - HBONE (:15008): mTLS tunnels from other agents (`tunnel::server`).
+//! - HBONE (:15008, TCP and UDP): mTLS tunnels from other agents; `tunnel` terminates them
+//!   and yields each CONNECT, `inbound::hbone` admits and delivers it.
 
 pub mod balance;
 pub mod copy;
@@ -35,7 +36,7 @@ use crate::{
     netns::Netns,
     redirect::Maps,
     state::{PodKey, State},
-    tunnel::{self, H2Stream},
+    tunnel::{self, H2Stream, TunnelStream},
 };
 
 /// What every connection handler of the node shares.
@@ -112,12 +113,12 @@ pub fn serve(ctx: Arc<PodContext>, listeners: InpodListeners) -> Vec<JoinHandle<
         tasks.push(tokio::spawn(inbound::serve(ctx.clone(), l)));
     }
     for l in listeners.hbone {
-        tasks.push(tokio::spawn(tunnel::server::serve(ctx.clone(), l)));
+        tasks.push(tokio::spawn(inbound::hbone::serve_h2(ctx.clone(), l)));
     }
     if let Some(tls) = &ctx.hbone_tls {
         for socket in listeners.quic {
             match tunnel::quic::server::endpoint(socket, tls) {
-                Ok(ep) => tasks.push(tokio::spawn(tunnel::quic::server::serve(ctx.clone(), ep))),
+                Ok(ep) => tasks.push(tokio::spawn(inbound::hbone::serve_quic(ctx.clone(), ep))),
                 Err(e) => {
                     tracing::warn!(pod = %ctx.key, error = %e, "QUIC endpoint not started; peers will use h2")
                 }
@@ -135,8 +136,7 @@ pub trait Reset {
 
 impl Reset for TcpStream {
     fn reset(&mut self) {
-        // A zero linger turns close into RST; it never blocks.
-        let _ = socket2::SockRef::from(&*self).set_linger(Some(std::time::Duration::ZERO));
+        crate::netns::socket::reset(self)
     }
 }
 
@@ -149,6 +149,12 @@ impl Reset for H2Stream {
 impl Reset for tunnel::quic::QuicStream {
     fn reset(&mut self) {
         tunnel::quic::QuicStream::reset(self)
+    }
+}
+
+impl Reset for TunnelStream {
+    fn reset(&mut self) {
+        TunnelStream::reset(self)
     }
 }
 
