@@ -35,9 +35,9 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Liveness of an established tunnel connection: a PING (h2) or a keep-alive (QUIC) after
 /// this much quiet...
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
-/// ...and the connection is dropped when the peer has not answered for this long. QUIC's idle
-/// timeout is `KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT`, so both transports detect a dead peer
-/// within the same bound.
+/// ...and the connection is dropped when the peer has not answered for this long. QUIC's
+/// keep-alive and idle timeout are derived from the same two figures (`quic::transport`), so
+/// both transports drop a dead peer within `KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT`.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Concurrent streams per tunnel connection a server accepts (ztunnel's figure); a client opens
 /// another connection rather than queue beyond it.

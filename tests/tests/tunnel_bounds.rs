@@ -22,6 +22,8 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 const DEAD_PEER: Duration = Duration::from_secs(10);
 /// `tunnel::HANDSHAKE_TIMEOUT`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// `tunnel::MAX_STREAMS`: streams per tunnel connection.
+const MAX_STREAMS: usize = 200;
 /// Scheduling slack on a loaded test machine.
 const SLACK: Duration = Duration::from_secs(3);
 
@@ -116,7 +118,8 @@ fn a_connect_nobody_answers_is_reset_within_the_bound() {
     );
 }
 
-/// Drops the tunnel port both ways on `node`'s forward path (the wire to the peer is cut).
+/// Drops the tunnel port (TCP and UDP) both ways on `node`'s forward path: the wire to the
+/// peer is cut.
 fn cut(node_ns: &str) {
     netns::nft(
         node_ns,
@@ -125,6 +128,8 @@ fn cut(node_ns: &str) {
              type filter hook forward priority -10; policy accept;\n\
              tcp dport 15008 drop\n\
              tcp sport 15008 drop\n\
+             udp dport 15008 drop\n\
+             udp sport 15008 drop\n\
            }\n\
          }\n",
     );
@@ -145,27 +150,74 @@ fn a_pooled_connection_to_a_dead_peer_is_dropped_by_ping() {
     let mut m = TwoNodeMesh::start(3600, &[]);
     let n1 = m.topo.node_named("n1").clone();
     let mut c = Client::start(&mut m.topo, &m.client);
-    assert!(c.connect(m.server.addr(8080), 1024).intact());
-    assert_eq!(pools(&m.a1).0, 1, "one pooled h2 connection to the server");
+    // h2 (PING) and QUIC (keep-alive and idle timeout): the same bound.
+    for (tunnel, pooled) in [("h2", 0usize), ("quic", 1)] {
+        set_tunnel(&m.topo, &[&m.a1, &m.a2], tunnel);
+        let count = |a: &Agent| [pools(a).0, pools(a).1][pooled];
+        assert!(c.connect(m.server.addr(8080), 1024).intact());
+        assert_eq!(
+            count(&m.a1),
+            1,
+            "one pooled {tunnel} connection to the server"
+        );
 
-    cut(&n1.netns);
-    let start = Instant::now();
-    eventually(
-        "the dead pooled connection to be dropped",
-        DEAD_PEER + SLACK * 2,
-        || (pools(&m.a1).0 == 0).then_some(()),
-    );
-    let noticed = start.elapsed();
-    assert!(noticed <= DEAD_PEER + SLACK, "noticed after {noticed:?}");
+        cut(&n1.netns);
+        let start = Instant::now();
+        eventually(
+            &format!("the dead pooled {tunnel} connection to be dropped"),
+            DEAD_PEER + SLACK * 2,
+            || (count(&m.a1) == 0).then_some(()),
+        );
+        let noticed = start.elapsed();
+        assert!(
+            noticed <= DEAD_PEER + SLACK,
+            "{tunnel}: noticed after {noticed:?}"
+        );
 
-    // With the wire back, the next connection opens a fresh tunnel at once instead of
-    // queueing on the dead one.
-    mend(&n1.netns);
-    let (r, took) =
-        timed_connect(c, m.server.addr(8080), Duration::from_secs(30)).expect("probe answers");
-    assert!(r.ok() && r.intact(), "{:?}", r.raw);
-    assert!(took < SLACK, "the next connection took {took:?}");
-    assert_eq!(pools(&m.a1).0, 1);
+        // With the wire back, the next connection opens a fresh tunnel at once instead of
+        // queueing on the dead one.
+        mend(&n1.netns);
+        let (r, took) =
+            timed_connect(c, m.server.addr(8080), Duration::from_secs(30)).expect("probe answers");
+        assert!(r.ok() && r.intact(), "{tunnel}: {:?}", r.raw);
+        assert!(took < SLACK, "{tunnel}: the next connection took {took:?}");
+        assert_eq!(count(&m.a1), 1);
+        c = Client::start(&mut m.topo, &m.client);
+    }
+}
+
+#[test]
+fn more_streams_than_a_server_takes_open_another_pooled_connection() {
+    if !features::require(
+        "more_streams_than_a_server_takes_open_another_pooled_connection",
+        features::CAPTURE,
+    ) {
+        return;
+    }
+    let mut m = TwoNodeMesh::start(3600, &[]);
+    let mut c = Client::start(&mut m.topo, &m.client);
+    for (tunnel, pooled) in [("h2", 0usize), ("quic", 1)] {
+        set_tunnel(&m.topo, &[&m.a1, &m.a2], tunnel);
+        // One more open connection between the two pods than a tunnel connection carries.
+        for i in 0..=MAX_STREAMS {
+            let r = c.open(&format!("{tunnel}{i}"), m.server.addr(8080));
+            assert!(r.ok(), "{tunnel}: connection {i}: {:?}", r.raw);
+        }
+        let (h2, quic) = pools(&m.a1);
+        assert_eq!(
+            [h2, quic][pooled],
+            2,
+            "{tunnel}: a second connection carries the 201st"
+        );
+        for i in [0, MAX_STREAMS] {
+            let r = c.xfer(&format!("{tunnel}{i}"), 4096);
+            assert!(
+                r.ok() && r.intact(),
+                "{tunnel}: connection {i}: {:?}",
+                r.raw
+            );
+        }
+    }
 }
 
 /// Dials the server's HBONE as the test peer (mesh/client): the TLS stream.

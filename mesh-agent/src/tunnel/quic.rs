@@ -27,23 +27,25 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 pub const REPROBE: Duration = Duration::from_secs(30);
 
 /// The h2 tunnel's figures (`tunnel`): flow control (1 MiB per stream, 4 MiB per connection),
-/// `MAX_STREAMS` concurrent streams, and liveness: a keep-alive after `KEEPALIVE_INTERVAL` of
-/// quiet, the connection closed when nothing came back within `KEEPALIVE_TIMEOUT` after it.
+/// `MAX_STREAMS` concurrent streams, and the same liveness bound as h2's PING
+/// (`KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT` after the peer was last heard). Sending a
+/// keep-alive restarts QUIC's idle timer, so the worst case is keep-alive + idle timeout: the
+/// keep-alive goes at half the interval and the idle timeout is the rest of the bound.
 fn transport() -> Arc<quinn::TransportConfig> {
     use crate::tunnel::{
         CONNECTION_WINDOW, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_STREAMS, STREAM_WINDOW,
     };
+    let keep_alive = KEEPALIVE_INTERVAL / 2;
+    let idle = KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT - keep_alive;
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(MAX_STREAMS.into())
         .max_concurrent_uni_streams(0u32.into())
         .stream_receive_window(STREAM_WINDOW.into())
         .receive_window(CONNECTION_WINDOW.into())
         .send_window(CONNECTION_WINDOW.into())
-        .keep_alive_interval(Some(KEEPALIVE_INTERVAL))
+        .keep_alive_interval(Some(keep_alive))
         .max_idle_timeout(Some(
-            (KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT)
-                .try_into()
-                .expect("idle timeout within QUIC's range"),
+            idle.try_into().expect("idle timeout within QUIC's range"),
         ));
     Arc::new(t)
 }

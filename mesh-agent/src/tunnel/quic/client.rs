@@ -186,10 +186,14 @@ impl QuicPool {
         unreachable.retain(|addr, _| keep_addr(*addr));
     }
 
-    /// (pooled connections, addresses marked unreachable)
+    /// (live pooled connections, addresses marked unreachable)
     pub fn sizes(&self) -> (usize, usize) {
         let conns = self.inner.conns.lock().expect("pool lock");
-        let n = conns.values().map(Vec::len).sum();
+        let n = conns
+            .values()
+            .flatten()
+            .filter(|(c, _)| c.close_reason().is_none())
+            .count();
         drop(conns);
         (n, self.inner.unreachable.lock().expect("pool lock").len())
     }
