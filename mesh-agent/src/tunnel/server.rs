@@ -52,31 +52,9 @@ async fn connection<H, Fut>(
         info!(%peer, "hbone: no CA configured on this agent; reset");
         return socket::reset(&tcp);
     };
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return warn!(%peer, error = %e, "hbone: mTLS handshake refused"),
-        Err(_) => return warn!(%peer, "hbone: mTLS handshake timed out"),
-    };
-    let source = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-        Some(leaf) => Identity::from_cert(leaf),
-        None => return warn!(%peer, "hbone: client presented no certificate"),
-    };
-    let source = match source {
-        Ok(id) => id,
-        Err(e) => return warn!(%peer, error = %e, "hbone: client identity unreadable"),
-    };
-    let handshake = h2::server::Builder::new()
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME)
-        .max_concurrent_streams(MAX_STREAMS)
-        .max_header_list_size(MAX_HEADER_LIST)
-        .handshake::<_, Bytes>(tls);
-    let mut conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return warn!(%peer, %source, error = %e, "hbone: HTTP/2 handshake failed"),
-        Err(_) => return warn!(%peer, %source, "hbone: HTTP/2 handshake timed out"),
+    let (source, mut conn) = match handshake(tls, tcp).await {
+        Ok(c) => c,
+        Err(why) => return warn!(%peer, "hbone: {why}"),
     };
     let dead = match conn.ping_pong() {
         Some(pings) => futures_util::future::Either::Left(keepalive::dead(pings)),
@@ -101,6 +79,36 @@ async fn connection<H, Fut>(
             }
         }
     }
+}
+
+type ServerConnection = h2::server::Connection<tokio_rustls::server::TlsStream<TcpStream>, Bytes>;
+
+/// mTLS, the client's verified identity, then HTTP/2 with the server's limits: each step within
+/// `HANDSHAKE_TIMEOUT`. The error is the reason to log.
+async fn handshake(
+    tls: Arc<rustls::ServerConfig>,
+    tcp: TcpStream,
+) -> Result<(Identity, ServerConnection), String> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+        .await
+        .map_err(|_| "mTLS handshake timed out".to_string())?
+        .map_err(|e| format!("mTLS handshake refused: {e}"))?;
+    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+    let source = Identity::from_cert(leaf.ok_or("client presented no certificate")?)
+        .map_err(|e| format!("client identity unreadable: {e}"))?;
+    let handshake = h2::server::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .handshake::<_, Bytes>(tls);
+    let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| format!("HTTP/2 handshake with {source} timed out"))?
+        .map_err(|e| format!("HTTP/2 handshake with {source} failed: {e}"))?;
+    Ok((source, conn))
 }
 
 async fn stream<H, Fut>(

@@ -83,33 +83,41 @@ where
     };
     loop {
         match conn.accept_bi().await {
-            Ok((send, mut recv)) => {
-                let source = source.clone();
-                let handler = handler.clone();
-                tokio::spawn(
-                    async move {
-                        let read = header::read_request(&mut recv);
-                        let authority = match tokio::time::timeout(RESPONSE_TIMEOUT, read).await {
-                            Ok(Ok(a)) => a,
-                            Ok(Err(why)) => {
-                                warn!(%peer, "hbone-quic: stream refused: {why}");
-                                return refuse_quic(send, recv, 400).await;
-                            }
-                            Err(_) => {
-                                warn!(%peer, "hbone-quic: stream refused: no tunnel header in time");
-                                return refuse_quic(send, recv, 408).await;
-                            }
-                        };
-                        handler(Connect::quic(source, peer, authority, send, recv)).await
-                    }
-                    .in_current_span(),
-                );
+            Ok((send, recv)) => {
+                let task = stream(send, recv, source.clone(), peer, handler.clone());
+                tokio::spawn(task.in_current_span());
             }
             Err(e) => {
                 return info!(%peer, %source, error = %e, "hbone-quic: connection ended");
             }
         }
     }
+}
+
+/// Reads the stream's CONNECT header (bounded in time and size) and yields it.
+async fn stream<H, Fut>(
+    send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    source: Identity,
+    peer: std::net::SocketAddr,
+    handler: H,
+) where
+    H: Fn(Connect) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let read = header::read_request(&mut recv);
+    let authority = match tokio::time::timeout(RESPONSE_TIMEOUT, read).await {
+        Ok(Ok(a)) => a,
+        Ok(Err(why)) => {
+            warn!(%peer, "hbone-quic: stream refused: {why}");
+            return refuse_quic(send, recv, 400).await;
+        }
+        Err(_) => {
+            warn!(%peer, "hbone-quic: stream refused: no tunnel header in time");
+            return refuse_quic(send, recv, 408).await;
+        }
+    };
+    handler(Connect::quic(source, peer, authority, send, recv)).await
 }
 
 fn peer_identity(conn: &Connection) -> Result<Identity, String> {
