@@ -139,13 +139,16 @@ impl QuicPool {
     async fn connection(&self, netns: &Netns, key: Key) -> Result<(Connection, Slot), Failure> {
         let pooled = {
             let mut conns = self.inner.conns.lock().expect("pool lock");
-            let live = conns.get_mut(&key).and_then(|entries| {
+            let entries = conns.get_mut(&key);
+            let live = entries.and_then(|entries| {
                 entries.retain(|(c, _)| c.close_reason().is_none());
                 entries
                     .iter()
                     .find_map(|(c, s)| Some((c.clone(), s.take()?)))
             });
-            conns.retain(|_, entries| !entries.is_empty());
+            if conns.get(&key).is_some_and(Vec::is_empty) {
+                conns.remove(&key);
+            }
             live
         };
         if let Some(c) = pooled {
