@@ -367,6 +367,21 @@ async fn stalled_handshake(m: &TwoNodeMesh, me: &peer::Minted) {
     assert!(start.elapsed() <= HANDSHAKE_TIMEOUT + SLACK);
 }
 
+/// A peer that goes silent after the handshake (answers no PING) is dropped by the server.
+async fn silent_peer(m: &TwoNodeMesh, me: &peer::Minted) {
+    let tls = tls_to(m, me).await;
+    let (_sender, mut conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+    // Speak long enough to finish the handshake, then fall silent: the connection is not
+    // polled, so no PING is answered. The silence is what is under test, not a wait.
+    let _ = tokio::time::timeout(Duration::from_millis(500), &mut conn).await;
+    tokio::time::sleep(DEAD_PEER + SLACK).await;
+    let ended = tokio::time::timeout(SLACK, &mut conn).await;
+    assert!(
+        ended.is_ok(),
+        "the server must drop a peer that stopped answering PINGs"
+    );
+}
+
 #[test]
 fn the_hbone_server_bounds_what_a_peer_asks_and_keeps_serving() {
     if !features::require(
@@ -381,6 +396,7 @@ fn the_hbone_server_bounds_what_a_peer_asks_and_keeps_serving() {
     rt.block_on(stream_limit(&m, &me));
     rt.block_on(header_limit(&m, &me));
     rt.block_on(stalled_handshake(&m, &me));
+    rt.block_on(silent_peer(&m, &me));
 
     // The agent's own ports are refused, not tunneled into the agent again.
     let roots = me.roots.clone();
