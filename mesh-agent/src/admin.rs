@@ -87,6 +87,8 @@ struct ConfigDump<'a> {
     status: &'a Status,
     /// One entry per workload identity of this node (absent without a CA).
     certificates: Option<Vec<CertStatus>>,
+    /// Pooled tunnel connections (absent without a CA).
+    tunnel_pools: Option<crate::tunnel::PoolSizes>,
     bpf: BpfDump,
 }
 
@@ -189,6 +191,7 @@ fn route_now(req: Request<Incoming>, live: &Live) -> Response<Full<Bytes>> {
             let dump = ConfigDump {
                 status: &status,
                 certificates: live.certs.as_ref().map(CertManager::statuses),
+                tunnel_pools: live.shared.mtls.as_ref().map(|m| m.pool_sizes()),
                 bpf: BpfDump {
                     pin_dir: status.config.bpf_pin_dir.clone(),
                     counters: live.maps.stats(),

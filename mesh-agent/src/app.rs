@@ -96,6 +96,9 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
         shared.state.store(Arc::new(loaded.state));
         let state = shared.state.load_full();
         enrollment.reconcile(&state);
+        if let Some(mtls) = &shared.mtls {
+            mtls.prune_pools(&state, &shared.node, &shared.trust_domain);
+        }
         let revoked = shared.live.recheck(&state);
         if revoked > 0 {
             info!(

@@ -5,7 +5,8 @@
 //!   tunnel to a meshed destination, plain TCP otherwise).
 //! - inbound (:15006): plaintext connections sk_lookup steered; delivered to the application
 //!   unless the pod's PeerAuthentication is STRICT.
-//! - HBONE (:15008): mTLS tunnels from other agents (`tunnel::server`).
+//! - HBONE (:15008, TCP and UDP): mTLS tunnels from other agents; `tunnel` terminates them
+//!   and yields each CONNECT, `inbound::hbone` admits and delivers it.
 
 pub mod balance;
 pub mod copy;
@@ -35,7 +36,7 @@ use crate::{
     netns::Netns,
     redirect::Maps,
     state::{PodKey, State},
-    tunnel::{self, H2Stream},
+    tunnel::{self, H2Stream, TunnelStream},
 };
 
 /// What every connection handler of the node shares.
@@ -59,6 +60,38 @@ pub struct Mtls {
     pub certs: CertManager,
     pub pool: tunnel::Pool,
     pub quic: tunnel::quic::QuicPool,
+}
+
+impl Mtls {
+    /// Forgets the pooled tunnel connections `state` has no use for any more: those from an
+    /// identity no pod of `node` has, and those to an address whose pod is gone or now has
+    /// another identity. Called on every state change, so the pools stay flat under churn.
+    pub fn prune_pools(&self, state: &State, node: &str, trust_domain: &str) {
+        let identity = |p: &crate::state::Pod| {
+            Identity::new(trust_domain, &p.key.namespace, &p.service_account)
+        };
+        let local: std::collections::HashSet<Identity> =
+            state.enrolled_pods(node).map(identity).collect();
+        let keep = |source: &Identity, destination: &Identity, addr: std::net::SocketAddr| {
+            local.contains(source)
+                && state
+                    .pod_by_ip(addr.ip())
+                    .is_some_and(|p| identity(p) == *destination)
+        };
+        self.pool.retain(keep);
+        self.quic
+            .retain(keep, |addr| state.pod_by_ip(addr.ip()).is_some());
+    }
+
+    /// The pools' sizes, for /config_dump.
+    pub fn pool_sizes(&self) -> tunnel::PoolSizes {
+        let (quic, quic_unreachable) = self.quic.sizes();
+        tunnel::PoolSizes {
+            h2: self.pool.size(),
+            quic,
+            quic_unreachable,
+        }
+    }
 }
 
 /// What a connection handler knows about the pod it serves.
@@ -112,12 +145,12 @@ pub fn serve(ctx: Arc<PodContext>, listeners: InpodListeners) -> Vec<JoinHandle<
         tasks.push(tokio::spawn(inbound::serve(ctx.clone(), l)));
     }
     for l in listeners.hbone {
-        tasks.push(tokio::spawn(tunnel::server::serve(ctx.clone(), l)));
+        tasks.push(tokio::spawn(inbound::hbone::serve_h2(ctx.clone(), l)));
     }
     if let Some(tls) = &ctx.hbone_tls {
         for socket in listeners.quic {
             match tunnel::quic::server::endpoint(socket, tls) {
-                Ok(ep) => tasks.push(tokio::spawn(tunnel::quic::server::serve(ctx.clone(), ep))),
+                Ok(ep) => tasks.push(tokio::spawn(inbound::hbone::serve_quic(ctx.clone(), ep))),
                 Err(e) => {
                     tracing::warn!(pod = %ctx.key, error = %e, "QUIC endpoint not started; peers will use h2")
                 }
@@ -135,8 +168,7 @@ pub trait Reset {
 
 impl Reset for TcpStream {
     fn reset(&mut self) {
-        // A zero linger turns close into RST; it never blocks.
-        let _ = socket2::SockRef::from(&*self).set_linger(Some(std::time::Duration::ZERO));
+        crate::netns::socket::reset(self)
     }
 }
 
@@ -149,6 +181,12 @@ impl Reset for H2Stream {
 impl Reset for tunnel::quic::QuicStream {
     fn reset(&mut self) {
         tunnel::quic::QuicStream::reset(self)
+    }
+}
+
+impl Reset for TunnelStream {
+    fn reset(&mut self) {
+        TunnelStream::reset(self)
     }
 }
 

@@ -19,8 +19,11 @@ pub mod ports {
     pub const ADMIN: u16 = 15000;
     /// Node Prometheus endpoint.
     pub const METRICS: u16 = 15020;
+    /// The agent's own ports: never a tunnel's target (a CONNECT to one would tunnel into the
+    /// agent itself), whatever a peer asks.
+    pub const AGENT_OWN: [u16; 5] = [OUTBOUND, INBOUND, HBONE, ADMIN, METRICS];
     /// Ports on a pod address that inbound steering never touches.
-    pub const INBOUND_PASSTHROUGH: [u16; 5] = [OUTBOUND, INBOUND, HBONE, ADMIN, METRICS];
+    pub const INBOUND_PASSTHROUGH: [u16; 5] = AGENT_OWN;
 }
 
 /// `SO_MARK` the agent sets on every socket it opens, so that the connect hooks never capture the

@@ -196,7 +196,7 @@ pub fn connect_quic(
 }
 
 /// A client TLS config presenting `me` and requiring the server to be `expect`.
-fn client_tls(
+pub fn client_tls(
     me: &Minted,
     trust: &[CertificateDer<'static>],
     expect: &Identity,
@@ -219,7 +219,7 @@ fn client_tls(
     cfg
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -252,4 +252,50 @@ pub fn raw(from_ns: &str, addr: SocketAddr, bytes: &'static [u8]) -> std::io::Re
         let _ = s.read_to_end(&mut out);
         Ok(out)
     })?
+}
+
+/// A fake HBONE endpoint on `addr` inside `ns`, presenting `me`: it completes mTLS and the
+/// HTTP/2 handshake, accepts CONNECT streams and never answers them (a destination whose agent
+/// hangs). Returns how many CONNECTs it has received; it serves until the test process ends.
+pub fn silent_hbone(
+    ns: &str,
+    me: &Minted,
+    addr: SocketAddr,
+) -> Arc<std::sync::atomic::AtomicUsize> {
+    let listener = netns::run_in(ns, move || std::net::TcpListener::bind(addr))
+        .expect("netns")
+        .expect("bind the fake :15008");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let mut cfg = rustls::ServerConfig::builder_with_provider(mesh_agent::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_no_client_auth()
+        .with_single_cert(me.chain.clone(), me.key.clone_key())
+        .expect("server cert");
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = seen.clone();
+    std::thread::spawn(move || {
+        runtime().block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, counter) = (acceptor.clone(), counter.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut conn) = h2::server::handshake(tls).await else {
+                        return;
+                    };
+                    let mut held = Vec::new(); // unanswered, not dropped
+                    while let Some(Ok(stream)) = conn.accept().await {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        held.push(stream);
+                    }
+                });
+            }
+        })
+    });
+    seen
 }

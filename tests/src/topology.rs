@@ -50,6 +50,8 @@ pub struct Topology {
     cgroup_dir: PathBuf,
     nodes: Vec<Node>,
     pods: Vec<Pod>,
+    /// Pods deleted from the YAML: their addresses and interface names stay taken.
+    removed: Vec<Pod>,
     namespaces: BTreeMap<String, bool>,
     pub(crate) children: Vec<std::process::Child>,
 }
@@ -82,6 +84,7 @@ impl Topology {
             cgroup_dir,
             nodes: Vec::new(),
             pods: Vec::new(),
+            removed: Vec::new(),
             namespaces: BTreeMap::new(),
             children: Vec::new(),
         }
@@ -164,9 +167,10 @@ impl Topology {
         if !self.namespaces.contains_key(namespace) {
             self.namespaces.insert(namespace.into(), false);
         }
-        let k = self.pods.iter().filter(|p| p.node == node.name).count() as u8 + 2;
+        let all = || self.pods.iter().chain(&self.removed);
+        let k = all().filter(|p| p.node == node.name).count() as u8 + 2;
+        let host_if = format!("{}p{}", self.tag, all().count());
         let ns = self.add_netns(name);
-        let host_if = format!("{}p{}", self.tag, self.pods.len());
         ip(&[
             "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns,
         ]);
@@ -223,6 +227,17 @@ impl Topology {
         self.pods.push(pod.clone());
         self.write_config();
         pod
+    }
+
+    /// Deletes pod `name` from the cluster's YAML (its netns and processes stay until the
+    /// topology drops, as a pod being torn down would).
+    pub fn remove_pod(&mut self, name: &str) {
+        let (gone, kept) = std::mem::take(&mut self.pods)
+            .into_iter()
+            .partition(|p| p.name == name);
+        self.pods = kept;
+        self.removed.extend::<Vec<Pod>>(gone);
+        self.write_config();
     }
 
     pub fn set_namespace_enrolled(&mut self, name: &str, enrolled: bool) {

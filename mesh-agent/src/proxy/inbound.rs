@@ -1,7 +1,8 @@
 //! Inbound plaintext: a connection sk_lookup steered to :15006. The accepted socket's local
 //! address is the original destination (pod IP and port); the agent delivers it to the
 //! application inside the pod's netns from 127.0.0.6, a loopback source that sk_lookup leaves
-//! alone, so it is not steered again.
+//! alone, so it is not steered again. Tunneled connections (:15008, h2 and QUIC) are admitted
+//! and delivered by `hbone`.
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -12,13 +13,17 @@ use mesh_common::INBOUND_DELIVERY_SOURCE;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, info_span, warn, Instrument as _};
 
-use crate::metrics::{flags, Reporter};
+use crate::{
+    metrics::{flags, Reporter},
+    netns::socket::{accept_loop, connect_from_pod},
+};
 
 use super::{
-    listeners::{accept_loop, connect_from_pod},
     record::{Peer, Record},
     relay, reset, PodContext,
 };
+
+pub mod hbone;
 
 pub async fn serve(ctx: Arc<PodContext>, listener: TcpListener) {
     accept_loop(listener, move |stream, peer| {

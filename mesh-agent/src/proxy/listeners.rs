@@ -3,15 +3,17 @@
 
 use std::{
     io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use mesh_common::{ports, AGENT_MARK};
-use socket2::{Domain, Protocol, Socket, Type};
+use mesh_common::ports;
 use tokio::net::TcpListener;
 use tracing::debug;
 
-use crate::{config::LISTEN_BACKLOG, netns::Netns};
+use crate::netns::{
+    socket::{listen, udp_socket},
+    Netns,
+};
 
 pub struct InpodListeners {
     pub outbound: Vec<TcpListener>,
@@ -38,7 +40,7 @@ impl InpodListeners {
         };
         // QUIC is optional: without it peers fall back to h2.
         for any in [v4_any, v6_any] {
-            match crate::tunnel::quic::udp_socket(netns, (any, ports::HBONE).into()) {
+            match udp_socket(netns, (any, ports::HBONE).into()) {
                 Ok(s) => l.quic.push(s),
                 Err(e) => debug!(error = %e, %any, "no QUIC listener"),
             }
@@ -69,75 +71,5 @@ impl InpodListeners {
             l.local_addr()
                 .is_ok_and(|a| a.is_ipv4() == pod_ip.is_ipv4())
         })
-    }
-}
-
-fn listen(netns: &Netns, addr: SocketAddr) -> io::Result<TcpListener> {
-    let std_listener = netns.run(|| -> io::Result<std::net::TcpListener> {
-        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        s.set_reuse_address(true)?;
-        if addr.is_ipv6() {
-            s.set_only_v6(true)?;
-        }
-        s.set_mark(AGENT_MARK)?;
-        s.set_nonblocking(true)?;
-        s.bind(&addr.into())?;
-        s.listen(LISTEN_BACKLOG)?;
-        Ok(s.into())
-    })??;
-    TcpListener::from_std(std_listener)
-}
-
-/// Connects from inside the pod's netns (optionally from a given source address), within
-/// CONNECT_TIMEOUT. The socket is marked as the agent's, so the connect hooks leave it alone.
-pub async fn connect_from_pod(
-    netns: &Netns,
-    dst: SocketAddr,
-    bind: Option<SocketAddr>,
-) -> io::Result<tokio::net::TcpStream> {
-    let socket = pod_socket(netns, dst, bind)?;
-    match tokio::time::timeout(crate::config::CONNECT_TIMEOUT, socket.connect(dst)).await {
-        Ok(r) => r,
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
-    }
-}
-
-fn pod_socket(
-    netns: &Netns,
-    dst: SocketAddr,
-    bind: Option<SocketAddr>,
-) -> io::Result<tokio::net::TcpSocket> {
-    let std_stream = netns.run(|| -> io::Result<std::net::TcpStream> {
-        let s = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
-        s.set_mark(AGENT_MARK)?;
-        s.set_nodelay(true)?;
-        s.set_nonblocking(true)?;
-        if let Some(src) = bind {
-            s.bind(&src.into())?;
-        }
-        Ok(s.into())
-    })??;
-    Ok(tokio::net::TcpSocket::from_std_stream(std_stream))
-}
-
-/// Accepts forever, one task per connection. Accept errors (e.g. EMFILE) back off briefly
-/// instead of spinning.
-pub async fn accept_loop<F, Fut>(listener: TcpListener, handle: F)
-where
-    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                // Relayed bytes are already batched by the sender; Nagle would only add delay.
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(handle(stream, peer));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
     }
 }

@@ -19,10 +19,11 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::{listeners::connect_from_pod, PodContext, Reset};
+use super::{PodContext, Reset};
 use crate::{
     identity::Identity,
     metrics::flags,
+    netns::socket::connect_from_pod,
     state::{egress::EgressVerdict, MtlsMode, ServiceKey, State, TunnelProtocol},
     tunnel::{quic::client::Failure, quic::QuicStream, H2Stream},
 };

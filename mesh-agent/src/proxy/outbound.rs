@@ -8,12 +8,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, info_span, warn, Instrument as _};
 
 use super::{
-    listeners::accept_loop,
     onward,
     record::{Peer, Record},
     relay, reset, PodContext,
 };
-use crate::metrics::Reporter;
+use crate::{metrics::Reporter, netns::socket::accept_loop};
 
 pub async fn serve(ctx: Arc<PodContext>, listener: TcpListener) {
     accept_loop(listener, move |stream, peer| {

@@ -16,6 +16,8 @@ pub struct H2Stream {
     recv: RecvStream,
     pending: Bytes,
     ended: bool,
+    /// A client stream's place on its pooled connection, given back on drop.
+    _slot: Option<super::slot::Slot>,
 }
 
 impl H2Stream {
@@ -25,7 +27,14 @@ impl H2Stream {
             recv,
             pending: Bytes::new(),
             ended: false,
+            _slot: None,
         }
+    }
+
+    /// Holds `slot` for as long as the stream lives.
+    pub fn holding(mut self, slot: super::slot::Slot) -> Self {
+        self._slot = Some(slot);
+        self
     }
 
     /// Aborts the stream (RST_STREAM CANCEL): the far end sees a failure, not a clean end.

@@ -1,27 +1,38 @@
-//! The client side of HBONE: one mTLS + HTTP/2 connection per (source identity, destination
+//! The client side of HBONE: mTLS + HTTP/2 connections per (source identity, destination
 //! identity, destination address), opened from inside the source pod's netns and shared by
-//! every stream between them.
+//! every stream between them (a second connection once one holds `MAX_STREAMS`).
+//!
+//! Every step the peer controls is bounded: TCP connect (`config::CONNECT_TIMEOUT`), TLS and
+//! HTTP/2 handshakes (`HANDSHAKE_TIMEOUT`), the CONNECT answer (`RESPONSE_TIMEOUT`), and a
+//! pooled connection is dropped as soon as its peer stops answering PINGs (`keepalive`), so a
+//! new stream never waits on a dead peer. Entries follow the state: `retain` drops those of
+//! pods and identities that left.
 
-use std::{collections::HashMap, io, net::SocketAddr, time::Duration};
+use std::{
+    collections::HashMap,
+    io,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc, Mutex,
+    },
+};
 
 use bytes::Bytes;
 use h2::client::SendRequest;
 use rustls::pki_types::ServerName;
-use tokio::sync::Mutex;
-use tracing::debug;
+use tracing::{debug, warn, Instrument as _};
 
-use super::H2Stream;
+use super::{
+    keepalive,
+    slot::{Slot, Streams},
+    H2Stream, CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, MAX_FRAME, RESPONSE_TIMEOUT, STREAM_WINDOW,
+};
 use crate::{
     identity::{CertManager, Identity},
-    netns::Netns,
-    proxy::listeners::connect_from_pod,
+    netns::{socket::connect_from_pod, Netns},
     tls,
 };
-
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Per-stream and per-connection receive windows: enough for a fast stream, bounded memory.
-const STREAM_WINDOW: u32 = 1 << 20;
-const CONNECTION_WINDOW: u32 = 4 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
@@ -30,9 +41,23 @@ struct Key {
     addr: SocketAddr,
 }
 
+/// One pooled connection: the handle to open streams on it and how many are open.
+#[derive(Clone)]
+struct Entry {
+    id: u64,
+    sender: SendRequest<Bytes>,
+    streams: Streams,
+}
+
+#[derive(Clone)]
 pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     certs: CertManager,
-    conns: Mutex<HashMap<Key, SendRequest<Bytes>>>,
+    conns: Mutex<HashMap<Key, Vec<Entry>>>,
+    next_id: AtomicU64,
 }
 
 fn io_err(kind: io::ErrorKind, e: impl std::fmt::Display) -> io::Error {
@@ -42,8 +67,11 @@ fn io_err(kind: io::ErrorKind, e: impl std::fmt::Display) -> io::Error {
 impl Pool {
     pub fn new(certs: CertManager) -> Self {
         Self {
-            certs,
-            conns: Mutex::new(HashMap::new()),
+            inner: Arc::new(Inner {
+                certs,
+                conns: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(0),
+            }),
         }
     }
 
@@ -57,7 +85,12 @@ impl Pool {
         hbone: SocketAddr,
         target: SocketAddr,
     ) -> io::Result<H2Stream> {
-        let mut sender = self.sender(netns, source, destination, hbone).await?;
+        let key = Key {
+            source: source.clone(),
+            destination: destination.clone(),
+            addr: hbone,
+        };
+        let (mut sender, slot) = self.sender(netns, key).await?;
         let req = http::Request::builder()
             .method(http::Method::CONNECT)
             .uri(target.to_string())
@@ -66,8 +99,15 @@ impl Pool {
         let (resp, send) = sender
             .send_request(req, false)
             .map_err(|e| io_err(io::ErrorKind::ConnectionReset, e))?;
-        let resp = resp
+        // Dropping the unanswered stream resets it, so the peer does not keep it either.
+        let resp = tokio::time::timeout(RESPONSE_TIMEOUT, resp)
             .await
+            .map_err(|_| {
+                io_err(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer to CONNECT from {hbone} within {RESPONSE_TIMEOUT:?}"),
+                )
+            })?
             .map_err(|e| io_err(io::ErrorKind::ConnectionReset, e))?;
         if resp.status() != http::StatusCode::OK {
             return Err(super::TunnelRefused {
@@ -76,66 +116,123 @@ impl Pool {
             }
             .into_io());
         }
-        Ok(H2Stream::new(send, resp.into_body()))
+        Ok(H2Stream::new(send, resp.into_body()).holding(slot))
     }
 
-    async fn sender(
-        &self,
-        netns: &Netns,
-        source: &Identity,
-        destination: &Identity,
-        addr: SocketAddr,
-    ) -> io::Result<SendRequest<Bytes>> {
-        let key = Key {
-            source: source.clone(),
-            destination: destination.clone(),
-            addr,
+    /// Keeps only the connections whose (source, destination, address) `keep` says are still
+    /// in the state; the others are forgotten (their open streams finish, then they close).
+    pub fn retain(&self, keep: impl Fn(&Identity, &Identity, SocketAddr) -> bool) {
+        let mut conns = self.inner.conns.lock().expect("pool lock");
+        conns.retain(|k, _| keep(&k.source, &k.destination, k.addr));
+    }
+
+    /// How many connections are pooled.
+    pub fn size(&self) -> usize {
+        let conns = self.inner.conns.lock().expect("pool lock");
+        conns.values().map(Vec::len).sum()
+    }
+
+    /// A live pooled connection with room for one more stream, or a new one.
+    async fn sender(&self, netns: &Netns, key: Key) -> io::Result<(SendRequest<Bytes>, Slot)> {
+        let pooled = {
+            let conns = self.inner.conns.lock().expect("pool lock");
+            conns.get(&key).and_then(|entries| {
+                entries
+                    .iter()
+                    .find_map(|e| Some((e.sender.clone(), e.streams.take()?)))
+            })
         };
-        let cached = self.conns.lock().await.get(&key).cloned();
-        if let Some(s) = cached {
-            match s.ready().await {
-                Ok(s) => return Ok(s),
+        if let Some((sender, slot)) = pooled {
+            match sender.ready().await {
+                Ok(s) => return Ok((s, slot)),
                 Err(e) => {
-                    debug!(%addr, error = %e, "pooled hbone connection is gone; reconnecting")
+                    debug!(addr = %key.addr, error = %e, "pooled hbone connection is gone; reconnecting")
                 }
             }
         }
-        let fresh = self.open(netns, &key).await?;
-        self.conns.lock().await.insert(key, fresh.clone());
-        fresh
+        let entry = self.open(netns, &key).await?;
+        let slot = entry.streams.take().expect("a new connection has room");
+        let sender = entry.sender.clone();
+        self.inner
+            .conns
+            .lock()
+            .expect("pool lock")
+            .entry(key)
+            .or_default()
+            .push(entry);
+        let sender = sender
             .ready()
             .await
-            .map_err(|e| io_err(io::ErrorKind::ConnectionReset, e))
+            .map_err(|e| io_err(io::ErrorKind::ConnectionReset, e))?;
+        Ok((sender, slot))
     }
 
-    async fn open(&self, netns: &Netns, key: &Key) -> io::Result<SendRequest<Bytes>> {
-        let handshake = async {
-            let tls =
-                mtls_connect(&self.certs, netns, &key.source, &key.destination, key.addr).await?;
-            h2::client::Builder::new()
-                .initial_window_size(STREAM_WINDOW)
-                .initial_connection_window_size(CONNECTION_WINDOW)
-                .max_frame_size(crate::tunnel::MAX_FRAME)
-                .handshake::<_, Bytes>(tls)
-                .await
-                .map_err(|e| io_err(io::ErrorKind::ConnectionReset, e))
-        };
-        let (sender, conn) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+    async fn open(&self, netns: &Netns, key: &Key) -> io::Result<Entry> {
+        let tls = mtls_connect(
+            &self.inner.certs,
+            netns,
+            &key.source,
+            &key.destination,
+            key.addr,
+        )
+        .await?;
+        let handshake = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .handshake::<_, Bytes>(tls);
+        let (sender, mut conn) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
-            .map_err(|_| io_err(io::ErrorKind::TimedOut, "hbone handshake timed out"))??;
-        let addr = key.addr;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(%addr, error = %e, "hbone connection ended");
+            .map_err(|_| io_err(io::ErrorKind::TimedOut, "HTTP/2 handshake timed out"))?
+            .map_err(|e| io_err(io::ErrorKind::ConnectionReset, e))?;
+        let id = self.inner.next_id.fetch_add(1, Relaxed);
+        let pings = conn.ping_pong();
+        let (inner, key_) = (self.inner.clone(), key.clone());
+        let span = tracing::debug_span!("hbone_client", addr = %key.addr);
+        tokio::spawn(
+            async move {
+                let dead = async {
+                    match pings {
+                        Some(p) => keepalive::dead(p).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    r = &mut conn => match r {
+                        Ok(()) => debug!("hbone connection closed"),
+                        Err(e) => debug!(error = %e, "hbone connection ended"),
+                    },
+                    why = dead => warn!(destination = %key_.destination, "hbone connection dropped: {why}"),
+                }
+                inner.forget(&key_, id);
             }
-        });
-        Ok(sender)
+            .instrument(span),
+        );
+        Ok(Entry {
+            id,
+            sender,
+            streams: Streams::default(),
+        })
+    }
+}
+
+impl Inner {
+    /// Removes the ended connection `id` (not a newer one of the same key).
+    fn forget(&self, key: &Key, id: u64) {
+        let mut conns = self.conns.lock().expect("pool lock");
+        if let Some(entries) = conns.get_mut(key) {
+            entries.retain(|e| e.id != id);
+            if entries.is_empty() {
+                conns.remove(key);
+            }
+        }
     }
 }
 
 /// The client side of an HBONE endpoint's mTLS, from inside the source pod's netns: presents
 /// `source`'s certificate and requires `destination`'s identity. Shared by the pool and by
-/// `probe` (explain), so both prove certificates the same way.
+/// `probe` (explain), so both prove certificates the same way. The TCP connect and the TLS
+/// handshake are each bounded.
 pub async fn mtls_connect(
     certs: &CertManager,
     netns: &Netns,
@@ -147,9 +244,15 @@ pub async fn mtls_connect(
     let _ = tcp.set_nodelay(true);
     let cfg = tls::client_config(certs, source, destination);
     let name = ServerName::IpAddress(addr.ip().into());
-    tokio_rustls::TlsConnector::from(cfg)
-        .connect(name, tcp)
+    let handshake = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp);
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
+        .map_err(|_| {
+            io_err(
+                io::ErrorKind::TimedOut,
+                format!("mTLS handshake with {addr} timed out after {HANDSHAKE_TIMEOUT:?}"),
+            )
+        })?
         .map_err(|e| {
             io_err(
                 io::ErrorKind::PermissionDenied,

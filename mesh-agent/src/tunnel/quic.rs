@@ -2,6 +2,7 @@
 //! SPIFFE checks as HBONE over h2, to UDP :15008 of the destination pod. One QUIC connection per
 //! (source identity, destination identity, destination address); one bidirectional stream per
 //! TCP connection, opened with a CONNECT header (`header`) and answered with an HTTP status.
+//! The server yields each accepted stream as a `tunnel::Connect`, exactly as the h2 server does.
 //!
 //! Chosen by MeshConfig `tunnel: quic`. Every agent serves both transports, so the choice is the
 //! client's; where UDP does not get through (a handshake that times out, or is refused) the
@@ -24,41 +25,27 @@ pub const ALPN_QUIC: &[u8] = b"weft-hbone-quic/1";
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a destination marked unreachable over QUIC is probed again.
 pub const REPROBE: Duration = Duration::from_secs(30);
-const KEEP_ALIVE: Duration = Duration::from_secs(10);
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Flow control as in the h2 tunnel: 1 MiB per stream, 4 MiB per connection.
+/// The h2 tunnel's figures (`tunnel`): flow control (1 MiB per stream, 4 MiB per connection),
+/// `MAX_STREAMS` concurrent streams, and the same liveness bound as h2's PING
+/// (`KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT` after the peer was last heard). Sending a
+/// keep-alive restarts QUIC's idle timer, so the worst case is keep-alive + idle timeout: the
+/// keep-alive goes at half the interval and the idle timeout is the rest of the bound.
 fn transport() -> Arc<quinn::TransportConfig> {
+    use crate::tunnel::{
+        CONNECTION_WINDOW, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_STREAMS, STREAM_WINDOW,
+    };
+    let keep_alive = KEEPALIVE_INTERVAL / 2;
+    let idle = KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT - keep_alive;
     let mut t = quinn::TransportConfig::default();
-    t.max_concurrent_bidi_streams(4096u32.into())
+    t.max_concurrent_bidi_streams(MAX_STREAMS.into())
         .max_concurrent_uni_streams(0u32.into())
-        .stream_receive_window((1u32 << 20).into())
-        .receive_window((4u32 << 20).into())
-        .send_window(4 << 20)
-        .keep_alive_interval(Some(KEEP_ALIVE))
+        .stream_receive_window(STREAM_WINDOW.into())
+        .receive_window(CONNECTION_WINDOW.into())
+        .send_window(CONNECTION_WINDOW.into())
+        .keep_alive_interval(Some(keep_alive))
         .max_idle_timeout(Some(
-            IDLE_TIMEOUT
-                .try_into()
-                .expect("idle timeout within QUIC's range"),
+            idle.try_into().expect("idle timeout within QUIC's range"),
         ));
     Arc::new(t)
-}
-
-/// A UDP socket in the pod's netns, marked as the agent's: the pod's :15008 (opened with its
-/// TCP listeners) or a client connection's.
-pub fn udp_socket(
-    netns: &crate::netns::Netns,
-    addr: std::net::SocketAddr,
-) -> std::io::Result<std::net::UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    netns.run(|| -> std::io::Result<std::net::UdpSocket> {
-        let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-        if addr.is_ipv6() {
-            s.set_only_v6(true)?;
-        }
-        s.set_mark(mesh_common::AGENT_MARK)?;
-        s.set_nonblocking(true)?;
-        s.bind(&addr.into())?;
-        Ok(s.into())
-    })?
 }

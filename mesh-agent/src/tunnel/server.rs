@@ -1,125 +1,141 @@
 //! The HBONE endpoint of a pod (:15008 in its netns): terminate mTLS presenting the pod's
 //! identity, verify the client's chain and read its SPIFFE ID, then serve HTTP/2 CONNECT
-//! streams, each to a port of this pod, delivered inside the pod's netns.
+//! streams, each yielded to the caller's handler as a `Connect` to admit or refuse.
 //!
-//! Refused, with a log line naming the reason and the agent unharmed: plaintext or garbage
+//! Refused here, with a log line naming the reason and the agent unharmed: plaintext or garbage
 //! (TLS fails), a certificate from another trust domain, expired or unsigned (verification
-//! fails), a method other than CONNECT (405), a target that is not this pod (403), a port
-//! nothing listens on (503).
+//! fails), a handshake that does not finish in `HANDSHAKE_TIMEOUT`, a method other than
+//! CONNECT (405), more than `MAX_STREAMS` concurrent streams (REFUSED_STREAM), a header list over
+//! `MAX_HEADER_LIST` (431), a peer that stops answering PINGs (connection dropped).
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
-use h2::server::SendResponse;
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{info, info_span, warn, Instrument as _};
+use tracing::{debug, info, warn, Instrument as _};
 
-use super::{deliver::deliver, H2Stream};
-use crate::{
-    identity::Identity,
-    proxy::{listeners::accept_loop, relay, reset, PodContext},
+use super::{
+    incoming::{refuse_h2, Connect},
+    keepalive, CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, MAX_FRAME, MAX_HEADER_LIST, MAX_STREAMS,
+    STREAM_WINDOW,
 };
+use crate::{identity::Identity, netns::socket};
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-pub async fn serve(ctx: Arc<PodContext>, listener: TcpListener) {
-    accept_loop(listener, move |stream, peer| {
-        handle(ctx.clone(), stream, peer)
+/// Serves HBONE on `listener` until the task is aborted; each accepted CONNECT is handed to
+/// `handler` in a task of its own (in the caller's span). Without `tls` (no CA on this agent)
+/// every connection is reset.
+pub async fn serve<H, Fut>(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    handler: H,
+) where
+    H: Fn(Connect) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    socket::accept_loop(listener, move |tcp, peer| {
+        connection(tls.clone(), tcp, peer, handler.clone()).in_current_span()
     })
     .await
 }
 
-async fn handle(ctx: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
-    let Some(tls) = ctx.hbone_tls.clone() else {
-        info!(pod = %ctx.key, %peer, "hbone: no CA configured on this agent; reset");
-        return reset(tcp);
+async fn connection<H, Fut>(
+    tls: Option<Arc<rustls::ServerConfig>>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    handler: H,
+) where
+    H: Fn(Connect) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Some(tls) = tls else {
+        info!(%peer, "hbone: no CA configured on this agent; reset");
+        return socket::reset(&tcp);
     };
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            return warn!(pod = %ctx.key, %peer, error = %e, "hbone: mTLS handshake refused")
-        }
-        Err(_) => return warn!(pod = %ctx.key, %peer, "hbone: mTLS handshake timed out"),
-    };
-    let source = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-        Some(leaf) => Identity::from_cert(leaf),
-        None => return warn!(pod = %ctx.key, %peer, "hbone: client presented no certificate"),
-    };
-    let source = match source {
-        Ok(id) => id,
-        Err(e) => {
-            return warn!(pod = %ctx.key, %peer, error = %e, "hbone: client identity unreadable")
-        }
-    };
-    let mut conn = match h2::server::Builder::new()
-        .initial_window_size(1 << 20)
-        .initial_connection_window_size(4 << 20)
-        .max_frame_size(crate::tunnel::MAX_FRAME)
-        .handshake::<_, Bytes>(tls)
-        .await
-    {
+    let (source, mut conn) = match handshake(tls, tcp).await {
         Ok(c) => c,
-        Err(e) => {
-            return warn!(pod = %ctx.key, %peer, %source, error = %e, "hbone: HTTP/2 handshake failed")
-        }
+        Err(why) => return warn!(%peer, "hbone: {why}"),
     };
-    while let Some(next) = conn.accept().await {
-        match next {
-            Ok((req, respond)) => {
-                let span =
-                    info_span!("inbound", pod = %ctx.key, src = %peer, src_identity = %source);
-                let source = source.clone();
-                tokio::spawn(stream(ctx.clone(), req, respond, source, peer).instrument(span));
-            }
-            Err(e) => {
-                info!(pod = %ctx.key, %peer, %source, error = %e, "hbone: connection ended");
-                break;
+    let dead = match conn.ping_pong() {
+        Some(pings) => futures_util::future::Either::Left(keepalive::dead(pings)),
+        None => futures_util::future::Either::Right(std::future::pending()),
+    };
+    tokio::pin!(dead);
+    loop {
+        tokio::select! {
+            next = conn.accept() => match next {
+                Some(Ok((req, respond))) => {
+                    let handler = handler.clone();
+                    let source = source.clone();
+                    tokio::spawn(stream(req, respond, source, peer, handler).in_current_span());
+                }
+                Some(Err(e)) => {
+                    return info!(%peer, %source, error = %e, "hbone: connection ended");
+                }
+                None => return debug!(%peer, %source, "hbone: connection closed by the peer"),
+            },
+            why = &mut dead => {
+                return warn!(%peer, %source, "hbone: peer dropped: {why}");
             }
         }
     }
 }
 
-fn refuse(mut respond: SendResponse<Bytes>, code: StatusCode, why: &str) {
-    warn!(status = code.as_u16(), "hbone: stream refused: {why}");
-    let resp = Response::builder()
-        .status(code)
-        .body(())
-        .expect("static response");
-    let _ = respond.send_response(resp, true);
+type ServerConnection = h2::server::Connection<tokio_rustls::server::TlsStream<TcpStream>, Bytes>;
+
+/// mTLS, the client's verified identity, then HTTP/2 with the server's limits: each step within
+/// `HANDSHAKE_TIMEOUT`. The error is the reason to log.
+async fn handshake(
+    tls: Arc<rustls::ServerConfig>,
+    tcp: TcpStream,
+) -> Result<(Identity, ServerConnection), String> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+        .await
+        .map_err(|_| "mTLS handshake timed out".to_string())?
+        .map_err(|e| format!("mTLS handshake refused: {e}"))?;
+    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+    let source = Identity::from_cert(leaf.ok_or("client presented no certificate")?)
+        .map_err(|e| format!("client identity unreadable: {e}"))?;
+    let handshake = h2::server::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .handshake::<_, Bytes>(tls);
+    let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| format!("HTTP/2 handshake with {source} timed out"))?
+        .map_err(|e| format!("HTTP/2 handshake with {source} failed: {e}"))?;
+    Ok((source, conn))
 }
 
-async fn stream(
-    ctx: Arc<PodContext>,
+async fn stream<H, Fut>(
     req: Request<h2::RecvStream>,
-    mut respond: SendResponse<Bytes>,
+    respond: h2::server::SendResponse<Bytes>,
     source: Identity,
     peer: SocketAddr,
-) {
+    handler: H,
+) where
+    H: Fn(Connect) -> Fut,
+    Fut: Future<Output = ()>,
+{
     if req.method() != http::Method::CONNECT {
-        return refuse(
-            respond,
-            StatusCode::METHOD_NOT_ALLOWED,
-            "only CONNECT is served",
-        );
+        warn!(%peer, method = %req.method(), "hbone: stream refused: only CONNECT is served");
+        return refuse_h2(respond, StatusCode::METHOD_NOT_ALLOWED);
     }
-    let authority = req.uri().authority().map(|a| a.as_str()).unwrap_or("");
-    let d = match deliver(&ctx, authority, &source, peer.ip(), "hbone").await {
-        Ok(d) => d,
-        Err(r) => return refuse(respond, r.status, &r.reason),
-    };
-    let ok = Response::builder()
-        .status(StatusCode::OK)
-        .body(())
-        .expect("static response");
-    let send = match respond.send_response(ok, false) {
-        Ok(s) => s,
-        Err(e) => return info!(error = %e, "hbone: client went away"),
-    };
-    let down = H2Stream::new(send, req.into_body());
-    let span = info_span!("deliver", dst = %d.target);
-    relay(&ctx.shared, down, d.up, d.record, Some(d.watch))
-        .instrument(span)
-        .await
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .unwrap_or_default();
+    handler(Connect::h2(
+        source,
+        peer,
+        authority,
+        respond,
+        req.into_body(),
+    ))
+    .await
 }

@@ -21,8 +21,12 @@ use tracing::{debug, info, warn};
 use super::{header, QuicStream, ALPN_QUIC, HANDSHAKE_TIMEOUT, REPROBE};
 use crate::{
     identity::{CertManager, Identity},
-    netns::Netns,
+    netns::{socket::udp_socket, Netns},
     tls,
+    tunnel::{
+        slot::{Slot, Streams},
+        RESPONSE_TIMEOUT,
+    },
 };
 
 #[derive(Debug)]
@@ -45,7 +49,8 @@ pub struct QuicPool {
 
 struct Inner {
     certs: CertManager,
-    conns: Mutex<HashMap<Key, Connection>>,
+    /// Several per key once one holds `MAX_STREAMS` streams.
+    conns: Mutex<HashMap<Key, Vec<(Connection, Streams)>>>,
     /// Address → when QUIC may be probed again.
     unreachable: Mutex<HashMap<SocketAddr, Instant>>,
 }
@@ -101,17 +106,26 @@ impl QuicPool {
             destination: destination.clone(),
             addr,
         };
-        let conn = self.connection(netns, key).await?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| classify(destination, e))?;
+        let (conn, slot) = self.connection(netns, key).await?;
         let refused = |e: io::Error| Failure::Refused(io_err(io::ErrorKind::ConnectionReset, e));
+        // Opening the stream waits for the peer's stream credit; all of it is bounded.
         let status = async {
-            header::write_request(&mut send, &target.to_string()).await?;
-            header::read_status(&mut recv).await
+            let (mut send, mut recv) =
+                conn.open_bi().await.map_err(|e| classify(destination, e))?;
+            header::write_request(&mut send, &target.to_string())
+                .await
+                .map_err(refused)?;
+            let status = header::read_status(&mut recv).await.map_err(refused)?;
+            Ok::<_, Failure>((send, recv, status))
         };
-        let status = tokio::time::timeout(crate::config::CONNECT_TIMEOUT, status)
+        let (send, recv, status) = tokio::time::timeout(RESPONSE_TIMEOUT, status)
             .await
-            .map_err(|_| refused(io_err(io::ErrorKind::TimedOut, "no answer to CONNECT")))?
-            .map_err(refused)?;
+            .map_err(|_| {
+                refused(io_err(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer to CONNECT from {addr} within {RESPONSE_TIMEOUT:?}"),
+                ))
+            })??;
         if status != 200 {
             let refusal = crate::tunnel::TunnelRefused {
                 destination: destination.to_string(),
@@ -119,18 +133,25 @@ impl QuicPool {
             };
             return Err(Failure::Refused(refusal.into_io()));
         }
-        Ok(QuicStream::new(send, recv))
+        Ok(QuicStream::new(send, recv).holding(slot))
     }
 
-    async fn connection(&self, netns: &Netns, key: Key) -> Result<Connection, Failure> {
-        let cached = self
-            .inner
-            .conns
-            .lock()
-            .expect("pool lock")
-            .get(&key)
-            .cloned();
-        if let Some(c) = cached.filter(|c| c.close_reason().is_none()) {
+    async fn connection(&self, netns: &Netns, key: Key) -> Result<(Connection, Slot), Failure> {
+        let pooled = {
+            let mut conns = self.inner.conns.lock().expect("pool lock");
+            let entries = conns.get_mut(&key);
+            let live = entries.and_then(|entries| {
+                entries.retain(|(c, _)| c.close_reason().is_none());
+                entries
+                    .iter()
+                    .find_map(|(c, s)| Some((c.clone(), s.take()?)))
+            });
+            if conns.get(&key).is_some_and(Vec::is_empty) {
+                conns.remove(&key);
+            }
+            live
+        };
+        if let Some(c) = pooled {
             return Ok(c);
         }
         if let Some(next_probe) = self.unreachable_until(key.addr) {
@@ -143,7 +164,41 @@ impl QuicPool {
             )));
         }
         let endpoint = self.endpoint(netns, key.addr)?;
-        self.inner.handshake(endpoint, key).await
+        let conn = self.inner.handshake(endpoint, key.clone()).await?;
+        let streams = Streams::default();
+        let slot = streams.take().expect("a new connection has room");
+        self.inner.pool(key, conn.clone(), streams);
+        Ok((conn, slot))
+    }
+
+    /// Keeps only the connections whose (source, destination, address) `keep` says are still
+    /// in the state, and the unreachable marks of addresses `keep_addr` says are; the others
+    /// are forgotten (a forgotten connection closes when its last stream ends).
+    pub fn retain(
+        &self,
+        keep: impl Fn(&Identity, &Identity, SocketAddr) -> bool,
+        keep_addr: impl Fn(SocketAddr) -> bool,
+    ) {
+        let mut conns = self.inner.conns.lock().expect("pool lock");
+        conns.retain(|k, entries| {
+            entries.retain(|(c, _)| c.close_reason().is_none());
+            !entries.is_empty() && keep(&k.source, &k.destination, k.addr)
+        });
+        drop(conns);
+        let mut unreachable = self.inner.unreachable.lock().expect("pool lock");
+        unreachable.retain(|addr, _| keep_addr(*addr));
+    }
+
+    /// (live pooled connections, addresses marked unreachable)
+    pub fn sizes(&self) -> (usize, usize) {
+        let conns = self.inner.conns.lock().expect("pool lock");
+        let n = conns
+            .values()
+            .flatten()
+            .filter(|(c, _)| c.close_reason().is_none())
+            .count();
+        drop(conns);
+        (n, self.inner.unreachable.lock().expect("pool lock").len())
     }
 
     fn unreachable_until(&self, addr: SocketAddr) -> Option<Instant> {
@@ -162,8 +217,9 @@ impl QuicPool {
         };
         let inner = self.inner.clone();
         tokio::spawn(async move {
-            if inner.handshake(endpoint, key.clone()).await.is_ok() {
+            if let Ok(conn) = inner.handshake(endpoint, key.clone()).await {
                 info!(addr = %key.addr, "QUIC reaches this destination again");
+                inner.pool(key, conn, Streams::default());
             }
         });
     }
@@ -173,7 +229,7 @@ impl QuicPool {
             SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
             SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
         };
-        let socket = super::udp_socket(netns, any).map_err(Failure::Unavailable)?;
+        let socket = udp_socket(netns, any).map_err(Failure::Unavailable)?;
         Endpoint::new(
             quinn::EndpointConfig::default(),
             None,
@@ -185,6 +241,11 @@ impl QuicPool {
 }
 
 impl Inner {
+    fn pool(&self, key: Key, conn: Connection, streams: Streams) {
+        let mut conns = self.conns.lock().expect("pool lock");
+        conns.entry(key).or_default().push((conn, streams));
+    }
+
     fn mark_unreachable(&self, addr: SocketAddr) {
         self.unreachable
             .lock()
@@ -217,10 +278,6 @@ impl Inner {
                     .lock()
                     .expect("pool lock")
                     .remove(&key.addr);
-                self.conns
-                    .lock()
-                    .expect("pool lock")
-                    .insert(key, conn.clone());
                 Ok(conn)
             }
             Err(Failure::Unavailable(e)) => {

@@ -1,25 +1,21 @@
 //! The QUIC side of a pod's HBONE endpoint (UDP :15008 in its netns): the same mTLS as the h2
 //! endpoint (this pod's certificate, client chain verified against the mesh root and read for
-//! its SPIFFE ID), then one tunnel per bidirectional stream, each delivered to a port of this pod.
-//! Garbage datagrams are dropped by QUIC itself; a failed handshake, a bad header or a refused
-//! target is logged with the reason and the agent goes on.
+//! its SPIFFE ID), then one tunnel per bidirectional stream, each yielded to the caller's
+//! handler as a `Connect`. Garbage datagrams are dropped by QUIC itself; a failed handshake or
+//! a bad header is logged with the reason and the agent goes on. Streams per connection are
+//! capped by the transport (`MAX_STREAMS`); the header is at most 257 bytes.
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc};
 
-use quinn::{
-    crypto::rustls::QuicServerConfig, Connection, Endpoint, Incoming, RecvStream, SendStream,
-};
+use quinn::{crypto::rustls::QuicServerConfig, Connection, Endpoint, Incoming};
 use rustls::pki_types::CertificateDer;
-use tracing::{info, info_span, warn, Instrument as _};
+use tracing::{info, warn, Instrument as _};
 
-use super::{header, QuicStream, ALPN_QUIC};
+use super::{header, ALPN_QUIC};
 use crate::{
     identity::Identity,
-    proxy::{relay, PodContext},
-    tunnel::deliver::deliver,
+    tunnel::{incoming::refuse_quic, Connect, HANDSHAKE_TIMEOUT, RESPONSE_TIMEOUT},
 };
-
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A server endpoint on `socket` with the pod's HBONE TLS settings (ALPN changed to QUIC's).
 pub fn endpoint(
@@ -50,46 +46,78 @@ impl Drop for StopAccepting {
     }
 }
 
-pub async fn serve(ctx: Arc<PodContext>, endpoint: Endpoint) {
+/// Serves QUIC tunnels on `endpoint` until the task is aborted; each accepted stream is handed
+/// to `handler` in a task of its own (in the caller's span).
+pub async fn serve<H, Fut>(endpoint: Endpoint, handler: H)
+where
+    H: Fn(Connect) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let guard = StopAccepting(endpoint);
     while let Some(incoming) = guard.0.accept().await {
-        tokio::spawn(connection(ctx.clone(), incoming));
+        tokio::spawn(connection(incoming, handler.clone()).in_current_span());
     }
 }
 
-async fn connection(ctx: Arc<PodContext>, incoming: Incoming) {
+async fn connection<H, Fut>(incoming: Incoming, handler: H)
+where
+    H: Fn(Connect) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let peer = incoming.remote_address();
     let conn = match incoming.accept() {
         Ok(connecting) => tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await,
-        Err(e) => return warn!(pod = %ctx.key, %peer, error = %e, "hbone-quic: connection refused"),
+        Err(e) => return warn!(%peer, error = %e, "hbone-quic: connection refused"),
     };
     let conn = match conn {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            return warn!(pod = %ctx.key, %peer, error = %e, "hbone-quic: mTLS handshake refused")
-        }
-        Err(_) => return warn!(pod = %ctx.key, %peer, "hbone-quic: mTLS handshake timed out"),
+        Ok(Err(e)) => return warn!(%peer, error = %e, "hbone-quic: mTLS handshake refused"),
+        Err(_) => return warn!(%peer, "hbone-quic: mTLS handshake timed out"),
     };
     let source = match peer_identity(&conn) {
         Ok(id) => id,
         Err(why) => {
             conn.close(1u32.into(), b"no identity");
-            return warn!(pod = %ctx.key, %peer, "hbone-quic: {why}");
+            return warn!(%peer, "hbone-quic: {why}");
         }
     };
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
-                let span = info_span!("inbound", pod = %ctx.key, src = %peer, src_identity = %source, transport = "quic");
-                let source = source.clone();
-                tokio::spawn(stream(ctx.clone(), send, recv, source, peer.ip()).instrument(span));
+                let task = stream(send, recv, source.clone(), peer, handler.clone());
+                tokio::spawn(task.in_current_span());
             }
             Err(e) => {
-                info!(pod = %ctx.key, %peer, %source, error = %e, "hbone-quic: connection ended");
-                break;
+                return info!(%peer, %source, error = %e, "hbone-quic: connection ended");
             }
         }
     }
+}
+
+/// Reads the stream's CONNECT header (bounded in time and size) and yields it.
+async fn stream<H, Fut>(
+    send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    source: Identity,
+    peer: std::net::SocketAddr,
+    handler: H,
+) where
+    H: Fn(Connect) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let read = header::read_request(&mut recv);
+    let authority = match tokio::time::timeout(RESPONSE_TIMEOUT, read).await {
+        Ok(Ok(a)) => a,
+        Ok(Err(why)) => {
+            warn!(%peer, "hbone-quic: stream refused: {why}");
+            return refuse_quic(send, recv, 400).await;
+        }
+        Err(_) => {
+            warn!(%peer, "hbone-quic: stream refused: no tunnel header in time");
+            return refuse_quic(send, recv, 408).await;
+        }
+    };
+    handler(Connect::quic(source, peer, authority, send, recv)).await
 }
 
 fn peer_identity(conn: &Connection) -> Result<Identity, String> {
@@ -99,38 +127,4 @@ fn peer_identity(conn: &Connection) -> Result<Identity, String> {
         .ok_or("client presented no certificate")?;
     let leaf = certs.first().ok_or("client presented no certificate")?;
     Identity::from_cert(leaf).map_err(|e| format!("client identity unreadable: {e}"))
-}
-
-async fn stream(
-    ctx: Arc<PodContext>,
-    mut send: SendStream,
-    mut recv: RecvStream,
-    source: Identity,
-    source_ip: std::net::IpAddr,
-) {
-    let authority =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, header::read_request(&mut recv)).await {
-            Ok(Ok(a)) => a,
-            Ok(Err(why)) => return refuse(send, recv, 400, &why).await,
-            Err(_) => return refuse(send, recv, 408, "no tunnel header in time").await,
-        };
-    let d = match deliver(&ctx, &authority, &source, source_ip, "quic").await {
-        Ok(d) => d,
-        Err(r) => return refuse(send, recv, r.status.as_u16(), &r.reason).await,
-    };
-    if let Err(e) = header::write_status(&mut send, 200).await {
-        return info!(error = %e, "hbone-quic: client went away");
-    }
-    let down = QuicStream::new(send, recv);
-    let span = info_span!("deliver", dst = %d.target);
-    relay(&ctx.shared, down, d.up, d.record, Some(d.watch))
-        .instrument(span)
-        .await
-}
-
-async fn refuse(mut send: SendStream, mut recv: RecvStream, status: u16, why: &str) {
-    warn!(status, "hbone: stream refused: {why}");
-    let _ = header::write_status(&mut send, status).await;
-    let _ = send.finish();
-    let _ = recv.stop(0u32.into());
 }

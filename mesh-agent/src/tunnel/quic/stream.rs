@@ -16,11 +16,23 @@ const CANCELLED: VarInt = VarInt::from_u32(1);
 pub struct QuicStream {
     send: SendStream,
     recv: RecvStream,
+    /// A client stream's place on its pooled connection, given back on drop.
+    _slot: Option<crate::tunnel::slot::Slot>,
 }
 
 impl QuicStream {
     pub fn new(send: SendStream, recv: RecvStream) -> Self {
-        Self { send, recv }
+        Self {
+            send,
+            recv,
+            _slot: None,
+        }
+    }
+
+    /// Holds `slot` for as long as the stream lives.
+    pub fn holding(mut self, slot: crate::tunnel::slot::Slot) -> Self {
+        self._slot = Some(slot);
+        self
     }
 
     pub fn reset(&mut self) {
