@@ -88,8 +88,10 @@ const HEAP_TRIM_FREE_BYTES: usize = 16 << 20;
 
 /// glibc keeps what a burst of connections freed in its per-thread arenas: without a trim, RSS
 /// after 10 000 connections closed stayed where it peaked. `malloc_trim(0)` returns the free
-/// pages of every arena to the kernel; it runs only when the arenas hold more than
-/// `HEAP_TRIM_FREE_BYTES` free, so a steady agent pays one `mallinfo2` walk per interval. A
+/// pages of every arena to the kernel; it runs only while the arenas hold more than
+/// `HEAP_TRIM_FREE_BYTES` free (a small agent pays one `mallinfo2` walk per interval; trimming
+/// pages already returned costs little). Kept to glibc rather than a new allocator: it needs no
+/// C build and measured 6 KiB per idle connection once the relay stopped holding buffers. A
 /// plain thread, so a busy runtime never delays it and it never delays the runtime.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn spawn_heap_trimmer() {
