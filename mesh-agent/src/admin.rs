@@ -90,6 +90,15 @@ struct ConfigDump<'a> {
     /// Pooled tunnel connections (absent without a CA).
     tunnel_pools: Option<crate::tunnel::PoolSizes>,
     bpf: BpfDump,
+    /// Sizes of the agent's per-endpoint and per-series tables (bounded under churn).
+    tables: Tables,
+}
+
+#[derive(Serialize)]
+struct Tables {
+    balancer: crate::proxy::balance::BalancerSizes,
+    /// TCP metric label sets kept (four series each in /metrics).
+    metric_series: usize,
 }
 
 #[derive(Serialize)]
@@ -196,6 +205,10 @@ fn route_now(req: Request<Incoming>, live: &Live) -> Response<Full<Bytes>> {
                     pin_dir: status.config.bpf_pin_dir.clone(),
                     counters: live.maps.stats(),
                     map_entries: live.maps.entry_counts(),
+                },
+                tables: Tables {
+                    balancer: live.shared.balancer.sizes(),
+                    metric_series: live.shared.metrics.series(),
                 },
             };
             json(&dump)

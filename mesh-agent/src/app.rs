@@ -96,9 +96,12 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
         shared.state.store(Arc::new(loaded.state));
         let state = shared.state.load_full();
         enrollment.reconcile(&state);
+        // What left the state leaves the pools, the balancer and the metrics too (bounded under churn).
         if let Some(mtls) = &shared.mtls {
             mtls.prune_pools(&state, &shared.node, &shared.trust_domain);
         }
+        shared.balancer.prune(&state);
+        shared.metrics.prune(&state);
         let revoked = shared.live.recheck(&state);
         if revoked > 0 {
             info!(

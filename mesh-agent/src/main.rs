@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         }
     };
     raise_fd_limit();
+    spawn_heap_trimmer();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = match cli.command {
         Command::Run(args) => {
@@ -79,3 +80,41 @@ fn raise_fd_limit() {
         }
     }
 }
+
+/// How often the heap is checked for memory to give back, and how much free memory it may
+/// keep before it is trimmed.
+const HEAP_TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+const HEAP_TRIM_FREE_BYTES: usize = 16 << 20;
+
+/// glibc keeps what a burst of connections freed in its per-thread arenas: without a trim, RSS
+/// after 10 000 connections closed stayed where it peaked. `malloc_trim(0)` returns the free
+/// pages of every arena to the kernel; it runs only while the arenas hold more than
+/// `HEAP_TRIM_FREE_BYTES` free (a small agent pays one `mallinfo2` walk per interval; trimming
+/// pages already returned costs little). Kept to glibc rather than a new allocator: it needs no
+/// C build and measured 6 KiB per idle connection once the relay stopped holding buffers. A
+/// plain thread, so a busy runtime never delays it and it never delays the runtime.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn spawn_heap_trimmer() {
+    let trim = || loop {
+        std::thread::sleep(HEAP_TRIM_INTERVAL);
+        // Safety: mallinfo2 has no preconditions; it only reads allocator statistics.
+        #[allow(unsafe_code)]
+        let free = unsafe { libc::mallinfo2() }.fordblks;
+        if free >= HEAP_TRIM_FREE_BYTES {
+            // Safety: malloc_trim has no preconditions; it releases free pages only.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::malloc_trim(0)
+            };
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("heap-trim".into())
+        .spawn(trim)
+    {
+        eprintln!("mesh-agent: no heap trimmer ({e}); freed memory stays with the process");
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn spawn_heap_trimmer() {}

@@ -4,12 +4,17 @@
 //! The names and labels are Istio's, so Istio's Grafana dashboards and Kiali read them as they
 //! are. Counters are bumped while bytes flow, not at close, so a long-lived connection shows up
 //! at once.
+//!
+//! Series are dropped when what they name leaves the state (`prune`, on every state change):
+//! a series no open connection holds whose source or destination workload, or destination
+//! Service, is gone. Its totals go with it (Prometheus treats a vanished counter as ended, and a
+//! reappearing one as a reset), so churning pods do not grow the agent's memory or the scrape.
 
 pub mod access_log;
 pub mod server;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fmt::Write as _,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -18,6 +23,8 @@ use std::{
 };
 
 pub use access_log::AccessLog;
+
+use crate::state::State;
 
 /// Istio's value for a label that is not known.
 pub const UNKNOWN: &str = "unknown";
@@ -150,6 +157,23 @@ impl Metrics {
             .clone()
     }
 
+    /// Drops the series that name a workload or Service `state` no longer has, unless a
+    /// connection still holds them (an open connection keeps counting into its series until it
+    /// ends; the next prune after that takes it). Returns how many were dropped.
+    pub fn prune(&self, state: &State) -> usize {
+        let present = Present::of(state);
+        let mut tcp = self.tcp.lock().expect("metrics lock");
+        let before = tcp.len();
+        // Under the lock no new holder can appear: `tcp()` takes it to hand out a series.
+        tcp.retain(|labels, c| Arc::strong_count(c) > 1 || present.names_all(labels));
+        before - tcp.len()
+    }
+
+    /// How many TCP label sets are kept (each is four series in /metrics).
+    pub fn series(&self) -> usize {
+        self.tcp.lock().expect("metrics lock").len()
+    }
+
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
         let mut series: Vec<(String, Arc<TcpCounters>)> = self
@@ -176,6 +200,49 @@ impl Metrics {
             self.access_log_dropped.load(Relaxed)
         );
         out
+    }
+}
+
+/// The workloads and Services of a state, as series name them.
+struct Present<'a> {
+    /// namespace → workload names.
+    workloads: HashMap<&'a str, HashSet<String>>,
+    services: HashSet<(&'a str, &'a str)>,
+}
+
+impl<'a> Present<'a> {
+    fn of(state: &'a State) -> Self {
+        let mut workloads: HashMap<&str, HashSet<String>> = HashMap::new();
+        for p in state.pods.values() {
+            workloads
+                .entry(p.key.namespace.as_str())
+                .or_default()
+                .insert(p.workload());
+        }
+        Self {
+            workloads,
+            services: state
+                .services
+                .keys()
+                .map(|k| (k.namespace.as_str(), k.name.as_str()))
+                .collect(),
+        }
+    }
+
+    /// Whether every workload and Service the series names is still there; `unknown` ends and
+    /// the fixed names of traffic leaving the mesh name nothing that can leave.
+    fn names_all(&self, l: &TcpLabels) -> bool {
+        let workload = |ns: &str, w: &str| {
+            w == UNKNOWN || self.workloads.get(ns).is_some_and(|ws| ws.contains(w))
+        };
+        let service = l.destination_service_namespace == UNKNOWN
+            || self.services.contains(&(
+                l.destination_service_namespace.as_str(),
+                l.destination_service_name.as_str(),
+            ));
+        service
+            && workload(&l.source_workload_namespace, &l.source_workload)
+            && workload(&l.destination_workload_namespace, &l.destination_workload)
     }
 }
 
@@ -250,5 +317,72 @@ mod tests {
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn prune_drops_idle_series_of_departed_workloads_and_keeps_held_ones() {
+        use crate::state::{Pod, PodKey};
+        let m = Metrics::default();
+        let departed = TcpLabels {
+            destination_workload: "db-old".into(),
+            ..labels(flags::NONE)
+        };
+        let held = TcpLabels {
+            destination_workload: "db-held".into(),
+            ..labels(flags::NONE)
+        };
+        let open = m.tcp(held);
+        m.tcp(departed).opened.fetch_add(1, Relaxed);
+        m.tcp(labels(flags::NONE));
+        // Passthrough: no destination workload or Service that could leave.
+        m.tcp(TcpLabels {
+            destination_workload: UNKNOWN.into(),
+            destination_workload_namespace: UNKNOWN.into(),
+            destination_service: "PassthroughCluster".into(),
+            destination_service_name: "PassthroughCluster".into(),
+            destination_service_namespace: UNKNOWN.into(),
+            ..labels(flags::NONE)
+        });
+        let mut state = State::default();
+        for name in ["client", "db"] {
+            let key = PodKey {
+                namespace: "shop".into(),
+                name: name.into(),
+            };
+            let pod = Pod {
+                key: key.clone(),
+                uid: None,
+                node: None,
+                service_account: name.into(),
+                ip: None,
+                labels: Default::default(),
+                ports: Default::default(),
+                netns: None,
+                cgroup: None,
+            };
+            state.pods.insert(key, pod);
+        }
+        let db = crate::state::ServiceKey {
+            namespace: "shop".into(),
+            name: "db".into(),
+        };
+        let service = crate::state::Service {
+            key: db.clone(),
+            cluster_ips: Vec::new(),
+            ports: Vec::new(),
+            selector: None,
+        };
+        state.services.insert(db.clone(), service);
+        state.reindex();
+        assert_eq!(m.series(), 4);
+        assert_eq!(m.prune(&state), 1, "the idle series of db-old");
+        assert!(!m.render().contains("db-old"));
+        assert!(m.render().contains("db-held"), "held by an open connection");
+        drop(open);
+        assert_eq!(m.prune(&state), 1, "db-held, once its connection ended");
+        state.services.remove(&db);
+        assert_eq!(m.prune(&state), 1, "client to db: the Service left");
+        assert_eq!(m.series(), 1, "passthrough stays while its source does");
+        assert_eq!(m.prune(&State::default()), 1, "its source left");
     }
 }

@@ -205,6 +205,11 @@ impl Agent {
         self.spawn();
     }
 
+    /// The agent's process id, while it runs (the bench reads its /proc/PID/status).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// CPU seconds (user + system) the agent has used so far, and its peak RSS in KiB.
     pub fn usage(&self) -> (f64, u64) {
         let pid = self.child.as_ref().map(|c| c.id()).unwrap_or(0);

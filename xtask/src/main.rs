@@ -40,6 +40,9 @@ enum Command {
         /// Connections per measurement.
         #[arg(long, default_value_t = 2000)]
         connections: usize,
+        /// Idle relayed connections held open for the memory phase (0 skips it).
+        #[arg(long, default_value_t = 10_000)]
+        memory_connections: usize,
     },
 }
 
@@ -54,6 +57,9 @@ fn main() -> Result<()> {
         Command::Lint => run::lint(),
         Command::Codegen => run::codegen(false),
         Command::Demo => run::demo(),
-        Command::Bench { connections } => run::bench(connections),
+        Command::Bench {
+            connections,
+            memory_connections,
+        } => run::bench(connections, memory_connections),
     }
 }

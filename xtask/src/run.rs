@@ -235,10 +235,15 @@ pub fn demo() -> Result<()> {
     tool("demo", false, &[])
 }
 
-pub fn bench(connections: usize) -> Result<()> {
+pub fn bench(connections: usize, memory_connections: usize) -> Result<()> {
     tool(
         "bench",
         true,
-        &["--connections".into(), connections.to_string()],
+        &[
+            "--connections".into(),
+            connections.to_string(),
+            "--memory-connections".into(),
+            memory_connections.to_string(),
+        ],
     )
 }

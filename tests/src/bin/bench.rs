@@ -7,8 +7,13 @@
 //!    (switched live by MeshConfig): connect + first byte latency, 1 KiB request/response
 //!    latency at a fixed rate, new connections per second, echo throughput with 1 and 8
 //!    streams, the agents' CPU seconds per GB moved and peak RSS.
+//! 3. Memory (`memory`): each agent's RSS idle, with `--memory-connections` (default 10 000;
+//!    0 skips) idle relayed connections, and after they close.
 //!
 //! Rounds alternate between paths. Prints tables and writes target/bench/bench.json.
+
+#[path = "bench/memory.rs"]
+mod memory;
 
 use std::net::SocketAddr;
 
@@ -26,14 +31,18 @@ const CONN_SECS: u64 = 3;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let connections: usize = args
-        .iter()
-        .position(|a| a == "--connections")
-        .and_then(|i| args.get(i + 1)?.parse().ok())
-        .unwrap_or(2000);
+    let flag = |name: &str, default: usize| -> usize {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1)?.parse().ok())
+            .unwrap_or(default)
+    };
+    let connections = flag("--connections", 2000);
+    let idle_connections = flag("--memory-connections", 10_000);
     let hook = hook_cost(connections);
     let mesh = cross_node(connections);
-    let out = json!({"hook": hook, "cross_node": mesh});
+    let mem = (idle_connections > 0).then(|| memory::memory(idle_connections));
+    let out = json!({"hook": hook, "cross_node": mesh, "memory": mem});
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     let _ = std::fs::create_dir_all(&dir);
     let path = dir.join("bench.json");

@@ -12,6 +12,7 @@
 //!   weft-probe rr ADDR RATE COUNT                     1 KiB request/response at a fixed rate (bench)
 //!   weft-probe conns ADDR WORKERS SECONDS             new connections per second (bench)
 //!   weft-probe streams ADDR N BYTES                   N concurrent echo streams (bench)
+//!   weft-probe hold ADDR N                            N idle connections until a stdin line (bench)
 
 #[path = "probe/load.rs"]
 mod load;
@@ -51,6 +52,7 @@ fn main() {
             "{}",
             load::streams(addr(arg(1)), num(arg(2)) as usize, num(arg(3)))
         ),
+        "hold" => println!("{}", load::hold(addr(arg(1)), num(arg(2)) as usize)),
         other => {
             eprintln!("unknown command {other:?}; see the header of tests/src/bin/probe.rs");
             std::process::exit(2);

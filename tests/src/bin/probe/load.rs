@@ -98,3 +98,63 @@ pub fn streams(target: SocketAddr, n: usize, bytes: u64) -> Value {
     let secs = start.elapsed().as_secs_f64();
     json!({"streams": n, "intact": intact, "secs": secs, "bytes_each_way": bytes * n as u64})
 }
+
+/// `hold ADDR N`: opens N connections (each greeted, so relayed end to end) and holds them idle.
+/// Prints `{"open": ..}` once all are up, then waits for a line on stdin, closes them all and
+/// prints `{"closed": ..}`. One descriptor per connection (no reader clone): N can be large.
+pub fn hold(target: SocketAddr, n: usize) -> Value {
+    const WORKERS: usize = 8;
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|w| {
+            let count = n / WORKERS + usize::from(w < n % WORKERS);
+            std::thread::spawn(move || {
+                let (mut conns, mut errors) = (Vec::with_capacity(count), Vec::new());
+                for _ in 0..count {
+                    match greeted(target) {
+                        Ok(c) => conns.push(c),
+                        Err(e) => errors.push(e),
+                    }
+                }
+                (conns, errors)
+            })
+        })
+        .collect();
+    let (mut conns, mut errors) = (Vec::with_capacity(n), Vec::new());
+    for w in workers {
+        let (c, e) = w.join().expect("hold worker");
+        conns.extend(c);
+        errors.extend(e);
+    }
+    let failed = errors.len();
+    errors.truncate(5);
+    println!(
+        "{}",
+        json!({"open": conns.len(), "failed": failed, "errors": errors})
+    );
+    std::io::stdout().flush().ok();
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    let closed = conns.len();
+    drop(conns);
+    json!({ "closed": closed })
+}
+
+/// A connection whose greeting line has arrived.
+fn greeted(target: SocketAddr) -> Result<std::net::TcpStream, String> {
+    let mut s =
+        std::net::TcpStream::connect_timeout(&target, super::TIMEOUT).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(super::TIMEOUT)).ok();
+    let mut buf = [0u8; 512];
+    let mut seen = 0;
+    while !buf[..seen].contains(&b'\n') {
+        match s.read(&mut buf[seen..]) {
+            Ok(0) => return Err("closed before greeting".into()),
+            Ok(k) => seen += k,
+            Err(e) => return Err(e.to_string()),
+        }
+        if seen == buf.len() {
+            return Err("greeting too long".into());
+        }
+    }
+    Ok(s)
+}
