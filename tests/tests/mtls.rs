@@ -1,11 +1,16 @@
 //! Identity and mutual TLS: the CA, workload certificates, HBONE tunnels between nodes, what
 //! crosses the wire, and every way a bad peer is refused. Run as root (`cargo xtask test`).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
 
 use mesh_agent::identity::{CaClient, Identity};
 use weft_tests::{
-    eventually, features, netns, pattern, peer, probe, wire, Client, Pod, TwoNodeMesh,
+    eventually, features, netns, pattern, peer, probe, wire, Agent, Ca, Client, Pod, Topology,
+    TwoNodeMesh,
 };
 
 const TD: &str = weft_tests::fixture::TRUST_DOMAIN;
@@ -315,4 +320,180 @@ fn ca_down_agents_keep_serving_with_certificates_on_disk() {
         "traffic keeps flowing while the CA is down: {:?}",
         r.raw
     );
+}
+
+#[test]
+fn new_tunnels_present_the_renewed_certificate() {
+    if !features::require(
+        "new_tunnels_present_the_renewed_certificate",
+        features::CAPTURE,
+    ) {
+        return;
+    }
+    // One agent (n1), 6 s certificates. mesh/server on n2 has no agent: a test HBONE endpoint
+    // stands in for it and records the client certificate of every mTLS handshake.
+    let mut topo = Topology::new();
+    let (n1, n2) = topo.two_nodes();
+    topo.namespace("mesh", true);
+    let client = topo.pod(&n1, "mesh", "client");
+    let server = topo.pod(&n2, "mesh", "server");
+    probe::serve(&mut topo, &server, &[8080]);
+    let ca = Ca::start(&topo, &n1, 15012, 6, TD);
+    let a1 = Agent::start_meshed(&topo, &n1, &ca, &[]);
+    a1.wait_enrolled(&client);
+    a1.wait_certificates();
+    let me = peer::mint(
+        &ca.state_dir,
+        TD,
+        Duration::from_secs(3600),
+        &id("mesh", "server"),
+    );
+    let seen = recording_hbone(&server, me);
+
+    let mut c = Client::start(&mut topo, &client);
+    let first = c.connect(server.addr(8080), 4096);
+    assert!(first.ok() && first.intact(), "{:?}", first.raw);
+    let (before, not_after) = {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1, "one tunnel connection so far");
+        seen[0]
+    };
+    // Until the first certificate has expired and a renewed one is in use.
+    eventually(
+        "the first certificate to expire",
+        Duration::from_secs(20),
+        || {
+            let renewed = a1.wait_certificates()[0]["issued"].as_u64() >= Some(2);
+            (renewed && SystemTime::now() > not_after).then_some(())
+        },
+    );
+    let second = c.connect(server.addr(8080), 4096);
+    assert!(second.ok() && second.intact(), "{:?}", second.raw);
+    let seen = seen.lock().unwrap().clone();
+    let (renewed_from, renewed_until) = *seen.last().expect("handshakes");
+    assert!(
+        seen.len() >= 2 && renewed_from > before,
+        "a new connection after renewal presents the renewed certificate; saw {seen:?}"
+    );
+    assert!(
+        renewed_until > SystemTime::now(),
+        "presented an unexpired certificate"
+    );
+}
+
+type Seen = Arc<Mutex<Vec<(SystemTime, SystemTime)>>>;
+
+/// An HBONE endpoint on `pod`'s :15008 presenting `me`: records the validity of each client
+/// certificate it is shown and relays each CONNECT to the pod's own port.
+fn recording_hbone(pod: &Pod, me: peer::Minted) -> Seen {
+    let seen = Seen::default();
+    let (record, ns) = (seen.clone(), pod.netns.clone());
+    let listener = netns::run_in(&ns, || std::net::TcpListener::bind("0.0.0.0:15008"))
+        .expect("netns")
+        .expect("bind :15008");
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            let tls = tokio_rustls::TlsAcceptor::from(server_tls(me));
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (tls, record, ns) = (tls.clone(), record.clone(), ns.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = tls.accept(tcp).await else {
+                        return;
+                    };
+                    if let Some(leaf) = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                    {
+                        let validity = mesh_agent::identity::manager::validity(leaf).expect("x509");
+                        record.lock().unwrap().push(validity);
+                    }
+                    serve_connects(stream, ns).await;
+                });
+            }
+        });
+    });
+    seen
+}
+
+fn server_tls(me: peer::Minted) -> Arc<rustls::ServerConfig> {
+    let bundle = Arc::new(mesh_agent::tls::TrustBundle::default());
+    bundle.set(&me.roots).expect("roots");
+    let verifier = mesh_agent::tls::verify::ClientIdentityVerifier {
+        bundle,
+        trust_domain: TD.into(),
+    };
+    let mut cfg = rustls::ServerConfig::builder_with_provider(mesh_agent::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_single_cert(me.chain, me.key)
+        .expect("server cert");
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(cfg)
+}
+
+/// Each CONNECT: 200, then bytes both ways with the target port on the pod's loopback.
+async fn serve_connects<S>(stream: S, ns: String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(mut conn) = h2::server::handshake(stream).await else {
+        return;
+    };
+    while let Some(Ok((req, mut respond))) = conn.accept().await {
+        let port = req.uri().port_u16().unwrap_or(0);
+        let ns = ns.clone();
+        tokio::spawn(async move {
+            let up = netns::run_in(&ns, move || {
+                std::net::TcpStream::connect(("127.0.0.1", port))
+            });
+            let Ok(Ok(up)) = up else { return };
+            up.set_nonblocking(true).expect("nonblocking");
+            let up = tokio::net::TcpStream::from_std(up).expect("tokio stream");
+            let ok = http::Response::builder()
+                .status(200)
+                .body(())
+                .expect("response");
+            let Ok(mut send) = respond.send_response(ok, false) else {
+                return;
+            };
+            let (mut rd, mut wr) = up.into_split();
+            let mut body = req.into_body();
+            let down = async move {
+                while let Some(Ok(d)) = body.data().await {
+                    let _ = body.flow_control().release_capacity(d.len());
+                    if wr.write_all(&d).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = wr.shutdown().await;
+            };
+            let upward = async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n @ 1..) = rd.read(&mut buf).await {
+                    send.reserve_capacity(n);
+                    if send
+                        .send_data(bytes::Bytes::copy_from_slice(&buf[..n]), false)
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                let _ = send.send_data(bytes::Bytes::new(), true);
+            };
+            tokio::join!(down, upward);
+        });
+    }
 }

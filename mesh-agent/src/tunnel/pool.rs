@@ -2,7 +2,7 @@
 //! identity, destination address), opened from inside the source pod's netns and shared by
 //! every stream between them.
 
-use std::{collections::HashMap, io, net::SocketAddr, time::Duration};
+use std::{collections::HashMap, io, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use h2::client::SendRequest;
@@ -12,7 +12,7 @@ use tracing::debug;
 
 use super::H2Stream;
 use crate::{
-    identity::{CertManager, Identity},
+    identity::{manager::WorkloadCert, CertManager, Identity},
     netns::Netns,
     proxy::listeners::connect_from_pod,
     tls,
@@ -32,7 +32,24 @@ struct Key {
 
 pub struct Pool {
     certs: CertManager,
-    conns: Mutex<HashMap<Key, SendRequest<Bytes>>>,
+    conns: Mutex<HashMap<Key, Pooled>>,
+}
+
+/// A pooled connection and the source certificate current when it was opened. A client
+/// certificate is presented once, at the handshake: after a renewal, new streams go over a new
+/// connection (so the peer sees the renewed certificate, and an expired one is never kept in
+/// use); streams on the old one finish there, and it closes once they have.
+struct Pooled {
+    sender: SendRequest<Bytes>,
+    cert: Option<Arc<WorkloadCert>>,
+}
+
+/// Whether a connection opened with certificate `then` still presents the current one.
+pub(crate) fn same_cert(then: &Option<Arc<WorkloadCert>>, now: &Option<Arc<WorkloadCert>>) -> bool {
+    match (then, now) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
 }
 
 fn io_err(kind: io::ErrorKind, e: impl std::fmt::Display) -> io::Error {
@@ -91,7 +108,10 @@ impl Pool {
             destination: destination.clone(),
             addr,
         };
-        let cached = self.conns.lock().await.get(&key).cloned();
+        let cert = self.certs.get(source);
+        let cached = (self.conns.lock().await.get(&key))
+            .filter(|p| same_cert(&p.cert, &cert))
+            .map(|p| p.sender.clone());
         if let Some(s) = cached {
             match s.ready().await {
                 Ok(s) => return Ok(s),
@@ -101,7 +121,11 @@ impl Pool {
             }
         }
         let fresh = self.open(netns, &key).await?;
-        self.conns.lock().await.insert(key, fresh.clone());
+        let pooled = Pooled {
+            sender: fresh.clone(),
+            cert,
+        };
+        self.conns.lock().await.insert(key, pooled);
         fresh
             .ready()
             .await

@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::{header, QuicStream, ALPN_QUIC, HANDSHAKE_TIMEOUT, REPROBE};
 use crate::{
-    identity::{CertManager, Identity},
+    identity::{manager::WorkloadCert, CertManager, Identity},
     netns::Netns,
     tls,
 };
@@ -45,7 +45,8 @@ pub struct QuicPool {
 
 struct Inner {
     certs: CertManager,
-    conns: Mutex<HashMap<Key, Connection>>,
+    /// With the source certificate current at the handshake (see `pool::Pooled`).
+    conns: Mutex<HashMap<Key, (Connection, Option<Arc<WorkloadCert>>)>>,
     /// Address → when QUIC may be probed again.
     unreachable: Mutex<HashMap<SocketAddr, Instant>>,
 }
@@ -123,13 +124,10 @@ impl QuicPool {
     }
 
     async fn connection(&self, netns: &Netns, key: Key) -> Result<Connection, Failure> {
-        let cached = self
-            .inner
-            .conns
-            .lock()
-            .expect("pool lock")
-            .get(&key)
-            .cloned();
+        let cert = self.inner.certs.get(&key.source);
+        let cached = (self.inner.conns.lock().expect("pool lock").get(&key))
+            .filter(|(_, then)| crate::tunnel::pool::same_cert(then, &cert))
+            .map(|(c, _)| c.clone());
         if let Some(c) = cached.filter(|c| c.close_reason().is_none()) {
             return Ok(c);
         }
@@ -193,6 +191,7 @@ impl Inner {
     }
 
     async fn handshake(&self, endpoint: Endpoint, key: Key) -> Result<Connection, Failure> {
+        let cert = self.certs.get(&key.source);
         let mut rustls_cfg =
             (*tls::client_config(&self.certs, &key.source, &key.destination)).clone();
         rustls_cfg.alpn_protocols = vec![ALPN_QUIC.to_vec()];
@@ -220,7 +219,7 @@ impl Inner {
                 self.conns
                     .lock()
                     .expect("pool lock")
-                    .insert(key, conn.clone());
+                    .insert(key, (conn.clone(), cert));
                 Ok(conn)
             }
             Err(Failure::Unavailable(e)) => {
