@@ -83,19 +83,29 @@ fn quic_carries_meshed_traffic_encrypted_and_switches_live() {
         !wire::contains(&wire::all_bytes(&quic), &marker()),
         "plaintext marker crossed the wire"
     );
+    // Both reporters' access-log lines: the identities proved, and the transport.
+    let dst = m.server.addr(8080).to_string();
     eventually(
-        "identities and transport in the logs",
+        "identities and transport in the access logs",
         Duration::from_secs(5),
         || {
-            let client_side = m.a1.log().lines().any(|l| {
-                l.contains("dst_identity=spiffe://cluster.local/ns/mesh/sa/server")
-                    && l.contains("quic")
-            });
-            let server_side = m.a2.log().lines().any(|l| {
-                l.contains("src_identity=spiffe://cluster.local/ns/mesh/sa/client")
-                    && l.contains("quic")
-            });
-            (client_side && server_side).then_some(())
+            let line = |a: &weft_tests::Agent, reporter: &str| {
+                a.access_log().into_iter().find(|l| {
+                    l["reporter"] == reporter
+                        && l["original_dst"] == dst.as_str()
+                        && l["transport"] == "quic"
+                })
+            };
+            let (src, dst) = (line(&m.a1, "source")?, line(&m.a2, "destination")?);
+            assert_eq!(
+                src["dst"]["identity"], "spiffe://cluster.local/ns/mesh/sa/server",
+                "{src}"
+            );
+            assert_eq!(
+                dst["src"]["identity"], "spiffe://cluster.local/ns/mesh/sa/client",
+                "{dst}"
+            );
+            Some(())
         },
     );
 
