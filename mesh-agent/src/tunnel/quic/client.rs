@@ -38,6 +38,8 @@ struct Key {
     addr: SocketAddr,
 }
 
+type SourceCert = Option<Arc<WorkloadCert>>;
+
 #[derive(Clone)]
 pub struct QuicPool {
     inner: Arc<Inner>,
@@ -46,7 +48,7 @@ pub struct QuicPool {
 struct Inner {
     certs: CertManager,
     /// With the source certificate current at the handshake (see `pool::Pooled`).
-    conns: Mutex<HashMap<Key, (Connection, Option<Arc<WorkloadCert>>)>>,
+    conns: Mutex<HashMap<Key, (Connection, SourceCert)>>,
     /// Address → when QUIC may be probed again.
     unreachable: Mutex<HashMap<SocketAddr, Instant>>,
 }
