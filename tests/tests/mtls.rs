@@ -394,23 +394,34 @@ fn ca_down_agents_keep_serving_with_certificates_on_disk() {
 
 #[test]
 fn new_tunnels_present_the_renewed_certificate() {
-    if !features::require(
-        "new_tunnels_present_the_renewed_certificate",
-        features::CAPTURE,
-    ) {
+    renewed_certificate_on_new_tunnels("new_tunnels_present_the_renewed_certificate", "h2");
+}
+
+#[test]
+fn new_quic_tunnels_present_the_renewed_certificate() {
+    renewed_certificate_on_new_tunnels("new_quic_tunnels_present_the_renewed_certificate", "quic");
+}
+
+/// After a renewal, the next tunnel connection presents the renewed certificate: the pooled
+/// connection opened with the old one is not reused (it would go on presenting it, expired).
+fn renewed_certificate_on_new_tunnels(test: &str, tunnel: &str) {
+    if !features::require(test, features::CAPTURE) {
         return;
     }
     // One agent (n1), 6 s certificates. mesh/server on n2 has no agent: a test HBONE endpoint
-    // stands in for it and records the client certificate of every mTLS handshake.
+    // (TCP and UDP :15008) stands in for it and records the client certificate of every mTLS
+    // handshake.
     let mut topo = Topology::new();
     let (n1, n2) = topo.two_nodes();
     topo.namespace("mesh", true);
     let client = topo.pod(&n1, "mesh", "client");
     let server = topo.pod(&n2, "mesh", "server");
     probe::serve(&mut topo, &server, &[8080]);
+    topo.apply("mesh-config", &weft_tests::fixture::mesh_config(tunnel));
     let ca = Ca::start(&topo, &n1, 15012, 6, TD);
     let a1 = Agent::start_meshed(&topo, &n1, &ca, &[]);
     a1.wait_enrolled(&client);
+    a1.wait_tunnel(tunnel);
     a1.wait_certificates();
     let me = peer::mint(
         &ca.state_dir,
@@ -425,8 +436,9 @@ fn new_tunnels_present_the_renewed_certificate() {
     assert!(first.ok() && first.intact(), "{:?}", first.raw);
     let (before, not_after) = {
         let seen = seen.lock().unwrap();
-        assert_eq!(seen.len(), 1, "one tunnel connection so far");
-        seen[0]
+        assert_eq!(seen.len(), 1, "one tunnel connection so far: {seen:?}");
+        assert_eq!(seen[0].0, tunnel, "{seen:?}");
+        (seen[0].1, seen[0].2)
     };
     // Until the first certificate has expired and a renewed one is in use.
     eventually(
@@ -440,60 +452,130 @@ fn new_tunnels_present_the_renewed_certificate() {
     let second = c.connect(server.addr(8080), 4096);
     assert!(second.ok() && second.intact(), "{:?}", second.raw);
     let seen = seen.lock().unwrap().clone();
-    let (renewed_from, renewed_until) = *seen.last().expect("handshakes");
+    let (transport, renewed_from, renewed_until) = *seen.last().expect("handshakes");
     assert!(
         seen.len() >= 2 && renewed_from > before,
         "a new connection after renewal presents the renewed certificate; saw {seen:?}"
     );
+    assert_eq!(transport, tunnel, "{seen:?}");
     assert!(
         renewed_until > SystemTime::now(),
         "presented an unexpired certificate"
     );
 }
 
-type Seen = Arc<Mutex<Vec<(SystemTime, SystemTime)>>>;
+/// Per mTLS handshake: the transport, and the client certificate's not-before and not-after.
+type Seen = Arc<Mutex<Vec<(&'static str, SystemTime, SystemTime)>>>;
 
 /// An HBONE endpoint on `pod`'s :15008 presenting `me`: records the validity of each client
 /// certificate it is shown and relays each CONNECT to the pod's own port.
 fn recording_hbone(pod: &Pod, me: peer::Minted) -> Seen {
     let seen = Seen::default();
-    let (record, ns) = (seen.clone(), pod.netns.clone());
-    let listener = netns::run_in(&ns, || std::net::TcpListener::bind("0.0.0.0:15008"))
-        .expect("netns")
-        .expect("bind :15008");
-    listener.set_nonblocking(true).expect("nonblocking");
+    let ns = pod.netns.clone();
+    let (tcp, udp) = netns::run_in(&ns, || {
+        let tcp = std::net::TcpListener::bind("0.0.0.0:15008").expect("bind TCP :15008");
+        let udp = std::net::UdpSocket::bind("0.0.0.0:15008").expect("bind UDP :15008");
+        (tcp, udp)
+    })
+    .expect("netns");
+    tcp.set_nonblocking(true).expect("nonblocking");
+    udp.set_nonblocking(true).expect("nonblocking");
+    let tls = server_tls(me);
+    let record = seen.clone();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
         rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-            let tls = tokio_rustls::TlsAcceptor::from(server_tls(me));
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (tls, record, ns) = (tls.clone(), record.clone(), ns.clone());
-                tokio::spawn(async move {
-                    let Ok(stream) = tls.accept(tcp).await else {
-                        return;
-                    };
-                    if let Some(leaf) = stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                    {
-                        let validity = mesh_agent::identity::manager::validity(leaf).expect("x509");
-                        record.lock().unwrap().push(validity);
-                    }
-                    serve_connects(stream, ns).await;
-                });
-            }
+            let quic = mesh_agent::tunnel::quic::server::endpoint(udp, &tls).expect("endpoint");
+            tokio::spawn(recording_quic(quic, record.clone(), ns.clone()));
+            recording_h2(tcp, tls, record, ns).await
         });
     });
     seen
+}
+
+fn leaf_validity(
+    chain: Option<&[rustls::pki_types::CertificateDer<'_>]>,
+) -> Option<(SystemTime, SystemTime)> {
+    let leaf = chain?.first()?;
+    Some(mesh_agent::identity::manager::validity(leaf).expect("x509"))
+}
+
+async fn recording_h2(
+    listener: std::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    record: Seen,
+    ns: String,
+) {
+    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+    let tls = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let (tls, record, ns) = (tls.clone(), record.clone(), ns.clone());
+        tokio::spawn(async move {
+            let Ok(stream) = tls.accept(tcp).await else {
+                return;
+            };
+            if let Some((from, until)) = leaf_validity(stream.get_ref().1.peer_certificates()) {
+                record.lock().unwrap().push(("h2", from, until));
+            }
+            serve_connects(stream, ns).await;
+        });
+    }
+}
+
+/// The QUIC tunnel's side: each bidirectional stream a CONNECT header, answered 200, relayed.
+async fn recording_quic(endpoint: quinn::Endpoint, record: Seen, ns: String) {
+    use mesh_agent::tunnel::quic::header;
+    while let Some(incoming) = endpoint.accept().await {
+        let (record, ns) = (record.clone(), ns.clone());
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            let chain = conn.peer_identity().and_then(|any| {
+                any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            });
+            if let Some((from, until)) = leaf_validity(chain.as_deref().map(Vec::as_slice)) {
+                record.lock().unwrap().push(("quic", from, until));
+            }
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let ns = ns.clone();
+                tokio::spawn(async move {
+                    let Ok(authority) = header::read_request(&mut recv).await else {
+                        return;
+                    };
+                    let port = authority
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| p.parse::<u16>().ok());
+                    let up = netns::run_in(&ns, move || {
+                        std::net::TcpStream::connect(("127.0.0.1", port.unwrap_or(0)))
+                    });
+                    let Ok(Ok(up)) = up else { return };
+                    up.set_nonblocking(true).expect("nonblocking");
+                    let up = tokio::net::TcpStream::from_std(up).expect("tokio stream");
+                    if header::write_status(&mut send, 200).await.is_err() {
+                        return;
+                    }
+                    let (mut rd, mut wr) = up.into_split();
+                    let _ = tokio::join!(
+                        async {
+                            let _ = tokio::io::copy(&mut recv, &mut wr).await;
+                            let _ = tokio::io::AsyncWriteExt::shutdown(&mut wr).await;
+                        },
+                        async {
+                            let _ = tokio::io::copy(&mut rd, &mut send).await;
+                            let _ = send.finish();
+                        }
+                    );
+                });
+            }
+        });
+    }
 }
 
 fn server_tls(me: peer::Minted) -> Arc<rustls::ServerConfig> {
