@@ -1,7 +1,8 @@
 //! The agent's own servers under a flood: half-open connections to :15020 (bound to every
 //! address, so any pod can reach it) are capped per peer and closed after the header-read
 //! timeout; /metrics, /healthz/ready and meshed traffic keep working, even with a descriptor
-//! limit that the flood alone would exhaust. Run as root (`cargo xtask test`).
+//! limit that the flood alone would exhaust; the CA, out of descriptors, backs off and signs
+//! again once they are free. Run as root (`cargo xtask test`).
 
 use std::{
     io::Read as _,
@@ -118,6 +119,11 @@ fn raise_own_nofile(want: u64) {
 
 /// The mesh-agent process in a node's netns (the CA runs on n1, so on n2 it is the only one).
 fn agent_pid(node_netns: &str) -> i32 {
+    pid_running(node_netns, "run")
+}
+
+/// The `mesh-agent MODE` process in a node's netns.
+fn pid_running(node_netns: &str, mode: &str) -> i32 {
     let out = std::process::Command::new("ip")
         .args(["netns", "pids", node_netns])
         .output()
@@ -127,9 +133,9 @@ fn agent_pid(node_netns: &str) -> i32 {
         .filter_map(|p| p.parse::<i32>().ok())
         .find(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.split(|b| *b == 0).nth(1) == Some(b"run".as_slice()))
+                .is_ok_and(|c| c.split(|b| *b == 0).nth(1) == Some(mode.as_bytes()))
         })
-        .expect("the agent runs in the node's netns")
+        .unwrap_or_else(|| panic!("no mesh-agent {mode} in {node_netns}"))
 }
 
 fn set_nofile(pid: i32, limit: u64) {
@@ -140,4 +146,66 @@ fn set_nofile(pid: i32, limit: u64) {
     // Safety: `rl` is a valid rlimit; a null old-limit pointer is allowed.
     let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &rl, std::ptr::null_mut()) };
     assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn the_ca_survives_running_out_of_descriptors() {
+    if !features::require(
+        "the_ca_survives_running_out_of_descriptors",
+        features::CAPTURE,
+    ) {
+        return;
+    }
+    let m = TwoNodeMesh::start(3600, &[]);
+    let n1 = m.topo.node_named("n1").clone();
+    let ca_pid = pid_running(&n1.netns, "ca");
+    set_nofile(ca_pid, CA_NOFILE);
+    // Connections that never start TLS, far more than the CA has descriptors for.
+    let target = m.ca.addr;
+    let flood = netns::run_in(&m.plain.netns, move || {
+        (0..4 * CA_NOFILE)
+            .map_while(|_| TcpStream::connect_timeout(&target, Duration::from_millis(500)).ok())
+            .collect::<Vec<_>>()
+    })
+    .expect("plain netns");
+    assert!(
+        flood.len() as u64 > CA_NOFILE,
+        "only {} connected",
+        flood.len()
+    );
+    eventually(
+        "the CA to run out of descriptors",
+        Duration::from_secs(5),
+        || m.ca.log().contains("Too many open files").then_some(()),
+    );
+    drop(flood);
+    // Once the peers are gone, the CA signs again (it backs off, it does not exit).
+    let (addr, boot) = (m.ca.addr, m.ca.bootstrap("n1"));
+    eventually("the CA to sign again", Duration::from_secs(10), || {
+        let boot = boot.clone();
+        netns::run_in(&n1.netns, move || sign(&addr.to_string(), "n1", &boot))
+            .expect("netns")
+            .ok()
+    });
+}
+
+/// The CA's open-file limit for its test: a few dozen connections exhaust it.
+const CA_NOFILE: u64 = 64;
+
+/// One signing request for mesh/client as node `node`.
+fn sign(addr: &str, node: &str, boot: &std::path::Path) -> Result<(), String> {
+    use mesh_agent::identity::{CaClient, Identity};
+    let client = CaClient::from_bootstrap(addr, node, boot).map_err(|e| e.to_string())?;
+    let id = Identity::new(weft_tests::fixture::TRUST_DOMAIN, "mesh", "client");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut p = rcgen::CertificateParams::default();
+    p.subject_alt_names = vec![rcgen::SanType::URI(id.to_string().try_into().expect("uri"))];
+    let csr = p.serialize_request(&key).expect("csr").pem().expect("pem");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(client.sign(&csr))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
