@@ -3,7 +3,6 @@
 
 use std::{
     collections::BTreeMap,
-    convert::Infallible,
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, RwLock},
@@ -11,19 +10,16 @@ use std::{
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{
-    body::Incoming, server::conn::http1, service::service_fn, Request, Response, StatusCode,
-};
-use hyper_util::rt::TokioIo;
+use hyper::{body::Incoming, Request, Response, StatusCode};
 use serde::Serialize;
 use tokio::{net::TcpListener, task::JoinHandle};
-use tracing::debug;
 
 pub mod explain;
 
 use crate::{
     app::enrollment::PodStatus,
     config::AgentConfig,
+    http_server,
     identity::{manager::CertStatus, CertManager},
     proxy::Shared,
     redirect::Maps,
@@ -129,36 +125,11 @@ pub async fn serve(
         shared,
         logging,
     });
-    Ok(spawn_http(listener, move |req| route(req, live.clone())))
-}
-
-/// Serves HTTP/1 on `listener`, each request answered by `handler` (small, in-memory answers).
-pub fn spawn_http<F, Fut>(listener: TcpListener, handler: F) -> JoinHandle<()>
-where
-    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
-{
-    let handler = Arc::new(handler);
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let answer = handler(req);
-                    async move { Ok::<_, Infallible>(answer.await) }
-                });
-                if let Err(e) = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await
-                {
-                    debug!(error = %e, "http connection");
-                }
-            });
-        }
-    })
+    Ok(http_server::spawn(
+        listener,
+        http_server::ADMIN,
+        move |req| route(req, live.clone()),
+    ))
 }
 
 async fn route(req: Request<Incoming>, live: Arc<Live>) -> Response<Full<Bytes>> {

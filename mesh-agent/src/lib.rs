@@ -8,6 +8,7 @@ pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod crd;
+pub mod http_server;
 pub mod identity;
 pub mod metrics;
 pub mod netns;

@@ -1,6 +1,8 @@
 //! Kernel features the tests need. A test whose feature is missing is skipped with the
 //! feature's name: it prints the reason, records it where `cargo xtask test` reports skips,
-//! and never counts a skip as proof that the feature works.
+//! and never counts a skip as proof that the feature works. A probe the kernel refuses for want
+//! of privilege (EPERM, EACCES) says nothing about the kernel: the test fails, saying that root
+//! is needed, rather than skip as if the feature were missing.
 
 use std::io::Write as _;
 
@@ -13,15 +15,59 @@ use aya::{
 /// One kernel feature and how to probe for it.
 pub struct Feature {
     pub name: &'static str,
-    pub probe: fn() -> bool,
+    pub probe: fn() -> Probe,
 }
 
-fn prog(t: ProgramType) -> bool {
-    is_program_supported(t).unwrap_or(false)
+/// What a probe found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Probe {
+    Present,
+    Missing,
+    /// The kernel refused to answer this process: the error, as it said it.
+    NoPrivilege(String),
 }
 
-fn netns_cookie_in(t: ProgramType) -> bool {
-    is_helper_supported(t, BpfHelper::BPF_FUNC_get_netns_cookie).unwrap_or(false)
+impl From<bool> for Probe {
+    fn from(present: bool) -> Self {
+        if present {
+            Probe::Present
+        } else {
+            Probe::Missing
+        }
+    }
+}
+
+/// A probe's result: a refusal for want of privilege is told apart from an absent feature.
+fn outcome<E: std::error::Error + 'static>(r: Result<bool, E>) -> Probe {
+    match r {
+        Ok(present) => present.into(),
+        Err(e) => match denied(&e) {
+            Some(io) => Probe::NoPrivilege(format!("{e}: {io}")),
+            None => Probe::Missing,
+        },
+    }
+}
+
+/// EPERM or EACCES anywhere in the error's chain.
+fn denied<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
+                return Some(io);
+            }
+        }
+        next = e.source();
+    }
+    None
+}
+
+fn prog(t: ProgramType) -> Probe {
+    outcome(is_program_supported(t))
+}
+
+fn netns_cookie_in(t: ProgramType) -> Probe {
+    outcome(is_helper_supported(t, BpfHelper::BPF_FUNC_get_netns_cookie))
 }
 
 /// What capture needs: the programs, the maps and the helpers they use.
@@ -44,11 +90,11 @@ pub const CAPTURE: &[Feature] = &[
     },
     Feature {
         name: "sockhash maps",
-        probe: || is_map_supported(MapType::SockHash).unwrap_or(false),
+        probe: || outcome(is_map_supported(MapType::SockHash)),
     },
     Feature {
         name: "LPM trie maps",
-        probe: || is_map_supported(MapType::LpmTrie).unwrap_or(false),
+        probe: || outcome(is_map_supported(MapType::LpmTrie)),
     },
     Feature {
         name: "bpf_get_netns_cookie in sock_ops",
@@ -61,7 +107,9 @@ pub const CAPTURE: &[Feature] = &[
     Feature {
         name: "cgroup v2",
         probe: || {
-            std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| m.contains(" - cgroup2 "))
+            std::fs::read_to_string("/proc/self/mountinfo")
+                .is_ok_and(|m| m.contains(" - cgroup2 "))
+                .into()
         },
     },
 ];
@@ -70,15 +118,33 @@ pub const CAPTURE: &[Feature] = &[
 pub enum Decision {
     Run,
     Skip(String),
+    /// The test cannot tell what the kernel has: it must fail, not skip.
+    NeedsRoot(String),
 }
 
 /// Decides whether `test` can run given the features it needs.
 pub fn decide(test: &str, needs: &[Feature]) -> Decision {
-    let missing: Vec<&str> = needs
-        .iter()
-        .filter(|f| !(f.probe)())
-        .map(|f| f.name)
-        .collect();
+    decide_as(test, needs, nix::unistd::geteuid().is_root())
+}
+
+fn decide_as(test: &str, needs: &[Feature], root: bool) -> Decision {
+    let needs_root = |why: &str| {
+        Decision::NeedsRoot(format!(
+            "{test}: integration tests need root (network namespaces, cgroups, eBPF): \
+             run `sudo -E cargo xtask test`; {why}"
+        ))
+    };
+    if !root {
+        return needs_root("this process is not root");
+    }
+    let mut missing = Vec::new();
+    for f in needs {
+        match (f.probe)() {
+            Probe::Present => {}
+            Probe::Missing => missing.push(f.name),
+            Probe::NoPrivilege(e) => return needs_root(&format!("probing {}: {e}", f.name)),
+        }
+    }
     if missing.is_empty() {
         Decision::Run
     } else {
@@ -89,22 +155,32 @@ pub fn decide(test: &str, needs: &[Feature]) -> Decision {
     }
 }
 
-/// Returns true if the test may run; otherwise reports the skip and returns false.
+/// Returns true if the test may run; otherwise reports the skip and returns false. Panics
+/// (fails the test) when the process lacks the privilege to find out.
 pub fn require(test: &str, needs: &[Feature]) -> bool {
     match decide(test, needs) {
-        Decision::Run => true,
+        Decision::Run => {
+            record("WEFT_RAN_LOG", test);
+            true
+        }
         Decision::Skip(reason) => {
             eprintln!("{reason}");
-            if let Some(log) = std::env::var_os("WEFT_SKIP_LOG") {
-                if let Ok(mut f) = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(log)
-                {
-                    let _ = writeln!(f, "{reason}");
-                }
-            }
+            record("WEFT_SKIP_LOG", &reason);
             false
+        }
+        Decision::NeedsRoot(reason) => panic!("{reason}"),
+    }
+}
+
+/// Appends a line to the file named by `var` (set by `cargo xtask test`, which counts them).
+fn record(var: &str, line: &str) {
+    if let Some(log) = std::env::var_os(var) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            let _ = writeln!(f, "{line}");
         }
     }
 }
@@ -113,24 +189,32 @@ pub fn require(test: &str, needs: &[Feature]) -> bool {
 mod tests {
     use super::*;
 
+    fn no_privilege() -> Probe {
+        let e = std::io::Error::from_raw_os_error(libc::EPERM);
+        outcome(Err::<bool, _>(aya::sys::SyscallError {
+            call: "bpf_prog_load",
+            io_error: e,
+        }))
+    }
+
     #[test]
     fn a_missing_feature_skips_with_its_name() {
         let needs = [
             Feature {
                 name: "present thing",
-                probe: || true,
+                probe: || Probe::Present,
             },
             Feature {
                 name: "imaginary_hook programs",
-                probe: || false,
+                probe: || Probe::Missing,
             },
         ];
-        match decide("t", &needs) {
+        match decide_as("t", &needs, true) {
             Decision::Skip(reason) => {
                 assert!(reason.contains("imaginary_hook programs"), "{reason}");
                 assert!(!reason.contains("present thing"), "{reason}");
             }
-            Decision::Run => panic!("a missing feature must not run the test"),
+            other => panic!("a missing feature must skip the test: {other:?}"),
         }
     }
 
@@ -138,8 +222,42 @@ mod tests {
     fn all_present_runs() {
         let needs = [Feature {
             name: "x",
-            probe: || true,
+            probe: || Probe::Present,
         }];
-        assert_eq!(decide("t", &needs), Decision::Run);
+        assert_eq!(decide_as("t", &needs, true), Decision::Run);
+    }
+
+    #[test]
+    fn a_probe_refused_for_privilege_fails_and_says_root_is_needed() {
+        assert!(matches!(no_privilege(), Probe::NoPrivilege(_)));
+        let needs = [Feature {
+            name: "sock_ops programs",
+            probe: no_privilege,
+        }];
+        match decide_as("t", &needs, true) {
+            Decision::NeedsRoot(reason) => {
+                assert!(reason.contains("need root"), "{reason}");
+                assert!(reason.contains("sock_ops programs"), "{reason}");
+            }
+            other => panic!("EPERM is not a missing kernel feature: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn without_root_nothing_is_skipped_for_the_kernel() {
+        let needs = [Feature {
+            name: "x",
+            probe: || Probe::Missing,
+        }];
+        assert!(matches!(
+            decide_as("t", &needs, false),
+            Decision::NeedsRoot(_)
+        ));
+    }
+
+    #[test]
+    fn other_probe_errors_count_as_missing() {
+        let e = std::io::Error::from_raw_os_error(libc::EINVAL);
+        assert_eq!(outcome(Err::<bool, _>(e)), Probe::Missing);
     }
 }

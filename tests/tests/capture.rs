@@ -232,11 +232,20 @@ fn inbound_plaintext_passes_the_agent() {
         server_pod.addr(8443).to_string()
     );
     assert_eq!(a2.counter("inbound_steered"), steered + 1);
-    eventually(
-        "the agent to log the inbound connection",
+    let line = eventually(
+        "the inbound access-log line",
         Duration::from_secs(5),
-        || a2.log().contains("inbound{pod=mesh/api").then_some(()),
+        || {
+            a2.access_log().into_iter().find(|l| {
+                l["reporter"] == "destination"
+                    && l["original_dst"] == server_pod.addr(8443).to_string().as_str()
+            })
+        },
     );
+    assert_eq!(line["dst"]["pod"]["name"], "api", "{line}");
+    assert_eq!(line["src"]["ip"], client_pod.ip.to_string(), "{line}");
+    assert_eq!(line["connection_security_policy"], "none", "{line}");
+    assert_eq!(line["verdict"], "allow", "{line}");
 }
 
 /// 5: agent killed → enrolled pods' connects fail closed (never reach the server directly);

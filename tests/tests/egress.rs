@@ -47,11 +47,21 @@ fn registry_only_lets_out_what_a_service_entry_lists() {
         started.elapsed() < Duration::from_secs(5),
         "refused promptly"
     );
-    eventually("the refusal in the log", Duration::from_secs(5), || {
-        m.a1.log()
-            .contains("outbound traffic policy REGISTRY_ONLY: 10.255.0.2:9090 is outside the mesh and no ServiceEntry lists it")
-            .then_some(())
-    });
+    let line = eventually(
+        "the refusal in the access log",
+        Duration::from_secs(5),
+        || {
+            m.a1.access_log()
+                .into_iter()
+                .find(|l| l["verdict"] != "allow" && l["original_dst"] == "10.255.0.2:9090")
+        },
+    );
+    assert_eq!(line["response_flags"], "NR", "{line}");
+    assert_eq!(
+        line["reason"],
+        "outbound traffic policy REGISTRY_ONLY: 10.255.0.2:9090 is outside the mesh and no ServiceEntry lists it",
+        "{line}"
+    );
     let refused = [
         ("reporter", "source"),
         ("source_workload", "client"),

@@ -1,11 +1,16 @@
 //! Identity and mutual TLS: the CA, workload certificates, HBONE tunnels between nodes, what
 //! crosses the wire, and every way a bad peer is refused. Run as root (`cargo xtask test`).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
 
 use mesh_agent::identity::{CaClient, Identity};
 use weft_tests::{
-    eventually, features, netns, pattern, peer, probe, wire, Client, Pod, TwoNodeMesh,
+    eventually, features, netns, pattern, peer, probe, wire, Agent, Ca, Client, Pod, Topology,
+    TwoNodeMesh,
 };
 
 const TD: &str = weft_tests::fixture::TRUST_DOMAIN;
@@ -81,15 +86,45 @@ fn meshed_traffic_is_only_tls_on_the_wire() {
         "no TLS application data seen"
     );
 
-    eventually("identities in the logs", Duration::from_secs(5), || {
-        let client_side =
-            m.a1.log()
-                .contains("dst_identity=spiffe://cluster.local/ns/mesh/sa/server");
-        let server_side =
-            m.a2.log()
-                .contains("src_identity=spiffe://cluster.local/ns/mesh/sa/client");
-        (client_side && server_side).then_some(())
-    });
+    // Each side's access log names the identity the other proved.
+    let dst = m.server.addr(8080).to_string();
+    eventually(
+        "both reporters' access-log lines",
+        Duration::from_secs(5),
+        || {
+            let line = |a: &weft_tests::Agent, reporter: &str| {
+                a.access_log()
+                    .into_iter()
+                    .find(|l| l["reporter"] == reporter && l["original_dst"] == dst.as_str())
+            };
+            let (src, dst) = (line(&m.a1, "source")?, line(&m.a2, "destination")?);
+            assert_eq!(
+                src["dst"]["identity"], "spiffe://cluster.local/ns/mesh/sa/server",
+                "{src}"
+            );
+            assert_eq!(src["connection_security_policy"], "mutual_tls", "{src}");
+            assert_eq!(
+                dst["src"]["identity"], "spiffe://cluster.local/ns/mesh/sa/client",
+                "{dst}"
+            );
+            Some(())
+        },
+    );
+}
+
+/// The destination agent's access-log line for a refused tunnel to `target`.
+fn refusal(agent: &weft_tests::Agent, target: SocketAddr) -> serde_json::Value {
+    eventually(
+        &format!("the access-log line refusing {target}"),
+        Duration::from_secs(5),
+        || {
+            agent.access_log().into_iter().find(|l| {
+                l["reporter"] == "destination"
+                    && l["original_dst"] == target.to_string().as_str()
+                    && l["verdict"] != "allow"
+            })
+        },
+    )
 }
 
 #[test]
@@ -130,11 +165,18 @@ fn hbone_refuses_bad_peers_and_keeps_serving() {
     let (foreign, _) = connect(&evil, &server_id, m.server.addr(8080), b"x");
     assert!(matches!(foreign, peer::Outcome::Refused(_)), "{foreign:?}");
 
-    // An expired certificate from the right CA.
+    // An expired certificate from the right CA: zero lifetime, refused once its not-after
+    // (whole seconds) has passed.
     let expired = peer::mint(&m.ca.state_dir, TD, Duration::ZERO, &id("mesh", "client"));
-    std::thread::sleep(Duration::from_millis(1100)); // let its not-after pass
-    let (old, _) = connect(&expired, &server_id, m.server.addr(8080), b"x");
-    assert!(matches!(old, peer::Outcome::Refused(_)), "{old:?}");
+    // (TLS 1.3: the client learns of the refusal only after its half of the handshake.)
+    eventually(
+        "the expired certificate refused",
+        Duration::from_secs(5),
+        || match connect(&expired, &server_id, m.server.addr(8080), b"x") {
+            (peer::Outcome::Refused(e), _) => Some(e),
+            _ => None,
+        },
+    );
 
     // CONNECT to another pod, and to a port nothing listens on.
     let (other, _) = connect(&good, &server_id, m.plain.addr(8080), b"x");
@@ -142,23 +184,45 @@ fn hbone_refuses_bad_peers_and_keeps_serving() {
     let (closed, _) = connect(&good, &server_id, m.server.addr(9999), b"x");
     assert!(matches!(closed, peer::Outcome::Status(503)), "{closed:?}");
 
-    // Plaintext and garbage on :15008 get no answer.
-    let http = peer::raw(
-        &from,
-        hbone(&m.server),
-        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-    )
-    .unwrap_or_default();
+    let nr = refusal(&m.a2, m.plain.addr(8080));
+    assert_eq!(nr["response_flags"], "NR", "{nr}");
     assert!(
-        !http.starts_with(b"HTTP/"),
-        "plaintext HTTP must not be served on :15008"
+        nr["reason"].as_str().unwrap().contains("is not this pod"),
+        "{nr}"
     );
-    let _ = peer::raw(&from, hbone(&m.server), b"\x00\x01\x02garbage\xff\xfe");
+    let uf = refusal(&m.a2, m.server.addr(9999));
+    assert_eq!(uf["response_flags"], "UF", "{uf}");
+    assert!(
+        uf["reason"].as_str().unwrap().starts_with("delivery to"),
+        "{uf}"
+    );
 
-    let log = m.a2.log();
-    for reason in ["mTLS handshake refused", "is not this pod", "delivery to"] {
-        assert!(log.contains(reason), "agent log must say {reason:?}");
+    // Plaintext and garbage on :15008 get no answer: the agent closes the connection at once
+    // (peer::raw waits 5 s for an answer that never comes) with at most a TLS alert.
+    for junk in [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".as_slice(),
+        b"\x00\x01\x02garbage\xff\xfe".as_slice(),
+    ] {
+        let junk: &'static [u8] = junk;
+        let started = std::time::Instant::now();
+        let answer = peer::raw(&from, hbone(&m.server), junk).expect("connect to :15008");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{junk:?}: the agent must close the connection, not leave it open"
+        );
+        assert!(
+            answer.is_empty() || answer[0] == 0x15,
+            "{junk:?} got more than a TLS alert: {answer:?}"
+        );
+        // And it still serves mTLS on the same port.
+        let (ok, _) = connect(&good, &server_id, m.server.addr(8080), b"again");
+        assert!(
+            matches!(ok, peer::Outcome::Status(200)),
+            "after {junk:?}: {ok:?}"
+        );
     }
+    // A failed handshake has no connection, so no access-log line or metric: only the log.
+    assert!(m.a2.log().contains("mTLS handshake refused"));
     // Unharmed: the real client still gets through.
     let mut c = Client::start(&mut m.topo, &m.client);
     let after = c.connect(m.server.addr(8080), 64 * 1024);
@@ -191,10 +255,21 @@ fn strict_peer_authentication_refuses_plaintext() {
     eventually("STRICT to apply", Duration::from_secs(5), || {
         (!plain_client.connect(m.server.addr(8080), 16).ok()).then_some(())
     });
-    assert!(m
-        .a2
-        .log()
-        .contains("plaintext refused: PeerAuthentication STRICT"));
+    let line = eventually(
+        "the refusal in the access log",
+        Duration::from_secs(5),
+        || {
+            m.a2.access_log().into_iter().find(|l| {
+                l["verdict"] == "deny" && l["src"]["ip"] == outsider.ip.to_string().as_str()
+            })
+        },
+    );
+    assert_eq!(line["response_flags"], "RBAC", "{line}");
+    assert_eq!(line["connection_security_policy"], "none", "{line}");
+    assert_eq!(
+        line["reason"], "plaintext refused: PeerAuthentication STRICT",
+        "{line}"
+    );
     let mut meshed = Client::start(&mut m.topo, &m.client);
     let r = meshed.connect(m.server.addr(8080), 64 * 1024);
     assert!(
@@ -315,4 +390,262 @@ fn ca_down_agents_keep_serving_with_certificates_on_disk() {
         "traffic keeps flowing while the CA is down: {:?}",
         r.raw
     );
+}
+
+#[test]
+fn new_tunnels_present_the_renewed_certificate() {
+    renewed_certificate_on_new_tunnels("new_tunnels_present_the_renewed_certificate", "h2");
+}
+
+#[test]
+fn new_quic_tunnels_present_the_renewed_certificate() {
+    renewed_certificate_on_new_tunnels("new_quic_tunnels_present_the_renewed_certificate", "quic");
+}
+
+/// After a renewal, the next tunnel connection presents the renewed certificate: the pooled
+/// connection opened with the old one is not reused (it would go on presenting it, expired).
+fn renewed_certificate_on_new_tunnels(test: &str, tunnel: &str) {
+    if !features::require(test, features::CAPTURE) {
+        return;
+    }
+    // One agent (n1), 6 s certificates. mesh/server on n2 has no agent: a test HBONE endpoint
+    // (TCP and UDP :15008) stands in for it and records the client certificate of every mTLS
+    // handshake.
+    let mut topo = Topology::new();
+    let (n1, n2) = topo.two_nodes();
+    topo.namespace("mesh", true);
+    let client = topo.pod(&n1, "mesh", "client");
+    let server = topo.pod(&n2, "mesh", "server");
+    probe::serve(&mut topo, &server, &[8080]);
+    topo.apply("mesh-config", &weft_tests::fixture::mesh_config(tunnel));
+    let ca = Ca::start(&topo, &n1, 15012, 6, TD);
+    let a1 = Agent::start_meshed(&topo, &n1, &ca, &[]);
+    a1.wait_enrolled(&client);
+    a1.wait_tunnel(tunnel);
+    a1.wait_certificates();
+    let me = peer::mint(
+        &ca.state_dir,
+        TD,
+        Duration::from_secs(3600),
+        &id("mesh", "server"),
+    );
+    let seen = recording_hbone(&server, me);
+
+    let mut c = Client::start(&mut topo, &client);
+    let first = c.connect(server.addr(8080), 4096);
+    assert!(first.ok() && first.intact(), "{:?}", first.raw);
+    let (before, not_after) = {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1, "one tunnel connection so far: {seen:?}");
+        assert_eq!(seen[0].0, tunnel, "{seen:?}");
+        (seen[0].1, seen[0].2)
+    };
+    // Until the first certificate has expired and a renewed one is in use.
+    eventually(
+        "the first certificate to expire",
+        Duration::from_secs(20),
+        || {
+            let renewed = a1.wait_certificates()[0]["issued"].as_u64() >= Some(2);
+            (renewed && SystemTime::now() > not_after).then_some(())
+        },
+    );
+    let second = c.connect(server.addr(8080), 4096);
+    assert!(second.ok() && second.intact(), "{:?}", second.raw);
+    let seen = seen.lock().unwrap().clone();
+    let (transport, renewed_from, renewed_until) = *seen.last().expect("handshakes");
+    assert!(
+        seen.len() >= 2 && renewed_from > before,
+        "a new connection after renewal presents the renewed certificate; saw {seen:?}"
+    );
+    assert_eq!(transport, tunnel, "{seen:?}");
+    assert!(
+        renewed_until > SystemTime::now(),
+        "presented an unexpired certificate"
+    );
+}
+
+/// Per mTLS handshake: the transport, and the client certificate's not-before and not-after.
+type Seen = Arc<Mutex<Vec<(&'static str, SystemTime, SystemTime)>>>;
+
+/// An HBONE endpoint on `pod`'s :15008 presenting `me`: records the validity of each client
+/// certificate it is shown and relays each CONNECT to the pod's own port.
+fn recording_hbone(pod: &Pod, me: peer::Minted) -> Seen {
+    let seen = Seen::default();
+    let ns = pod.netns.clone();
+    let (tcp, udp) = netns::run_in(&ns, || {
+        let tcp = std::net::TcpListener::bind("0.0.0.0:15008").expect("bind TCP :15008");
+        let udp = std::net::UdpSocket::bind("0.0.0.0:15008").expect("bind UDP :15008");
+        (tcp, udp)
+    })
+    .expect("netns");
+    tcp.set_nonblocking(true).expect("nonblocking");
+    udp.set_nonblocking(true).expect("nonblocking");
+    let tls = server_tls(me);
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let quic = mesh_agent::tunnel::quic::server::endpoint(udp, &tls).expect("endpoint");
+            tokio::spawn(recording_quic(quic, record.clone(), ns.clone()));
+            recording_h2(tcp, tls, record, ns).await
+        });
+    });
+    seen
+}
+
+fn leaf_validity(
+    chain: Option<&[rustls::pki_types::CertificateDer<'_>]>,
+) -> Option<(SystemTime, SystemTime)> {
+    let leaf = chain?.first()?;
+    Some(mesh_agent::identity::manager::validity(leaf).expect("x509"))
+}
+
+async fn recording_h2(
+    listener: std::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    record: Seen,
+    ns: String,
+) {
+    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+    let tls = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let (tls, record, ns) = (tls.clone(), record.clone(), ns.clone());
+        tokio::spawn(async move {
+            let Ok(stream) = tls.accept(tcp).await else {
+                return;
+            };
+            if let Some((from, until)) = leaf_validity(stream.get_ref().1.peer_certificates()) {
+                record.lock().unwrap().push(("h2", from, until));
+            }
+            serve_connects(stream, ns).await;
+        });
+    }
+}
+
+/// The QUIC tunnel's side: each bidirectional stream a CONNECT header, answered 200, relayed.
+async fn recording_quic(endpoint: quinn::Endpoint, record: Seen, ns: String) {
+    use mesh_agent::tunnel::quic::header;
+    while let Some(incoming) = endpoint.accept().await {
+        let (record, ns) = (record.clone(), ns.clone());
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            let chain = conn.peer_identity().and_then(|any| {
+                any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            });
+            if let Some((from, until)) = leaf_validity(chain.as_deref().map(Vec::as_slice)) {
+                record.lock().unwrap().push(("quic", from, until));
+            }
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let ns = ns.clone();
+                tokio::spawn(async move {
+                    let Ok(authority) = header::read_request(&mut recv).await else {
+                        return;
+                    };
+                    let port = authority
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| p.parse::<u16>().ok());
+                    let up = netns::run_in(&ns, move || {
+                        std::net::TcpStream::connect(("127.0.0.1", port.unwrap_or(0)))
+                    });
+                    let Ok(Ok(up)) = up else { return };
+                    up.set_nonblocking(true).expect("nonblocking");
+                    let up = tokio::net::TcpStream::from_std(up).expect("tokio stream");
+                    if header::write_status(&mut send, 200).await.is_err() {
+                        return;
+                    }
+                    let (mut rd, mut wr) = up.into_split();
+                    let _ = tokio::join!(
+                        async {
+                            let _ = tokio::io::copy(&mut recv, &mut wr).await;
+                            let _ = tokio::io::AsyncWriteExt::shutdown(&mut wr).await;
+                        },
+                        async {
+                            let _ = tokio::io::copy(&mut rd, &mut send).await;
+                            let _ = send.finish();
+                        }
+                    );
+                });
+            }
+        });
+    }
+}
+
+fn server_tls(me: peer::Minted) -> Arc<rustls::ServerConfig> {
+    let bundle = Arc::new(mesh_agent::tls::TrustBundle::default());
+    bundle.set(&me.roots).expect("roots");
+    let verifier = mesh_agent::tls::verify::ClientIdentityVerifier {
+        bundle,
+        trust_domain: TD.into(),
+    };
+    let mut cfg = rustls::ServerConfig::builder_with_provider(mesh_agent::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_single_cert(me.chain, me.key)
+        .expect("server cert");
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(cfg)
+}
+
+/// Each CONNECT: 200, then bytes both ways with the target port on the pod's loopback.
+async fn serve_connects<S>(stream: S, ns: String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(mut conn) = h2::server::handshake(stream).await else {
+        return;
+    };
+    while let Some(Ok((req, mut respond))) = conn.accept().await {
+        let port = req.uri().port_u16().unwrap_or(0);
+        let ns = ns.clone();
+        tokio::spawn(async move {
+            let up = netns::run_in(&ns, move || {
+                std::net::TcpStream::connect(("127.0.0.1", port))
+            });
+            let Ok(Ok(up)) = up else { return };
+            up.set_nonblocking(true).expect("nonblocking");
+            let up = tokio::net::TcpStream::from_std(up).expect("tokio stream");
+            let ok = http::Response::builder()
+                .status(200)
+                .body(())
+                .expect("response");
+            let Ok(mut send) = respond.send_response(ok, false) else {
+                return;
+            };
+            let (mut rd, mut wr) = up.into_split();
+            let mut body = req.into_body();
+            let down = async move {
+                while let Some(Ok(d)) = body.data().await {
+                    let _ = body.flow_control().release_capacity(d.len());
+                    if wr.write_all(&d).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = wr.shutdown().await;
+            };
+            let upward = async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n @ 1..) = rd.read(&mut buf).await {
+                    send.reserve_capacity(n);
+                    if send
+                        .send_data(bytes::Bytes::copy_from_slice(&buf[..n]), false)
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                let _ = send.send_data(bytes::Bytes::new(), true);
+            };
+            tokio::join!(down, upward);
+        });
+    }
 }

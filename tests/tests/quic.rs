@@ -83,19 +83,29 @@ fn quic_carries_meshed_traffic_encrypted_and_switches_live() {
         !wire::contains(&wire::all_bytes(&quic), &marker()),
         "plaintext marker crossed the wire"
     );
+    // Both reporters' access-log lines: the identities proved, and the transport.
+    let dst = m.server.addr(8080).to_string();
     eventually(
-        "identities and transport in the logs",
+        "identities and transport in the access logs",
         Duration::from_secs(5),
         || {
-            let client_side = m.a1.log().lines().any(|l| {
-                l.contains("dst_identity=spiffe://cluster.local/ns/mesh/sa/server")
-                    && l.contains("quic")
-            });
-            let server_side = m.a2.log().lines().any(|l| {
-                l.contains("src_identity=spiffe://cluster.local/ns/mesh/sa/client")
-                    && l.contains("quic")
-            });
-            (client_side && server_side).then_some(())
+            let line = |a: &weft_tests::Agent, reporter: &str| {
+                a.access_log().into_iter().find(|l| {
+                    l["reporter"] == reporter
+                        && l["original_dst"] == dst.as_str()
+                        && l["transport"] == "quic"
+                })
+            };
+            let (src, dst) = (line(&m.a1, "source")?, line(&m.a2, "destination")?);
+            assert_eq!(
+                src["dst"]["identity"], "spiffe://cluster.local/ns/mesh/sa/server",
+                "{src}"
+            );
+            assert_eq!(
+                dst["src"]["identity"], "spiffe://cluster.local/ns/mesh/sa/client",
+                "{dst}"
+            );
+            Some(())
         },
     );
 
@@ -232,14 +242,27 @@ fn quic_refuses_bad_peers_and_keeps_serving() {
         ],
     );
 
-    let log = m.a2.log();
-    for reason in [
-        "hbone-quic: mTLS handshake refused",
-        "is not this pod",
-        "delivery to",
+    // Refused streams are access-logged with their reason and flag; a refused handshake has
+    // no connection to log, so only the agent log names it.
+    for (target, flag, reason) in [
+        (m.plain.addr(8080), "NR", "is not this pod"),
+        (m.server.addr(9999), "UF", "delivery to"),
     ] {
-        assert!(log.contains(reason), "agent log must say {reason:?}");
+        let line = eventually(
+            "the refusal in the access log",
+            Duration::from_secs(5),
+            || {
+                m.a2.access_log().into_iter().find(|l| {
+                    l["original_dst"] == target.to_string().as_str()
+                        && l["verdict"] != "allow"
+                        && l["transport"] == "quic"
+                })
+            },
+        );
+        assert_eq!(line["response_flags"], flag, "{line}");
+        assert!(line["reason"].as_str().unwrap().contains(reason), "{line}");
     }
+    assert!(m.a2.log().contains("hbone-quic: mTLS handshake refused"));
     // Unharmed: the real client still gets through, over QUIC.
     let mut c = Client::start(&mut m.topo, &m.client);
     let after = c.connect(m.server.addr(8080), 64 * 1024);

@@ -2,7 +2,7 @@
 //! round robin, tunneled to that endpoint with its identity; an endpoint that fails is skipped
 //! (passive health); a Service without endpoints fails fast. Run as root (`cargo xtask test`).
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, time::Duration};
 
 use weft_tests::{features, probe, Agent, Ca, Client, Topology};
 
@@ -79,21 +79,34 @@ fn a_cluster_ip_reaches_ready_endpoints_on_both_nodes_and_skips_a_dead_one() {
         failures, 1,
         "the dead endpoint is tried once, then skipped (passive health)"
     );
-    assert!(
-        ["web-a", "web-b"].iter().all(|sa| log.contains(&format!(
-            "dst_identity=spiffe://cluster.local/ns/mesh/sa/{sa}"
-        ))),
-        "endpoints are reached through HBONE with their identity"
-    );
+    let tunneled = a1.access_log();
+    for sa in ["web-a", "web-b"] {
+        let identity = format!("spiffe://cluster.local/ns/mesh/sa/{sa}");
+        assert!(
+            tunneled.iter().any(|l| l["reporter"] == "source"
+                && l["dst"]["identity"] == identity.as_str()
+                && l["connection_security_policy"] == "mutual_tls"),
+            "endpoints are reached through HBONE with their identity: {tunneled:#?}"
+        );
+    }
 
     // A Service with no endpoints: refused at once, with a line saying why.
     let r = c.connect("10.96.0.11:80".parse().unwrap(), 16);
     assert!(!r.ok(), "{:?}", r.raw);
+    let line = weft_tests::eventually(
+        "the refusal in the access log",
+        Duration::from_secs(5),
+        || {
+            a1.access_log()
+                .into_iter()
+                .find(|l| l["original_dst"] == "10.96.0.11:80" && l["verdict"] != "allow")
+        },
+    );
+    assert_eq!(line["response_flags"], "UH", "{line}");
+    let reason = line["reason"].as_str().unwrap_or_default();
     assert!(
-        a1.log()
-            .lines()
-            .any(|l| l.contains("service has no ready endpoints") && l.contains("mesh/nobody")),
-        "the agent says why"
+        reason.contains("has no ready endpoints"),
+        "the agent says why: {line}"
     );
     drop(ca);
 }

@@ -46,7 +46,9 @@ pub fn test(filter: Option<String>) -> Result<()> {
     let cgroup = prereqs::all("test")?;
     build(false)?;
     let skips = ebpf::workspace_root().join("target/weft-skipped.log");
+    let ran = ebpf::workspace_root().join("target/weft-ran.log");
     let _ = std::fs::remove_file(&skips);
+    let _ = std::fs::remove_file(&ran);
     let mut args = vec!["test", "--no-fail-fast"];
     if let Some(f) = &filter {
         args.push(f);
@@ -55,19 +57,36 @@ pub fn test(filter: Option<String>) -> Result<()> {
         .env("WEFT_AGENT_BIN", target_dir(false).join("mesh-agent"))
         .env("WEFT_CGROUP2", &cgroup)
         .env("WEFT_SKIP_LOG", &skips)
+        .env("WEFT_RAN_LOG", &ran)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .context("running cargo test")?;
     let totals = tee_and_count(child.stdout.take().expect("piped stdout"));
     let status = child.wait();
     let skipped = report_skips(&skips);
+    let integration_ran = count_lines(&ran);
     // One closing line for the whole run: cargo's own last line is for whichever crate ran
     // last, which may have no tests at all.
     println!(
         "\ntests: {} passed, {} failed, {skipped} skipped",
         totals.0, totals.1
     );
-    check("cargo test", status)
+    check("cargo test", status)?;
+    all_skipped(integration_ran, skipped)
+}
+
+/// A run in which every integration test skipped proved nothing about the mesh: not green.
+fn all_skipped(ran: usize, skipped: usize) -> Result<()> {
+    if skipped > 0 && ran == 0 {
+        bail!("all {skipped} integration test(s) skipped (see above): nothing was tested");
+    }
+    Ok(())
+}
+
+fn count_lines(log: &std::path::Path) -> usize {
+    std::fs::read_to_string(log)
+        .map(|t| t.lines().filter(|l| !l.is_empty()).count())
+        .unwrap_or(0)
 }
 
 /// Echoes cargo test's output and sums its `test result:` lines: (passed, failed).
@@ -246,4 +265,23 @@ pub fn bench(connections: usize, memory_connections: usize) -> Result<()> {
             memory_connections.to_string(),
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_where_every_integration_test_skipped_fails() {
+        let err = all_skipped(0, 31).unwrap_err().to_string();
+        assert!(err.contains("all 31 integration test(s) skipped"), "{err}");
+        assert!(
+            all_skipped(30, 1).is_ok(),
+            "some skips are reported, not fatal"
+        );
+        assert!(
+            all_skipped(0, 0).is_ok(),
+            "a filter that matches only unit tests"
+        );
+    }
 }

@@ -13,10 +13,7 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
-use hyper::{
-    body::Incoming, server::conn::http1, service::service_fn, Request, Response, StatusCode,
-};
-use hyper_util::rt::TokioIo;
+use hyper::{body::Incoming, service::service_fn, Request, Response, StatusCode};
 use rustls::pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer};
 use tokio::{net::TcpListener, sync::watch};
 use tracing::{info, warn};
@@ -27,9 +24,12 @@ use super::{
     token_review::{service_account_user, TokenReviewer},
     Authority, ErrorResponse, SignRequest, SignResponse, NODE_HEADER, SIGN_PATH,
 };
-use crate::{identity::Identity, source, state::State};
+use crate::{http_server, identity::Identity, source, state::State};
 
 const MAX_BODY: usize = 64 * 1024;
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The signing request's body, once its headers are in.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, clap::Args)]
 pub struct CaArgs {
@@ -170,23 +170,24 @@ pub async fn run(args: CaArgs) -> anyhow::Result<()> {
     });
     info!(listen = %args.listen, trust_domain = %args.trust_domain, "mesh CA serving");
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let limits = http_server::CA;
+    let mut incoming = http_server::Acceptor::new(listener, limits.server, limits.caps);
     loop {
-        let (tcp, peer) = listener.accept().await?;
+        let accepted = incoming.next().await;
         let (ca, acceptor) = (ca.clone(), acceptor.clone());
         tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(t)) => t,
-                    Ok(Err(e)) => return warn!(%peer, error = %e, "ca: TLS handshake failed"),
-                    Err(_) => return warn!(%peer, "ca: TLS handshake timed out"),
-                };
+            let (tcp, peer, _slot) = (accepted.conn, accepted.peer, accepted.slot);
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => return warn!(%peer, error = %e, "ca: TLS handshake failed"),
+                Err(_) => return warn!(%peer, "ca: TLS handshake timed out"),
+            };
             let svc = service_fn(move |req| {
                 let ca = ca.clone();
                 async move { Ok::<_, std::convert::Infallible>(ca.handle(req).await) }
             });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), svc)
-                .await;
+            http_server::serve_connection(tls, &limits, svc).await;
         });
     }
 }
@@ -246,9 +247,11 @@ impl Ca {
             warn!(%node, %reason, "ca: refused: not authenticated");
             return error(code, reason);
         }
-        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("reading request: {e}")),
+        let body = Limited::new(req.into_body(), MAX_BODY).collect();
+        let body = match tokio::time::timeout(BODY_TIMEOUT, body).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("reading request: {e}")),
+            Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "request body too slow".into()),
         };
         let request: SignRequest = match serde_json::from_slice(&body) {
             Ok(r) => r,

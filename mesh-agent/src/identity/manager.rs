@@ -23,6 +23,8 @@ use tracing::{info, warn};
 use super::{CaClient, Identity};
 use crate::{ca::authority::write_secret, tls::TrustBundle};
 
+/// Retries after a failed request: the first within about a second, then doubling up to this.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Never renew more often than this, whatever lifetime the CA hands out.
 const MIN_RENEW_INTERVAL: Duration = Duration::from_secs(1);
@@ -178,7 +180,7 @@ impl CertManager {
     }
 
     async fn maintain(self, id: Identity) {
-        let mut backoff = Duration::from_secs(1);
+        let mut failures = 0u32;
         loop {
             if let Some(cert) = self.get(&id) {
                 let wait = cert
@@ -199,17 +201,18 @@ impl CertManager {
                     let s = status.entry(id.clone()).or_default();
                     s.issued += 1;
                     s.last_error = None;
-                    backoff = Duration::from_secs(1);
+                    failures = 0;
                 }
                 Err(e) => {
                     let e = format!("{e:#}");
-                    warn!(identity = %id, error = %e, retry_in_ms = backoff.as_millis() as u64,
+                    failures = failures.saturating_add(1);
+                    let delay = retry_delay(failures, &mut rand::thread_rng());
+                    warn!(identity = %id, error = %e, failures, retry_in_ms = delay.as_millis() as u64,
                         "certificate request failed; keeping the last good certificate");
                     if let Some(s) = self.inner.status.write().expect("status lock").get_mut(&id) {
                         s.last_error = Some(e);
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    tokio::time::sleep(delay).await;
                 }
             }
         }
@@ -290,7 +293,8 @@ impl CertManager {
     }
 }
 
-fn validity(der: &CertificateDer<'_>) -> anyhow::Result<(SystemTime, SystemTime)> {
+/// A certificate's (not before, not after).
+pub fn validity(der: &CertificateDer<'_>) -> anyhow::Result<(SystemTime, SystemTime)> {
     use x509_parser::prelude::FromDer as _;
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der)?;
     let t = |ts: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(ts.max(0) as u64);
@@ -300,9 +304,71 @@ fn validity(der: &CertificateDer<'_>) -> anyhow::Result<(SystemTime, SystemTime)
     ))
 }
 
+/// How long to wait after the `failures`-th failed request in a row: exponential (1 s, 2 s, 4 s,
+/// ... up to `MAX_BACKOFF`), with "equal jitter": a random point in the upper half of that step.
+/// Agents that lost the CA together would otherwise come back to it together, each retry a
+/// synchronised wave against a CA that is just recovering.
+fn retry_delay(failures: u32, rng: &mut impl rand::Rng) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    let step = FIRST_RETRY.saturating_mul(1 << exp).min(MAX_BACKOFF);
+    step / 2 + step.mul_f64(rng.gen::<f64>() / 2.0)
+}
+
 fn secs_between(from: SystemTime, to: SystemTime) -> i64 {
     match to.duration_since(from) {
         Ok(d) => d.as_secs() as i64,
         Err(e) => -(e.duration().as_secs() as i64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{rngs::StdRng, SeedableRng as _};
+
+    use super::*;
+
+    fn samples(failures: u32) -> Vec<Duration> {
+        let mut rng = StdRng::seed_from_u64(u64::from(failures));
+        (0..1000).map(|_| retry_delay(failures, &mut rng)).collect()
+    }
+
+    fn mean(v: &[Duration]) -> Duration {
+        v.iter().sum::<Duration>() / v.len() as u32
+    }
+
+    #[test]
+    fn retry_delays_are_bounded_spread_and_grow_to_a_cap() {
+        for failures in [1, 2, 3, 5, 8, 40, u32::MAX] {
+            let v = samples(failures);
+            let (lo, hi) = (*v.iter().min().unwrap(), *v.iter().max().unwrap());
+            assert!(hi <= MAX_BACKOFF, "failure {failures}: {hi:?} over the cap");
+            assert!(
+                lo >= FIRST_RETRY / 2,
+                "failure {failures}: {lo:?} hammers the CA"
+            );
+            // Spread: agents retrying after the same failure do not come back together.
+            assert!(
+                hi - lo >= hi / 3,
+                "failure {failures}: {lo:?}..{hi:?} is not spread"
+            );
+            let mut distinct: Vec<_> = v.iter().map(|d| d.as_millis()).collect();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert!(
+                distinct.len() > 100,
+                "failure {failures}: {} distinct delays",
+                distinct.len()
+            );
+        }
+        let means: Vec<Duration> = (1..=8).map(|f| mean(&samples(f))).collect();
+        assert!(
+            means.windows(2).take(5).all(|w| w[1] > w[0]),
+            "grows: {means:?}"
+        );
+        assert!(means[0] < Duration::from_secs(1), "{means:?}");
+        assert!(
+            means[7] > MAX_BACKOFF / 2 && mean(&samples(100)) <= MAX_BACKOFF,
+            "{means:?}"
+        );
     }
 }

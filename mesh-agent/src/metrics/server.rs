@@ -12,10 +12,14 @@ use super::Metrics;
 
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
-    Ok(crate::admin::spawn_http(listener, move |req| {
-        let answer = answer(req.uri().path(), &metrics);
-        async move { answer }
-    }))
+    Ok(crate::http_server::spawn(
+        listener,
+        crate::http_server::METRICS,
+        move |req| {
+            let answer = answer(req.uri().path(), &metrics);
+            async move { answer }
+        },
+    ))
 }
 
 fn answer(path: &str, metrics: &Metrics) -> Response<Full<Bytes>> {

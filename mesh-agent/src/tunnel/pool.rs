@@ -29,7 +29,7 @@ use super::{
     H2Stream, CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, MAX_FRAME, RESPONSE_TIMEOUT, STREAM_WINDOW,
 };
 use crate::{
-    identity::{CertManager, Identity},
+    identity::{CertManager, Identity, WorkloadCert},
     netns::{socket::connect_from_pod, Netns},
     tls,
 };
@@ -41,12 +41,25 @@ struct Key {
     addr: SocketAddr,
 }
 
-/// One pooled connection: the handle to open streams on it and how many are open.
+/// One pooled connection: the handle to open streams on it, how many are open, and the source
+/// certificate current when it was opened. A client certificate is presented once, at the
+/// handshake: after a renewal, new streams go over a new connection (so the peer sees the
+/// renewed certificate, and an expired one is never kept in use); streams on the old one
+/// finish there, and it closes once they have.
 #[derive(Clone)]
 struct Entry {
     id: u64,
     sender: SendRequest<Bytes>,
     streams: Streams,
+    cert: Option<Arc<WorkloadCert>>,
+}
+
+/// Whether a connection opened with certificate `then` still presents the current one.
+pub(crate) fn same_cert(then: &Option<Arc<WorkloadCert>>, now: &Option<Arc<WorkloadCert>>) -> bool {
+    match (then, now) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
 }
 
 #[derive(Clone)]
@@ -134,9 +147,12 @@ impl Pool {
 
     /// A live pooled connection with room for one more stream, or a new one.
     async fn sender(&self, netns: &Netns, key: Key) -> io::Result<(SendRequest<Bytes>, Slot)> {
+        let cert = self.inner.certs.get(&key.source);
         let pooled = {
-            let conns = self.inner.conns.lock().expect("pool lock");
-            conns.get(&key).and_then(|entries| {
+            let mut conns = self.inner.conns.lock().expect("pool lock");
+            conns.get_mut(&key).and_then(|entries| {
+                // Connections opened with a certificate since renewed take no new streams.
+                entries.retain(|e| same_cert(&e.cert, &cert));
                 entries
                     .iter()
                     .find_map(|e| Some((e.sender.clone(), e.streams.take()?)))
@@ -150,7 +166,7 @@ impl Pool {
                 }
             }
         }
-        let entry = self.open(netns, &key).await?;
+        let entry = self.open(netns, &key, cert).await?;
         let slot = entry.streams.take().expect("a new connection has room");
         let sender = entry.sender.clone();
         self.inner
@@ -167,7 +183,12 @@ impl Pool {
         Ok((sender, slot))
     }
 
-    async fn open(&self, netns: &Netns, key: &Key) -> io::Result<Entry> {
+    async fn open(
+        &self,
+        netns: &Netns,
+        key: &Key,
+        cert: Option<Arc<WorkloadCert>>,
+    ) -> io::Result<Entry> {
         let tls = mtls_connect(
             &self.inner.certs,
             netns,
@@ -212,6 +233,7 @@ impl Pool {
             id,
             sender,
             streams: Streams::default(),
+            cert,
         })
     }
 }

@@ -20,14 +20,18 @@ use tracing::{debug, info, warn};
 
 use super::{header, QuicStream, ALPN_QUIC, HANDSHAKE_TIMEOUT, REPROBE};
 use crate::{
-    identity::{CertManager, Identity},
+    identity::{CertManager, Identity, WorkloadCert},
     netns::{socket::udp_socket, Netns},
     tls,
     tunnel::{
+        pool::same_cert,
         slot::{Slot, Streams},
         RESPONSE_TIMEOUT,
     },
 };
+
+/// The source certificate current at a connection's handshake (see `pool::Entry`).
+type SourceCert = Option<Arc<WorkloadCert>>;
 
 #[derive(Debug)]
 pub enum Failure {
@@ -50,7 +54,7 @@ pub struct QuicPool {
 struct Inner {
     certs: CertManager,
     /// Several per key once one holds `MAX_STREAMS` streams.
-    conns: Mutex<HashMap<Key, Vec<(Connection, Streams)>>>,
+    conns: Mutex<HashMap<Key, Vec<(Connection, Streams, SourceCert)>>>,
     /// Address → when QUIC may be probed again.
     unreachable: Mutex<HashMap<SocketAddr, Instant>>,
 }
@@ -137,14 +141,16 @@ impl QuicPool {
     }
 
     async fn connection(&self, netns: &Netns, key: Key) -> Result<(Connection, Slot), Failure> {
+        let cert = self.inner.certs.get(&key.source);
         let pooled = {
             let mut conns = self.inner.conns.lock().expect("pool lock");
             let entries = conns.get_mut(&key);
             let live = entries.and_then(|entries| {
-                entries.retain(|(c, _)| c.close_reason().is_none());
+                // A connection opened with a certificate since renewed takes no new streams.
+                entries.retain(|(c, _, then)| c.close_reason().is_none() && same_cert(then, &cert));
                 entries
                     .iter()
-                    .find_map(|(c, s)| Some((c.clone(), s.take()?)))
+                    .find_map(|(c, s, _)| Some((c.clone(), s.take()?)))
             });
             if conns.get(&key).is_some_and(Vec::is_empty) {
                 conns.remove(&key);
@@ -167,7 +173,7 @@ impl QuicPool {
         let conn = self.inner.handshake(endpoint, key.clone()).await?;
         let streams = Streams::default();
         let slot = streams.take().expect("a new connection has room");
-        self.inner.pool(key, conn.clone(), streams);
+        self.inner.pool(key, conn.clone(), streams, cert);
         Ok((conn, slot))
     }
 
@@ -181,7 +187,7 @@ impl QuicPool {
     ) {
         let mut conns = self.inner.conns.lock().expect("pool lock");
         conns.retain(|k, entries| {
-            entries.retain(|(c, _)| c.close_reason().is_none());
+            entries.retain(|(c, _, _)| c.close_reason().is_none());
             !entries.is_empty() && keep(&k.source, &k.destination, k.addr)
         });
         drop(conns);
@@ -195,7 +201,7 @@ impl QuicPool {
         let n = conns
             .values()
             .flatten()
-            .filter(|(c, _)| c.close_reason().is_none())
+            .filter(|(c, _, _)| c.close_reason().is_none())
             .count();
         drop(conns);
         (n, self.inner.unreachable.lock().expect("pool lock").len())
@@ -217,9 +223,10 @@ impl QuicPool {
         };
         let inner = self.inner.clone();
         tokio::spawn(async move {
+            let cert = inner.certs.get(&key.source);
             if let Ok(conn) = inner.handshake(endpoint, key.clone()).await {
                 info!(addr = %key.addr, "QUIC reaches this destination again");
-                inner.pool(key, conn, Streams::default());
+                inner.pool(key, conn, Streams::default(), cert);
             }
         });
     }
@@ -241,9 +248,9 @@ impl QuicPool {
 }
 
 impl Inner {
-    fn pool(&self, key: Key, conn: Connection, streams: Streams) {
+    fn pool(&self, key: Key, conn: Connection, streams: Streams, cert: SourceCert) {
         let mut conns = self.conns.lock().expect("pool lock");
-        conns.entry(key).or_default().push((conn, streams));
+        conns.entry(key).or_default().push((conn, streams, cert));
     }
 
     fn mark_unreachable(&self, addr: SocketAddr) {
