@@ -2,7 +2,8 @@
 //! (wire-compatible with Istio's ztunnel). `pool` is the client side, `server` the :15008 side,
 //! `h2` adapts an HTTP/2 stream to AsyncRead/AsyncWrite. `quic` carries the same tunnels over
 //! QUIC (UDP :15008); `deliver` is the last hop both share; `probe` is a handshake alone, for
-//! `meshctl explain`.
+//! `meshctl explain`;
+//! `traceparent` is the connection id both agents log.
 
 pub mod deliver;
 pub mod h2;
@@ -10,6 +11,7 @@ pub mod pool;
 pub mod probe;
 pub mod quic;
 pub mod server;
+pub mod traceparent;
 
 pub use self::h2::H2Stream;
 pub use pool::Pool;

@@ -12,7 +12,10 @@ use mesh_common::INBOUND_DELIVERY_SOURCE;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, info_span, warn, Instrument as _};
 
-use crate::metrics::{flags, Reporter};
+use crate::{
+    metrics::{flags, Reporter},
+    tunnel::traceparent::ConnectionId,
+};
 
 use super::{
     listeners::{accept_loop, connect_from_pod},
@@ -36,9 +39,12 @@ async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
         warn!(pod = %ctx.key, %peer, %orig, "inbound connection from loopback; reset");
         return reset(down);
     }
+    // Plaintext carries no id from a source agent: this connection's story starts here.
+    let id = ConnectionId::new();
     let state = ctx.shared.state.load();
     let shared = &ctx.shared;
     let mut record = Record::new(
+        id,
         Reporter::Destination,
         Peer::at(&state, peer.ip(), None),
         Peer::at(&state, orig.ip(), None),
@@ -67,7 +73,7 @@ async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
     record.policy = verdict.policy;
     let watch = shared.live.register(ctx.key.clone(), conn);
     drop(state);
-    let span = info_span!("inbound", pod = %ctx.key, src = %peer, dst = %orig);
+    let span = info_span!("inbound", %id, pod = %ctx.key, src = %peer, dst = %orig);
     async move {
         let bind = orig
             .is_ipv4()

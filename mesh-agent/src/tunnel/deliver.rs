@@ -19,6 +19,7 @@ use crate::{
         record::{Peer, Record},
         PodContext,
     },
+    tunnel::traceparent::ConnectionId,
 };
 
 #[derive(Debug)]
@@ -45,14 +46,15 @@ pub struct Delivery {
 }
 
 /// Connects to `authority` (`IP:port`, the original destination) inside the pod, for a tunnel
-/// from `source` (its verified identity) at `source_ip`, carried by `transport`. A refusal is
-/// counted and access-logged here.
+/// from `source` (its verified identity) at `source_ip`, carried by `transport`, with the
+/// source agent's connection `id`. A refusal is counted and access-logged here.
 pub async fn deliver(
     ctx: &PodContext,
     authority: &str,
     source: &Identity,
     source_ip: IpAddr,
     transport: &'static str,
+    id: ConnectionId,
 ) -> Result<Delivery, Refusal> {
     let target: SocketAddr = authority.parse().map_err(|_| {
         Refusal::new(
@@ -62,6 +64,7 @@ pub async fn deliver(
     })?;
     let state = ctx.shared.state.load();
     let mut record = Record::new(
+        id,
         Reporter::Destination,
         Peer::at(&state, source_ip, Some(source.clone())),
         Peer::at(&state, ctx.ip, Some(ctx.identity.clone())),

@@ -10,7 +10,10 @@ use rustls::pki_types::ServerName;
 use tokio::sync::Mutex;
 use tracing::debug;
 
-use super::H2Stream;
+use super::{
+    traceparent::{ConnectionId, TRACEPARENT},
+    H2Stream,
+};
 use crate::{
     identity::{CertManager, Identity},
     netns::Netns,
@@ -48,7 +51,8 @@ impl Pool {
     }
 
     /// Opens a CONNECT stream to `target` through the HBONE endpoint `hbone`, which must present
-    /// `destination`; this side presents `source`.
+    /// `destination`; this side presents `source`. The request carries the connection's `id`
+    /// (as a `traceparent`, see `traceparent`).
     pub async fn connect(
         &self,
         netns: &Netns,
@@ -56,11 +60,13 @@ impl Pool {
         destination: &Identity,
         hbone: SocketAddr,
         target: SocketAddr,
+        id: ConnectionId,
     ) -> io::Result<H2Stream> {
         let mut sender = self.sender(netns, source, destination, hbone).await?;
         let req = http::Request::builder()
             .method(http::Method::CONNECT)
             .uri(target.to_string())
+            .header(TRACEPARENT, id.traceparent())
             .body(())
             .map_err(|e| io_err(io::ErrorKind::InvalidInput, e))?;
         let (resp, send) = sender

@@ -15,7 +15,11 @@ use http::{Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, info_span, warn, Instrument as _};
 
-use super::{deliver::deliver, H2Stream};
+use super::{
+    deliver::deliver,
+    traceparent::{ConnectionId, TRACEPARENT},
+    H2Stream,
+};
 use crate::{
     identity::Identity,
     proxy::{listeners::accept_loop, relay, reset, PodContext},
@@ -68,10 +72,17 @@ async fn handle(ctx: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
     while let Some(next) = conn.accept().await {
         match next {
             Ok((req, respond)) => {
+                // The source agent's id of this connection (ztunnel sends one too); else ours.
+                let id = req
+                    .headers()
+                    .get(TRACEPARENT)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(ConnectionId::from_traceparent)
+                    .unwrap_or_else(ConnectionId::new);
                 let span =
-                    info_span!("inbound", pod = %ctx.key, src = %peer, src_identity = %source);
+                    info_span!("inbound", %id, pod = %ctx.key, src = %peer, src_identity = %source);
                 let source = source.clone();
-                tokio::spawn(stream(ctx.clone(), req, respond, source, peer).instrument(span));
+                tokio::spawn(stream(ctx.clone(), req, respond, source, peer, id).instrument(span));
             }
             Err(e) => {
                 info!(pod = %ctx.key, %peer, %source, error = %e, "hbone: connection ended");
@@ -96,6 +107,7 @@ async fn stream(
     mut respond: SendResponse<Bytes>,
     source: Identity,
     peer: SocketAddr,
+    id: ConnectionId,
 ) {
     if req.method() != http::Method::CONNECT {
         return refuse(
@@ -105,7 +117,7 @@ async fn stream(
         );
     }
     let authority = req.uri().authority().map(|a| a.as_str()).unwrap_or("");
-    let d = match deliver(&ctx, authority, &source, peer.ip(), "hbone").await {
+    let d = match deliver(&ctx, authority, &source, peer.ip(), "hbone", id).await {
         Ok(d) => d,
         Err(r) => return refuse(respond, r.status, &r.reason),
     };

@@ -87,7 +87,7 @@ impl QuicPool {
     }
 
     /// Opens a tunnel stream to `target` through the QUIC endpoint `addr`, which must present
-    /// `destination`; this side presents `source`.
+    /// `destination`; this side presents `source`. The header carries the connection's `id`.
     pub async fn connect(
         &self,
         netns: &Netns,
@@ -95,6 +95,7 @@ impl QuicPool {
         destination: &Identity,
         addr: SocketAddr,
         target: SocketAddr,
+        id: crate::tunnel::traceparent::ConnectionId,
     ) -> Result<QuicStream, Failure> {
         let key = Key {
             source: source.clone(),
@@ -105,7 +106,7 @@ impl QuicPool {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| classify(destination, e))?;
         let refused = |e: io::Error| Failure::Refused(io_err(io::ErrorKind::ConnectionReset, e));
         let status = async {
-            header::write_request(&mut send, &target.to_string()).await?;
+            header::write_request(&mut send, &target.to_string(), id).await?;
             header::read_status(&mut recv).await
         };
         let status = tokio::time::timeout(crate::config::CONNECT_TIMEOUT, status)

@@ -16,7 +16,7 @@ use super::{header, QuicStream, ALPN_QUIC};
 use crate::{
     identity::Identity,
     proxy::{relay, PodContext},
-    tunnel::deliver::deliver,
+    tunnel::{deliver::deliver, traceparent::ConnectionId},
 };
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,7 +80,8 @@ async fn connection(ctx: Arc<PodContext>, incoming: Incoming) {
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
-                let span = info_span!("inbound", pod = %ctx.key, src = %peer, src_identity = %source, transport = "quic");
+                // The connection id arrives in the stream's header: recorded once read.
+                let span = info_span!("inbound", id = tracing::field::Empty, pod = %ctx.key, src = %peer, src_identity = %source, transport = "quic");
                 let source = source.clone();
                 tokio::spawn(stream(ctx.clone(), send, recv, source, peer.ip()).instrument(span));
             }
@@ -108,13 +109,14 @@ async fn stream(
     source: Identity,
     source_ip: std::net::IpAddr,
 ) {
-    let authority =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, header::read_request(&mut recv)).await {
-            Ok(Ok(a)) => a,
-            Ok(Err(why)) => return refuse(send, recv, 400, &why).await,
-            Err(_) => return refuse(send, recv, 408, "no tunnel header in time").await,
-        };
-    let d = match deliver(&ctx, &authority, &source, source_ip, "quic").await {
+    let req = match tokio::time::timeout(HANDSHAKE_TIMEOUT, header::read_request(&mut recv)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(why)) => return refuse(send, recv, 400, &why).await,
+        Err(_) => return refuse(send, recv, 408, "no tunnel header in time").await,
+    };
+    let id = req.id.unwrap_or_else(ConnectionId::new);
+    tracing::Span::current().record("id", tracing::field::display(id));
+    let d = match deliver(&ctx, &req.authority, &source, source_ip, "quic", id).await {
         Ok(d) => d,
         Err(r) => return refuse(send, recv, r.status.as_u16(), &r.reason).await,
     };
