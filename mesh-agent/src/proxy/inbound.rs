@@ -73,7 +73,7 @@ async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
     record.policy = verdict.policy;
     let watch = shared.live.register(ctx.key.clone(), conn);
     drop(state);
-    let span = info_span!("inbound", %id, pod = %ctx.key, src = %peer, dst = %orig);
+    let span = info_span!("inbound", pod = %ctx.key, %id, src = %peer, dst = %orig);
     async move {
         let bind = orig
             .is_ipv4()

@@ -78,7 +78,12 @@ pub struct Failed {
 pub async fn execute(ctx: &PodContext, plan: &Plan, id: ConnectionId) -> Result<Onward, Failed> {
     let (candidates, attempts) = match &plan.decision {
         Decision::Refuse(r) => {
-            warn!(flags = r.flags, "refused: {}", r.reason);
+            match &plan.service {
+                Some(service) if r.flags == flags::NO_HEALTHY_UPSTREAM => {
+                    warn!(%service, port = plan.dst.port(), "service has no ready endpoints; reset")
+                }
+                _ => warn!(flags = r.flags, "refused: {}", r.reason),
+            }
             let kind = if r.flags == flags::NO_ROUTE {
                 io::ErrorKind::PermissionDenied
             } else {

@@ -32,7 +32,7 @@ async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
     };
     // The connection's id, from here to the destination agent's access log.
     let id = ConnectionId::new();
-    let span = info_span!("outbound", %id, pod = %ctx.key, src = %peer, dst = %orig);
+    let span = info_span!("outbound", pod = %ctx.key, %id, src = %peer, dst = %orig);
     async move {
         if let Ok(local) = down.local_addr() {
             if let Err(e) = ctx.maps.add_splice(netns, local, peer, &down) {

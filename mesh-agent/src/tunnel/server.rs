@@ -80,7 +80,7 @@ async fn handle(ctx: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
                     .and_then(ConnectionId::from_traceparent)
                     .unwrap_or_else(ConnectionId::new);
                 let span =
-                    info_span!("inbound", %id, pod = %ctx.key, src = %peer, src_identity = %source);
+                    info_span!("inbound", pod = %ctx.key, %id, src = %peer, src_identity = %source);
                 let source = source.clone();
                 tokio::spawn(stream(ctx.clone(), req, respond, source, peer, id).instrument(span));
             }

@@ -81,7 +81,7 @@ async fn connection(ctx: Arc<PodContext>, incoming: Incoming) {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
                 // The connection id arrives in the stream's header: recorded once read.
-                let span = info_span!("inbound", id = tracing::field::Empty, pod = %ctx.key, src = %peer, src_identity = %source, transport = "quic");
+                let span = info_span!("inbound", pod = %ctx.key, id = tracing::field::Empty, src = %peer, src_identity = %source, transport = "quic");
                 let source = source.clone();
                 tokio::spawn(stream(ctx.clone(), send, recv, source, peer.ip()).instrument(span));
             }
