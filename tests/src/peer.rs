@@ -146,7 +146,8 @@ pub fn connect_with_headers(
     })
 }
 
-/// As `connect`, over the QUIC transport (UDP `addr`, one stream with the CONNECT header).
+/// As `connect`, over the QUIC transport (UDP `addr`, one stream with the CONNECT header), as an
+/// agent of the previous version speaks it: ALPN `weft-hbone-quic/1`, no connection id.
 pub fn connect_quic(
     from_ns: &str,
     me: &Minted,
@@ -189,13 +190,7 @@ pub fn connect_quic(
             Ok(s) => s,
             Err(e) => return refused(&e),
         };
-        if let Err(e) = header::write_request(
-            &mut send,
-            &target.to_string(),
-            mesh_agent::tunnel::traceparent::ConnectionId::new(),
-        )
-        .await
-        {
+        if let Err(e) = header::write_request(&mut send, &target.to_string(), None).await {
             return refused(&e);
         }
         let status = match tokio::time::timeout(
@@ -219,6 +214,9 @@ pub fn connect_quic(
                 }
             }
         }
+        // Close as an agent would, so the server ends the stream now, not at its idle timeout.
+        conn.close(0u32.into(), b"done");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         (Outcome::Status(status), got)
     })
 }

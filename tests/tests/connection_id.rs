@@ -2,7 +2,8 @@
 //! the tunnel request (a W3C `traceparent` on h2, the CONNECT header on QUIC); both agents put
 //! it in the connection's span (`id=`) and access-log line (`connection_id`), so one
 //! connection's story can be followed across both nodes' logs. A peer that sends a
-//! `traceparent` (as ztunnel does) has its id kept; plaintext gets a fresh one.
+//! `traceparent` (as ztunnel does) has its id kept; plaintext, or a peer of the previous
+//! version, gets a fresh one.
 //! Run as root (`cargo xtask test`).
 
 use std::time::Duration;
@@ -90,9 +91,9 @@ fn one_connection_shows_one_id_on_both_agents_over_h2_and_quic() {
 }
 
 #[test]
-fn a_peers_traceparent_is_kept_and_plaintext_gets_an_id_of_its_own() {
+fn a_peers_traceparent_is_kept_and_others_get_an_id_of_their_own() {
     if !features::require(
-        "a_peers_traceparent_is_kept_and_plaintext_gets_an_id_of_its_own",
+        "a_peers_traceparent_is_kept_and_others_get_an_id_of_their_own",
         features::CAPTURE,
     ) {
         return;
@@ -132,12 +133,27 @@ fn a_peers_traceparent_is_kept_and_plaintext_gets_an_id_of_its_own() {
         b"hello",
     );
     assert!(matches!(outcome, peer::Outcome::Status(200)), "{outcome:?}");
+    // A QUIC peer of the previous version (ALPN /1, no id in its header): served, fresh id.
+    let (outcome, _) = peer::connect_quic(
+        &m.client.netns,
+        &me,
+        &me.roots,
+        m.server.addr(15008),
+        &server_id,
+        m.server.addr(8080),
+        b"hello",
+    );
+    assert!(matches!(outcome, peer::Outcome::Status(200)), "{outcome:?}");
     let mut p = Client::start(&mut m.topo, &m.plain);
     assert!(p.connect(m.server.addr(8080), 64).intact());
-    let lines = eventually("three destination lines", Duration::from_secs(10), || {
+    let lines = eventually("four destination lines", Duration::from_secs(10), || {
         let l: Vec<Value> = m.a2.access_log();
-        (l.iter().filter(|l| l["verdict"] == "allow").count() >= 3).then_some(l)
+        (l.iter().filter(|l| l["verdict"] == "allow").count() >= 4).then_some(l)
     });
+    assert!(
+        lines.iter().any(|l| l["transport"] == "quic"),
+        "the old QUIC peer's line: {lines:#?}"
+    );
     let plaintext = lines
         .iter()
         .find(|l| l["transport"] == "tcp" && l["verdict"] == "allow")
@@ -151,5 +167,5 @@ fn a_peers_traceparent_is_kept_and_plaintext_gets_an_id_of_its_own() {
     assert!(span_lines(&m.a2, &plain_id) > 0, "plaintext span has id=");
     seen.sort();
     seen.dedup();
-    assert_eq!(seen.len(), 3, "distinct ids: {lines:#?}");
+    assert_eq!(seen.len(), 4, "distinct ids: {lines:#?}");
 }

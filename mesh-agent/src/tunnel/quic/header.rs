@@ -2,8 +2,8 @@
 //!
 //! - request: version `2`, one byte of length, the authority `IP:port` (the original
 //!   destination) in UTF-8, then the connection id in 16 bytes (big-endian; all zeros: none).
-//!   Version `1` (the same without the id, sent by older agents) is still read: a connection
-//!   from such a peer gets a fresh id on this side;
+//!   Version `1` is the same without the id: what agents of the previous version send and
+//!   read (ALPN `weft-hbone-quic/1`); a connection from such a peer gets a fresh id here;
 //! - response: the HTTP status as two bytes, big-endian (200 to go on; 400, 403, 503 refused,
 //!   the same codes as over h2).
 //!
@@ -30,14 +30,21 @@ pub struct Request {
 pub async fn write_request(
     w: &mut (impl AsyncWrite + Unpin),
     authority: &str,
-    id: ConnectionId,
+    id: Option<ConnectionId>,
 ) -> io::Result<()> {
     let len = u8::try_from(authority.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "authority too long"))?;
     let mut buf = Vec::with_capacity(2 + authority.len() + 16);
-    buf.extend_from_slice(&[VERSION, len]);
+    let version = if id.is_some() {
+        VERSION
+    } else {
+        VERSION_WITHOUT_ID
+    };
+    buf.extend_from_slice(&[version, len]);
     buf.extend_from_slice(authority.as_bytes());
-    buf.extend_from_slice(&id.to_bytes());
+    if let Some(id) = id {
+        buf.extend_from_slice(&id.to_bytes());
+    }
     w.write_all(&buf).await
 }
 
@@ -88,14 +95,21 @@ mod tests {
     async fn request_round_trips() {
         let id = ConnectionId::new();
         let mut buf = Vec::new();
-        write_request(&mut buf, "10.0.0.7:8080", id).await.unwrap();
+        write_request(&mut buf, "10.0.0.7:8080", Some(id))
+            .await
+            .unwrap();
         assert_eq!(&buf[..2], &[2, 13]);
         assert_eq!(buf.len(), 2 + 13 + 16);
         let req = read_request(&mut &buf[..]).await.unwrap();
         assert_eq!(req.authority, "10.0.0.7:8080");
         assert_eq!(req.id, Some(id), "the connection id crosses");
-        // An older peer's version 1: no id, still served.
+        // An older peer's version 1: no id, still served; and written for one.
         let v1 = [&[1u8, 13][..], b"10.0.0.7:8080"].concat();
+        let mut written = Vec::new();
+        write_request(&mut written, "10.0.0.7:8080", None)
+            .await
+            .unwrap();
+        assert_eq!(written, v1);
         let req = read_request(&mut &v1[..]).await.unwrap();
         assert_eq!((req.authority.as_str(), req.id), ("10.0.0.7:8080", None));
         let mut status = Vec::new();
@@ -120,8 +134,6 @@ mod tests {
             assert!(err.contains(expected), "{bytes:?}: {err}");
         }
         let long = "1".repeat(300);
-        assert!(write_request(&mut Vec::new(), &long, ConnectionId::new())
-            .await
-            .is_err());
+        assert!(write_request(&mut Vec::new(), &long, None).await.is_err());
     }
 }

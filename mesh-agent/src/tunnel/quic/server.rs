@@ -12,7 +12,7 @@ use quinn::{
 use rustls::pki_types::CertificateDer;
 use tracing::{info, info_span, warn, Instrument as _};
 
-use super::{header, QuicStream, ALPN_QUIC};
+use super::{header, QuicStream};
 use crate::{
     identity::Identity,
     proxy::{relay, PodContext},
@@ -27,7 +27,7 @@ pub fn endpoint(
     hbone_tls: &rustls::ServerConfig,
 ) -> std::io::Result<Endpoint> {
     let mut tls = hbone_tls.clone();
-    tls.alpn_protocols = vec![ALPN_QUIC.to_vec()];
+    tls.alpn_protocols = super::alpn();
     let crypto = QuicServerConfig::try_from(tls)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
