@@ -41,6 +41,9 @@ async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
     }
     // Plaintext carries no id from a source agent: this connection's story starts here.
     let id = ConnectionId::new();
+    let span = info_span!("inbound", pod = %ctx.key, %id, src = %peer, dst = %orig);
+    // Admission is synchronous: its refusals are logged in the connection's span too.
+    let entered = span.enter();
     let state = ctx.shared.state.load();
     let shared = &ctx.shared;
     let mut record = Record::new(
@@ -73,7 +76,7 @@ async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
     record.policy = verdict.policy;
     let watch = shared.live.register(ctx.key.clone(), conn);
     drop(state);
-    let span = info_span!("inbound", pod = %ctx.key, %id, src = %peer, dst = %orig);
+    drop(entered);
     async move {
         let bind = orig
             .is_ipv4()
