@@ -131,41 +131,46 @@ impl Path {
 
 /// Decides the connection from `source` to `dst`.
 pub fn plan(state: &State, source: &PodKey, dst: SocketAddr, facts: &Facts) -> Plan {
-    let (service, endpoints) = match state.resolve_service(dst) {
+    let resolved = state.resolve_service(dst);
+    let service = resolved.as_ref().map(|r| r.service.clone());
+    let decision = match resolved {
+        // A Service's cluster IP: its ready endpoints, in the balancer's order.
         Some(r) => {
-            let order = facts.candidates.map_or(r.endpoints.clone(), <[_]>::to_vec);
-            (Some(r.service), order)
-        }
-        None => (None, vec![dst]),
-    };
-    let decision = match (&service, endpoints.is_empty()) {
-        (Some(s), true) => Decision::Refuse(Refusal {
-            reason: format!("service {s} port {} has no ready endpoints", dst.port()),
-            flags: flags::NO_HEALTHY_UPSTREAM,
-        }),
-        _ => {
-            let candidates: Vec<Candidate> = endpoints
-                .into_iter()
-                .map(|endpoint| Candidate {
-                    endpoint,
-                    path: path(state, endpoint, facts),
+            let order = facts.candidates.map_or(r.endpoints, <[_]>::to_vec);
+            if order.is_empty() {
+                Decision::Refuse(Refusal {
+                    reason: format!(
+                        "service {} port {} has no ready endpoints",
+                        r.service, r.port
+                    ),
+                    flags: flags::NO_HEALTHY_UPSTREAM,
                 })
-                .collect();
-            match (&service, candidates.as_slice()) {
-                // A destination that is no Service has one way out; a refusal needs no try.
-                (
-                    None,
-                    [Candidate {
-                        path: Path::Refused(r),
-                        ..
-                    }],
-                ) => Decision::Refuse(r.clone()),
-                _ => Decision::Connect {
+            } else {
+                // Next: the hand-off to L7 is decided here (see `Decision`).
+                let candidates: Vec<Candidate> = order
+                    .into_iter()
+                    .map(|endpoint| Candidate {
+                        endpoint,
+                        path: path(state, endpoint, facts),
+                    })
+                    .collect();
+                Decision::Connect {
                     attempts: candidates.len().min(MAX_ATTEMPTS),
                     candidates,
-                },
+                }
             }
         }
+        // Any other address has one way out; a refusal needs no try.
+        None => match path(state, dst, facts) {
+            Path::Refused(r) => Decision::Refuse(r),
+            path => Decision::Connect {
+                candidates: vec![Candidate {
+                    endpoint: dst,
+                    path,
+                }],
+                attempts: 1,
+            },
+        },
     };
     Plan {
         source: source.clone(),
