@@ -15,6 +15,7 @@ pub mod listeners;
 pub mod live;
 pub mod onward;
 pub mod outbound;
+pub mod plan;
 pub mod record;
 
 use std::{

@@ -4,7 +4,8 @@
 //! accepted CONNECT (`incoming::Connect`) with the verified peer identity; what to admit and
 //! where to deliver it is `proxy`'s (inbound) decision. `h2` adapts an HTTP/2 stream to
 //! AsyncRead/AsyncWrite; `quic` carries the same tunnels over QUIC (UDP :15008); `probe` is a
-//! handshake alone, for `meshctl explain`.
+//! handshake alone, for `meshctl explain`; `traceparent` is the
+//! connection id both agents log (W3C traceparent on h2, a header field on QUIC).
 //!
 //! Every step a peer controls is bounded, with the figures below, shared by h2 and QUIC: the
 //! TCP connect (`config::CONNECT_TIMEOUT`), the TLS and HTTP/2 handshakes, the answer to a
@@ -18,6 +19,7 @@ pub mod probe;
 pub mod quic;
 pub mod server;
 pub mod slot;
+pub mod traceparent;
 
 use std::time::Duration;
 

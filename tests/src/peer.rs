@@ -66,6 +66,26 @@ pub fn connect(
     target: SocketAddr,
     payload: &[u8],
 ) -> (Outcome, Vec<u8>) {
+    connect_with_headers(from_ns, me, trust, hbone, expect, target, &[], payload)
+}
+
+/// As `connect`, with extra request headers on the CONNECT (what ztunnel sends, e.g.
+/// `traceparent`).
+#[allow(clippy::too_many_arguments)]
+pub fn connect_with_headers(
+    from_ns: &str,
+    me: &Minted,
+    trust: &[CertificateDer<'static>],
+    hbone: SocketAddr,
+    expect: &Identity,
+    target: SocketAddr,
+    headers: &[(&str, &str)],
+    payload: &[u8],
+) -> (Outcome, Vec<u8>) {
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let tcp = netns::run_in(from_ns, move || {
         std::net::TcpStream::connect_timeout(&hbone, Duration::from_secs(5))
     })
@@ -89,11 +109,13 @@ pub fn connect(
             Err(e) => return (Outcome::Refused(format!("http/2: {e}")), vec![]),
         };
         tokio::spawn(conn);
-        let req = http::Request::builder()
+        let mut req = http::Request::builder()
             .method(http::Method::CONNECT)
-            .uri(target.to_string())
-            .body(())
-            .expect("req");
+            .uri(target.to_string());
+        for (k, v) in &headers {
+            req = req.header(k, v);
+        }
+        let req = req.body(()).expect("req");
         let (resp, mut send) = match sender.send_request(req, false) {
             Ok(x) => x,
             Err(e) => return (Outcome::Refused(format!("send: {e}")), vec![]),
@@ -124,7 +146,8 @@ pub fn connect(
     })
 }
 
-/// As `connect`, over the QUIC transport (UDP `addr`, one stream with the CONNECT header).
+/// As `connect`, over the QUIC transport (UDP `addr`, one stream with the CONNECT header), as an
+/// agent of the previous version speaks it: ALPN `weft-hbone-quic/1`, no connection id.
 pub fn connect_quic(
     from_ns: &str,
     me: &Minted,
@@ -167,7 +190,7 @@ pub fn connect_quic(
             Ok(s) => s,
             Err(e) => return refused(&e),
         };
-        if let Err(e) = header::write_request(&mut send, &target.to_string()).await {
+        if let Err(e) = header::write_request(&mut send, &target.to_string(), None).await {
             return refused(&e);
         }
         let status = match tokio::time::timeout(
@@ -191,6 +214,9 @@ pub fn connect_quic(
                 }
             }
         }
+        // Close as an agent would, so the server ends the stream now, not at its idle timeout.
+        conn.close(0u32.into(), b"done");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         (Outcome::Status(status), got)
     })
 }

@@ -545,10 +545,11 @@ async fn recording_quic(endpoint: quinn::Endpoint, record: Seen, ns: String) {
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                 let ns = ns.clone();
                 tokio::spawn(async move {
-                    let Ok(authority) = header::read_request(&mut recv).await else {
+                    let Ok(req) = header::read_request(&mut recv).await else {
                         return;
                     };
-                    let port = authority
+                    let port = req
+                        .authority
                         .rsplit(':')
                         .next()
                         .and_then(|p| p.parse::<u16>().ok());

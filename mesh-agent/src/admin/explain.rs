@@ -10,6 +10,10 @@
 //!    the tunnel port through);
 //! 4. policy: PeerAuthentication and the AuthorizationPolicy rule that decides, by name;
 //! 5. transport: what carries the bytes.
+//!
+//! Steps 2 and 5 render the connection's plan (`proxy::plan`), computed by the very function the
+//! outbound path executes (with the balancer's current order, without taking a turn), so explain
+//! and traffic cannot disagree. The plan itself is in the JSON answer (`plan`).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -20,10 +24,11 @@ use crate::{
     identity::Identity,
     policy,
     proxy::{
-        onward::{route, Route},
+        onward::{self, Turn},
+        plan::{describe_enrollment, Decision, Direct, Path, Plan, Refusal},
         Shared,
     },
-    state::{egress::EgressVerdict, Enrollment, Pod, PodKey, ServiceKey, State},
+    state::{Enrollment, PodKey, ServiceKey, State, TunnelProtocol},
     tunnel,
 };
 
@@ -34,6 +39,9 @@ pub struct Explanation {
     /// `allowed`, `denied`, `partly allowed` (some endpoints of a Service) or `unknown`.
     pub verdict: String,
     pub steps: Vec<Step>,
+    /// The plan the outbound path would execute for this connection now (a captured source).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Plan>,
 }
 
 #[derive(Debug, Serialize)]
@@ -62,6 +70,7 @@ pub async fn explain(shared: &Shared, status: &Status, from: &str, to: &str) -> 
         to: to.into(),
         verdict: String::new(),
         steps: Vec::new(),
+        plan: None,
     };
 
     // 1. Source.
@@ -129,54 +138,41 @@ pub async fn explain(shared: &Shared, status: &Status, from: &str, to: &str) -> 
         Ok(d) => d,
         Err(why) => return ex.stop("destination", why),
     };
-    let mut lines = Vec::new();
-    let endpoints = match state.resolve_service(dst) {
-        Some(r) => {
-            lines.push(format!(
-                "{dst} is Service {} port {}: {} ready endpoint(s)",
-                r.service,
-                r.port,
-                r.endpoints.len()
-            ));
-            if r.endpoints.is_empty() {
-                lines.push("connections are refused at once (response flag UH)".into());
-                ex.step("destination", false, lines);
+    // A captured source's connection follows the plan; an uncaptured one goes where the
+    // application sends it (kube-proxy picks a Service's endpoint), as plain TCP.
+    let legs: Vec<(SocketAddr, Option<Path>)> = if captured {
+        let plan = onward::plan(shared, &key, dst, Turn::Peek);
+        let legs = match destination_step(&mut ex, &state, &plan) {
+            Some(legs) => legs,
+            None => {
                 ex.verdict = "denied".into();
+                ex.plan = Some(plan);
                 return ex;
             }
-            r.endpoints
-        }
-        None => vec![dst],
-    };
-    let mut egress_ok = true;
-    for ep in &endpoints {
-        match state.pod_by_ip(ep.ip()) {
-            Some(p) => lines.push(format!(
-                "endpoint {ep}: pod {} on node {}",
-                p.key,
-                p.node.as_deref().unwrap_or("?")
-            )),
-            None => {
-                let verdict = state.egress(*ep, &shared.egress_hosts.load());
-                let line = match &verdict {
-                    EgressVerdict::AllowAny => "outside the mesh; outbound policy ALLOW_ANY lets it out as plain TCP".into(),
-                    EgressVerdict::InRegistry => "a Service of the cluster".into(),
-                    EgressVerdict::ServiceEntry(se) => format!("outside the mesh; REGISTRY_ONLY lets it out: listed by ServiceEntry {se}"),
-                    EgressVerdict::Refused(why) if captured => {
-                        egress_ok = false;
-                        format!("REFUSED by {why} (response flag NR)")
-                    }
-                    EgressVerdict::Refused(_) => "outside the mesh; REGISTRY_ONLY would refuse it, but the source is not captured".into(),
-                };
-                lines.push(format!("endpoint {ep}: {line}"));
+        };
+        ex.plan = Some(plan);
+        legs
+    } else {
+        let mut lines = Vec::new();
+        let endpoints = match state.resolve_service(dst) {
+            Some(r) => {
+                lines.push(format!(
+                    "{dst} is Service {} port {}: {} ready endpoint(s); the source is not captured, so kube-proxy picks one",
+                    r.service,
+                    r.port,
+                    r.endpoints.len()
+                ));
+                r.endpoints
             }
+            None => vec![dst],
+        };
+        for ep in &endpoints {
+            lines.push(endpoint_line(&state, *ep, None));
         }
-    }
-    ex.step("destination", egress_ok, lines);
-    if !egress_ok {
-        ex.verdict = "denied".into();
-        return ex;
-    }
+        ex.step("destination", true, lines);
+        endpoints.into_iter().map(|ep| (ep, None)).collect()
+    };
+    let endpoints: Vec<SocketAddr> = legs.iter().map(|(ep, _)| *ep).collect();
 
     // 3-5, per endpoint.
     let src_id = Identity::new(
@@ -217,15 +213,17 @@ pub async fn explain(shared: &Shared, status: &Status, from: &str, to: &str) -> 
             )),
         }
     }
-    for ep in &endpoints {
+    for (ep, path) in &legs {
         let dst_pod = state.pod_by_ip(ep.ip());
-        let path = if captured {
-            route(&state, &shared.trust_domain, *ep)
-        } else {
-            Route::Direct
-        };
-        let tunneled = match (&path, &shared.mtls) {
-            (Route::Tunnel { identity, hbone }, Some(mtls)) => {
+        let tunneled = match (path, &shared.mtls) {
+            (
+                Some(Path::Tunnel {
+                    identity,
+                    hbone,
+                    transport,
+                }),
+                Some(mtls),
+            ) => {
                 let probe = match (local, enrolled) {
                     (true, Some(p)) => match crate::netns::Netns::open(&p.netns) {
                         Ok(netns) => Some(
@@ -257,14 +255,13 @@ pub async fn explain(shared: &Shared, status: &Status, from: &str, to: &str) -> 
                     }
                     None => id_lines.push(format!("{ep}: destination must present {identity}")),
                 }
-                let proto = state.mesh.tunnel;
                 transport_lines.push(format!(
                     "{ep}: HBONE tunnel to {hbone} over {} (mTLS, from the source pod's own IP){}",
-                    serde_json::to_value(proto)
+                    serde_json::to_value(transport)
                         .ok()
                         .and_then(|v| v.as_str().map(str::to_owned))
                         .unwrap_or_default(),
-                    if proto == crate::state::TunnelProtocol::Quic {
+                    if *transport == TunnelProtocol::Quic {
                         "; falls back to h2 if UDP is blocked"
                     } else {
                         ""
@@ -272,22 +269,36 @@ pub async fn explain(shared: &Shared, status: &Status, from: &str, to: &str) -> 
                 ));
                 true
             }
-            (Route::Tunnel { .. }, None) => {
+            (Some(Path::Refused(r)), _) => {
+                transport_lines.push(format!("{ep}: none: refused ({})", r.reason));
+                policy_lines.push(format!(
+                    "{ep}: REFUSED at the source (response flag {})",
+                    r.flags
+                ));
+                continue;
+            }
+            (Some(Path::Tunnel { .. }), None) | (Some(Path::Direct(Direct::NoMtls { .. })), _) => {
                 transport_lines.push(format!(
                     "{ep}: plain TCP: mTLS is off on this agent (no --ca-addr); NOT encrypted"
                 ));
                 false
             }
-            (Route::Direct, _) => {
-                let why = match dst_pod {
-                    Some(p) if !captured => {
-                        format!("the source is not captured; plain TCP to {}", p.key)
+            (Some(Path::Direct(d)), _) => {
+                let why = match d {
+                    Direct::NotMeshed { pod, reason } => {
+                        format!("{pod} is not meshed ({reason}); plain TCP")
                     }
-                    Some(p) => format!(
-                        "{} is not meshed ({}); plain TCP",
-                        p.key,
-                        not_meshed_reason(&state, p)
+                    Direct::ServiceEntry(se) => format!(
+                        "plain TCP to a destination outside the mesh, let out by ServiceEntry {se}"
                     ),
+                    _ => "plain TCP to a destination outside the mesh".into(),
+                };
+                transport_lines.push(format!("{ep}: {why}"));
+                false
+            }
+            (None, _) => {
+                let why = match dst_pod {
+                    Some(p) => format!("the source is not captured; plain TCP to {}", p.key),
                     None => "plain TCP to a destination outside the mesh".into(),
                 };
                 transport_lines.push(format!("{ep}: {why}"));
@@ -368,36 +379,88 @@ pub async fn explain(shared: &Shared, status: &Status, from: &str, to: &str) -> 
     ex
 }
 
-fn describe_enrollment(e: &Enrollment) -> String {
-    match e {
-        Enrollment::Enrolled => "enrolled".into(),
-        Enrollment::NotOnThisNode => "not scheduled on a node".into(),
-        Enrollment::NamespaceNotEnrolled => {
-            format!(
-                "its namespace lacks the label {}={}",
-                crate::config::MESH_LABEL,
-                crate::config::MESH_ENABLED
-            )
-        }
-        Enrollment::OptedOut => format!(
-            "the pod is labelled {}={}",
-            crate::config::MESH_LABEL,
-            crate::config::MESH_DISABLED
-        ),
-        Enrollment::MeshItself => format!(
-            "{} is Weft's own namespace; the mesh never enrolls itself",
-            crate::config::SYSTEM_NAMESPACE
-        ),
-        Enrollment::Incomplete(field) => format!("{field} is missing"),
+/// Step 2 from the plan: the Service and the endpoints in the order they are tried, or the
+/// refusal. None: refused before any connect (the verdict is `denied`).
+fn destination_step(
+    ex: &mut Explanation,
+    state: &State,
+    plan: &Plan,
+) -> Option<Vec<(SocketAddr, Option<Path>)>> {
+    let mut lines = Vec::new();
+    let dst = plan.dst;
+    let n = match &plan.decision {
+        Decision::Connect { candidates, .. } => candidates.len(),
+        Decision::Refuse(_) => 0,
+    };
+    if let Some(s) = &plan.service {
+        lines.push(format!(
+            "{dst} is Service {s} port {}: {n} ready endpoint(s)",
+            dst.port()
+        ));
     }
+    let (candidates, attempts) = match &plan.decision {
+        Decision::Refuse(r) => {
+            lines.push(refused_line(r));
+            ex.step("destination", false, lines);
+            return None;
+        }
+        Decision::Connect {
+            candidates,
+            attempts,
+        } => (candidates, *attempts),
+    };
+    if plan.service.is_some() {
+        lines.push(format!(
+            "a connection tries at most {attempts} of them, in this order (round robin, recently failed endpoints last); a denial stops at once"
+        ));
+    }
+    let mut ok = true;
+    for c in candidates {
+        if matches!(c.path, Path::Refused(_)) {
+            ok = false;
+        }
+        lines.push(endpoint_line(state, c.endpoint, Some(&c.path)));
+    }
+    ex.step("destination", ok, lines);
+    Some(
+        candidates
+            .iter()
+            .map(|c| (c.endpoint, Some(c.path.clone())))
+            .collect(),
+    )
 }
 
-fn not_meshed_reason(state: &State, pod: &Pod) -> String {
-    let node = pod.node.as_deref().unwrap_or_default();
-    match state.enrollment(pod, node) {
-        Enrollment::Enrolled => "PeerAuthentication DISABLE".into(),
-        other => describe_enrollment(&other),
+fn refused_line(r: &Refusal) -> String {
+    // NR's reason names the outbound traffic policy that refuses.
+    let by = if r.flags == crate::metrics::flags::NO_ROUTE {
+        " by "
+    } else {
+        ": "
+    };
+    format!("REFUSED{by}{} (response flag {})", r.reason, r.flags)
+}
+
+/// What an endpoint is: a pod and its node, or a destination outside the mesh and what lets
+/// it out.
+fn endpoint_line(state: &State, ep: SocketAddr, path: Option<&Path>) -> String {
+    if let Some(p) = state.pod_by_ip(ep.ip()) {
+        return format!(
+            "endpoint {ep}: pod {} on node {}",
+            p.key,
+            p.node.as_deref().unwrap_or("?")
+        );
     }
+    let what = match path {
+        Some(Path::Direct(Direct::ServiceEntry(se))) => {
+            format!("outside the mesh; REGISTRY_ONLY lets it out: listed by ServiceEntry {se}")
+        }
+        Some(Path::Refused(r)) => refused_line(r),
+        Some(_) => "outside the mesh; outbound policy ALLOW_ANY lets it out as plain TCP".into(),
+        None => {
+            "outside the mesh; the source is not captured, so no outbound policy applies".into()
+        }
+    };
+    format!("endpoint {ep}: {what}")
 }
 
 /// `HOST:PORT` → an address: an IP, a Service name (`name`, `name.ns`, `name.ns.svc`,

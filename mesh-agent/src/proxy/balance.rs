@@ -55,6 +55,23 @@ impl Balancer {
             *n = n.wrapping_add(1);
             start
         };
+        self.arrange(r, start)
+    }
+
+    /// The order `candidates` gives the next connection, without taking its turn: what
+    /// `meshctl explain` shows.
+    pub fn peek(&self, r: &Resolved) -> Vec<SocketAddr> {
+        if r.endpoints.is_empty() {
+            return Vec::new();
+        }
+        let next = self.next.lock().expect("balancer lock");
+        let start =
+            next.get(&(r.service.clone(), r.port)).copied().unwrap_or(0) % r.endpoints.len();
+        drop(next);
+        self.arrange(r, start)
+    }
+
+    fn arrange(&self, r: &Resolved, start: usize) -> Vec<SocketAddr> {
         let rotated = r.endpoints[start..].iter().chain(&r.endpoints[..start]);
         let now = Instant::now();
         let ejected = self.ejected.lock().expect("balancer lock");
@@ -153,6 +170,9 @@ mod tests {
             assert_ne!(c[0].to_string(), "10.0.0.2:80");
             assert_eq!(c.last().unwrap().to_string(), "10.0.0.2:80", "tried last");
         }
+        let next = b.peek(&r);
+        assert_eq!(next, b.peek(&r), "peeking takes no turn");
+        assert_eq!(next, b.candidates(&r), "the order the next connection gets");
         b.succeeded("10.0.0.2:80".parse().unwrap());
         let firsts: Vec<_> = (0..3).map(|_| b.candidates(&r)[0].to_string()).collect();
         assert!(firsts.contains(&"10.0.0.2:80".to_string()));

@@ -16,6 +16,7 @@ use tracing::{info, info_span, warn, Instrument as _};
 use crate::{
     metrics::{flags, Reporter},
     netns::socket::{accept_loop, connect_from_pod},
+    tunnel::traceparent::ConnectionId,
 };
 
 use super::{
@@ -41,9 +42,15 @@ async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
         warn!(pod = %ctx.key, %peer, %orig, "inbound connection from loopback; reset");
         return reset(down);
     }
+    // Plaintext carries no id from a source agent: this connection's story starts here.
+    let id = ConnectionId::new();
+    let span = info_span!("inbound", pod = %ctx.key, %id, src = %peer, dst = %orig);
+    // Admission is synchronous: its refusals are logged in the connection's span too.
+    let entered = span.enter();
     let state = ctx.shared.state.load();
     let shared = &ctx.shared;
     let mut record = Record::new(
+        id,
         Reporter::Destination,
         Peer::at(&state, peer.ip(), None),
         Peer::at(&state, orig.ip(), None),
@@ -72,7 +79,7 @@ async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
     record.policy = verdict.policy;
     let watch = shared.live.register(ctx.key.clone(), conn);
     drop(state);
-    let span = info_span!("inbound", pod = %ctx.key, src = %peer, dst = %orig);
+    drop(entered);
     async move {
         let bind = orig
             .is_ipv4()

@@ -1,10 +1,11 @@
-//! The one place where the onward leg of an outbound connection is made.
+//! The one place where the onward leg of an outbound connection is made: it carries out the
+//! connection's [`Plan`] (decided by `plan`, the same one `meshctl explain` renders).
 //!
-//! A destination that is a meshed pod (enrolled on its node, PeerAuthentication not DISABLE) is
-//! reached through an HBONE tunnel to its :15008, presenting the source pod's identity and
-//! requiring the destination's. Anything else goes as plain TCP, still from inside the source
-//! pod's netns so that the destination (and any NetworkPolicy) sees the pod's own IP, if the
-//! mesh's outbound traffic policy lets it out (REGISTRY_ONLY: a ServiceEntry must list it).
+//! At run time, as the plan says: candidates are tried in order within the retry budget; an
+//! endpoint that fails to connect is ejected by the balancer and the next one tried; a denial
+//! (the destination's policy, or the outbound traffic policy) stops at once and ejects nothing;
+//! a QUIC tunnel that does not get through falls back to h2. Every leg starts inside the
+//! source pod's netns, so the destination (and any NetworkPolicy) sees the pod's own IP.
 
 use std::{
     io,
@@ -13,56 +14,54 @@ use std::{
     task::{Context, Poll},
 };
 
-use mesh_common::ports;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
 
-use super::{PodContext, Reset};
+use super::{
+    balance::EJECTION,
+    plan::{self, Candidate, Decision, Facts, Path, Plan},
+    PodContext, Reset, Shared,
+};
 use crate::{
     identity::Identity,
     metrics::flags,
     netns::socket::connect_from_pod,
-    state::{egress::EgressVerdict, MtlsMode, ServiceKey, State, TunnelProtocol},
-    tunnel::{quic::client::Failure, quic::QuicStream, H2Stream},
+    state::{PodKey, TunnelProtocol},
+    tunnel::{quic::client::Failure, quic::QuicStream, traceparent::ConnectionId, H2Stream},
 };
 use tracing::{debug, warn};
 
-use super::balance::{EJECTION, MAX_ATTEMPTS};
-
-/// Where an outbound connection goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
-    /// Through the destination pod's HBONE endpoint, which must present `identity`.
-    Tunnel {
-        identity: Identity,
-        hbone: SocketAddr,
-    },
-    /// Plain TCP: the destination is not in the mesh (or has mTLS disabled).
-    Direct,
+/// Whether planning takes this connection's turn in the balancer's rotation (traffic) or only
+/// looks at the order the next connection would get (explain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    Take,
+    Peek,
 }
 
-pub fn route(state: &State, trust_domain: &str, dst: SocketAddr) -> Route {
-    let Some(pod) = state.pod_by_ip(dst.ip()) else {
-        return Route::Direct;
+/// Gathers this node's facts (configuration, the balancer's order, resolved egress hosts,
+/// whether there is a CA) and plans the connection from `source` to `dst`.
+pub fn plan(shared: &Shared, source: &PodKey, dst: SocketAddr, turn: Turn) -> Plan {
+    let state = shared.state.load();
+    let order = state.resolve_service(dst).map(|r| match turn {
+        Turn::Take => shared.balancer.candidates(&r),
+        Turn::Peek => shared.balancer.peek(&r),
+    });
+    let hosts = shared.egress_hosts.load();
+    let facts = Facts {
+        trust_domain: &shared.trust_domain,
+        mtls: shared.mtls.is_some(),
+        egress_hosts: &hosts,
+        candidates: order.as_deref(),
     };
-    let node = pod.node.as_deref().unwrap_or_default();
-    if state.enrollment(pod, node) != crate::state::Enrollment::Enrolled
-        || state.mtls_mode(pod).0 == MtlsMode::Disable
-    {
-        return Route::Direct;
-    }
-    Route::Tunnel {
-        identity: Identity::new(trust_domain, &pod.key.namespace, &pod.service_account),
-        hbone: SocketAddr::new(dst.ip(), ports::HBONE),
-    }
+    plan::plan(&state, source, dst, &facts)
 }
 
 /// An onward leg made: where it went, and why it was allowed to leave the mesh.
 pub struct Onward {
     pub up: Upstream,
-    pub service: Option<ServiceKey>,
     /// The endpoint connected to (`dst` itself unless it was a Service).
     pub endpoint: SocketAddr,
     /// The ServiceEntry that let it out under REGISTRY_ONLY.
@@ -73,94 +72,78 @@ pub struct Onward {
 pub struct Failed {
     pub error: io::Error,
     pub flags: &'static str,
-    pub service: Option<ServiceKey>,
 }
 
-/// The onward leg to `dst`: a Service's cluster IP is resolved to one of its endpoints first.
-pub async fn connect(ctx: &PodContext, dst: SocketAddr) -> Result<Onward, Failed> {
-    let Some(service) = ctx.shared.state.load().resolve_service(dst) else {
-        return match connect_to(ctx, dst).await {
-            Ok((up, service_entry)) => Ok(Onward {
-                up,
-                service: None,
-                endpoint: dst,
-                service_entry,
-            }),
-            Err((error, flags)) => Err(Failed {
-                error,
-                flags,
-                service: None,
-            }),
-        };
+/// Carries out `plan` for the connection `id`.
+pub async fn execute(ctx: &PodContext, plan: &Plan, id: ConnectionId) -> Result<Onward, Failed> {
+    let (candidates, attempts) = match &plan.decision {
+        Decision::Refuse(r) => {
+            match &plan.service {
+                Some(service) if r.flags == flags::NO_HEALTHY_UPSTREAM => {
+                    warn!(%service, port = plan.dst.port(), "service has no ready endpoints; reset")
+                }
+                _ => warn!(flags = r.flags, "refused: {}", r.reason),
+            }
+            let kind = if r.flags == flags::NO_ROUTE {
+                io::ErrorKind::PermissionDenied
+            } else {
+                io::ErrorKind::ConnectionRefused
+            };
+            return Err(Failed {
+                error: io::Error::new(kind, r.reason.clone()),
+                flags: r.flags,
+            });
+        }
+        Decision::Connect {
+            candidates,
+            attempts,
+        } => (candidates, *attempts),
     };
     let balancer = &ctx.shared.balancer;
-    let candidates = balancer.candidates(&service);
-    if candidates.is_empty() {
-        warn!(service = %service.service, port = service.port, "service has no ready endpoints; reset");
-        return Err(Failed {
-            error: io::Error::new(
-                io::ErrorKind::ConnectionRefused,
-                format!(
-                    "service {} port {} has no ready endpoints",
-                    service.service, service.port
-                ),
-            ),
-            flags: flags::NO_HEALTHY_UPSTREAM,
-            service: Some(service.service),
-        });
-    }
     let mut last = None;
-    for endpoint in candidates.into_iter().take(MAX_ATTEMPTS) {
-        match connect_to(ctx, endpoint).await {
-            Ok((up, service_entry)) => {
-                balancer.succeeded(endpoint);
-                debug!(service = %service.service, %endpoint, "service endpoint chosen");
+    for c in candidates.iter().take(attempts) {
+        match leg(ctx, c, plan.dst, id).await {
+            Ok(up) => {
+                if let Some(service) = &plan.service {
+                    balancer.succeeded(c.endpoint);
+                    debug!(%service, endpoint = %c.endpoint, "service endpoint chosen");
+                }
                 return Ok(Onward {
                     up,
-                    service: Some(service.service),
-                    endpoint,
-                    service_entry,
+                    endpoint: c.endpoint,
+                    service_entry: c.path.service_entry().map(str::to_owned),
                 });
             }
             // A refusal by policy says nothing about the endpoint's health: do not eject it
             // (the balancer is shared by every pod of the node) and do not try others.
             Err((error, flags)) if flags == flags::DENIED || flags == flags::NO_ROUTE => {
-                return Err(Failed {
-                    error,
-                    flags,
-                    service: Some(service.service),
-                });
+                return Err(Failed { error, flags });
             }
             Err((e, flags)) => {
-                warn!(service = %service.service, %endpoint, error = %e,
-                    "service endpoint failed; skipped for {}s", EJECTION.as_secs());
-                balancer.failed(endpoint);
+                if let Some(service) = &plan.service {
+                    warn!(%service, endpoint = %c.endpoint, error = %e,
+                        "service endpoint failed; skipped for {}s", EJECTION.as_secs());
+                    balancer.failed(c.endpoint);
+                }
                 last = Some((e, flags));
             }
         }
     }
-    let (error, flags) = last.expect("at least one endpoint was tried");
-    Err(Failed {
-        error,
-        flags,
-        service: Some(service.service),
-    })
+    let (error, flags) = last.unwrap_or_else(|| {
+        let e = io::Error::new(io::ErrorKind::ConnectionRefused, "no endpoint to try");
+        (e, flags::NO_HEALTHY_UPSTREAM)
+    });
+    Err(Failed { error, flags })
 }
 
-/// Connects to one endpoint: tunneled when it is meshed, else plain TCP if the outbound
-/// traffic policy lets it out (returning the ServiceEntry that did).
-async fn connect_to(
+/// One candidate's leg, as its path says. `dst` is the original destination (a tunnel's
+/// authority is the endpoint itself).
+async fn leg(
     ctx: &PodContext,
+    c: &Candidate,
     dst: SocketAddr,
-) -> Result<(Upstream, Option<String>), (io::Error, &'static str)> {
-    let shared = &ctx.shared;
-    let (route, transport, egress) = {
-        let state = shared.state.load();
-        let route = route(&state, &shared.trust_domain, dst);
-        let egress =
-            (route == Route::Direct).then(|| state.egress(dst, &shared.egress_hosts.load()));
-        (route, state.mesh.tunnel, egress)
-    };
+    id: ConnectionId,
+) -> Result<Upstream, (io::Error, &'static str)> {
     // The destination's agent saying 403 is its policy denying us: a denial, not a failure.
     let failed = |e: io::Error| {
         let flags = if crate::tunnel::TunnelRefused::is_denial(&e) {
@@ -170,42 +153,51 @@ async fn connect_to(
         };
         (e, flags)
     };
-    if let (Some(mtls), Route::Tunnel { identity, hbone }) = (&shared.mtls, &route) {
-        if transport == TunnelProtocol::Quic {
-            match mtls
-                .quic
-                .connect(&ctx.netns, &ctx.identity, identity, *hbone, dst)
-                .await
-            {
-                Ok(stream) => return Ok((Upstream::Quic(stream, identity.clone()), None)),
-                Err(Failure::Refused(e)) => return Err(failed(e)),
-                Err(Failure::Unavailable(e)) => {
-                    debug!(error = %e, "QUIC unavailable; tunneling over h2")
+    let target = c.endpoint;
+    match (&c.path, &ctx.shared.mtls) {
+        (Path::Refused(r), _) => {
+            warn!(%dst, endpoint = %target, flags = r.flags, "refused: {}", r.reason);
+            let e = io::Error::new(io::ErrorKind::PermissionDenied, r.reason.clone());
+            Err((e, r.flags))
+        }
+        (
+            Path::Tunnel {
+                identity,
+                hbone,
+                transport,
+            },
+            Some(mtls),
+        ) => {
+            if *transport == TunnelProtocol::Quic {
+                match mtls
+                    .quic
+                    .connect(&ctx.netns, &ctx.identity, identity, *hbone, target, id)
+                    .await
+                {
+                    Ok(stream) => return Ok(Upstream::Quic(stream, identity.clone())),
+                    Err(Failure::Refused(e)) => return Err(failed(e)),
+                    Err(Failure::Unavailable(e)) => {
+                        debug!(error = %e, "QUIC unavailable; tunneling over h2")
+                    }
                 }
             }
+            let stream = mtls
+                .pool
+                .connect(&ctx.netns, &ctx.identity, identity, *hbone, target, id)
+                .await
+                .map_err(failed)?;
+            Ok(Upstream::Tunnel(stream, identity.clone()))
         }
-        let stream = mtls
-            .pool
-            .connect(&ctx.netns, &ctx.identity, identity, *hbone, dst)
+        // Planned with a CA that is gone: never fall back to plain TCP for a meshed pod.
+        (Path::Tunnel { .. }, None) => Err((
+            io::Error::other("mTLS is off on this agent"),
+            flags::UPSTREAM_FAILURE,
+        )),
+        (Path::Direct(_), _) => connect_from_pod(&ctx.netns, target, None)
             .await
-            .map_err(failed)?;
-        return Ok((Upstream::Tunnel(stream, identity.clone()), None));
+            .map(Upstream::Direct)
+            .map_err(failed),
     }
-    let service_entry = match egress {
-        Some(EgressVerdict::Refused(why)) => {
-            warn!(%dst, "refused: {why}");
-            return Err((
-                io::Error::new(io::ErrorKind::PermissionDenied, why),
-                flags::NO_ROUTE,
-            ));
-        }
-        Some(EgressVerdict::ServiceEntry(name)) => Some(name),
-        _ => None,
-    };
-    let up = connect_from_pod(&ctx.netns, dst, None)
-        .await
-        .map_err(failed)?;
-    Ok((Upstream::Direct(up), service_entry))
 }
 
 /// The onward leg, whichever way it goes.

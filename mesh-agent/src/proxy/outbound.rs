@@ -1,6 +1,7 @@
 //! Outbound: a connection the connect hooks captured. Its original destination is read from the
 //! eBPF map (keyed by the application socket's address in this pod's netns), the agent's end
-//! joins the sockhash so the loopback leg is spliced, and the onward leg is opened.
+//! joins the sockhash so the loopback leg is spliced, the connection is planned (`plan`) and
+//! the plan carried out (`onward`). Each connection gets its id here (`traceparent`).
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -8,11 +9,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, info_span, warn, Instrument as _};
 
 use super::{
-    onward,
+    onward::{self, Turn},
     record::{Peer, Record},
     relay, reset, PodContext,
 };
-use crate::{metrics::Reporter, netns::socket::accept_loop};
+use crate::{metrics::Reporter, netns::socket::accept_loop, tunnel::traceparent::ConnectionId};
 
 pub async fn serve(ctx: Arc<PodContext>, listener: TcpListener) {
     accept_loop(listener, move |stream, peer| {
@@ -28,7 +29,9 @@ async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
         warn!(pod = %ctx.key, %peer, "outbound connection without a recorded original destination; reset");
         return reset(down);
     };
-    let span = info_span!("outbound", pod = %ctx.key, src = %peer, dst = %orig);
+    // The connection's id, from here to the destination agent's access log.
+    let id = ConnectionId::new();
+    let span = info_span!("outbound", pod = %ctx.key, %id, src = %peer, dst = %orig);
     async move {
         if let Ok(local) = down.local_addr() {
             if let Err(e) = ctx.maps.add_splice(netns, local, peer, &down) {
@@ -36,24 +39,26 @@ async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
             }
         }
         let shared = &ctx.shared;
-        match onward::connect(&ctx, orig).await {
+        let plan = onward::plan(shared, &ctx.key, orig, Turn::Take);
+        match onward::execute(&ctx, &plan, id).await {
             Ok(o) => {
                 let record = {
                     let state = shared.state.load();
                     let tunneled = o.up.peer_identity().cloned();
                     let src_id = tunneled.is_some().then(|| ctx.identity.clone());
                     match &tunneled {
-                        Some(id) => {
-                            debug!(dst_identity = %id, transport = o.up.transport(), "tunneled")
+                        Some(dst_id) => {
+                            debug!(dst_identity = %dst_id, transport = o.up.transport(), "tunneled")
                         }
                         None => debug!("direct: destination is outside the mesh"),
                     }
                     let mut r = Record::new(
+                        id,
                         Reporter::Source,
                         Peer::at(&state, ctx.ip, src_id),
                         Peer::at(&state, o.endpoint.ip(), tunneled),
                         orig,
-                        o.service,
+                        plan.service,
                         o.up.transport(),
                     );
                     r.policy = o.service_entry;
@@ -65,11 +70,12 @@ async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
                 info!(error = %f.error, "onward connect failed; reset");
                 let state = shared.state.load();
                 let record = Record::new(
+                    id,
                     Reporter::Source,
                     Peer::at(&state, ctx.ip, None),
                     Peer::at(&state, orig.ip(), None),
                     orig,
-                    f.service,
+                    plan.service,
                     "tcp",
                 );
                 record.refused(shared, f.flags, None, f.error.to_string());

@@ -1,5 +1,5 @@
-//! The record of one connection, as the agent that handled it saw it: who to whom (pod, IP,
-//! identity), the original destination and the Service it named, the transport, and how it
+//! The record of one connection, as the agent that handled it saw it: its id (the same on both
+//! agents of a tunneled connection), who to whom (pod, IP, identity), the original destination and the Service it named, the transport, and how it
 //! ended. It feeds Istio's TCP metrics (bumped as bytes flow) and writes the connection's one
 //! access-log line.
 
@@ -16,6 +16,7 @@ use crate::{
     identity::Identity,
     metrics::{access_log::rfc3339, flags, Reporter, TcpLabels, UNKNOWN},
     state::{PodKey, ServiceKey, State},
+    tunnel::traceparent::ConnectionId,
 };
 
 /// The DNS suffix of Services in `destination_service` (Kubernetes' default cluster domain).
@@ -70,6 +71,8 @@ impl Peer {
 }
 
 pub struct Record {
+    /// Made by the source agent, carried to the destination agent in the tunnel request.
+    pub id: ConnectionId,
     pub reporter: Reporter,
     pub src: Peer,
     pub dst: Peer,
@@ -104,6 +107,7 @@ pub enum End {
 #[derive(Serialize)]
 struct Line<'a> {
     time: String,
+    connection_id: ConnectionId,
     reporter: Reporter,
     src: &'a Peer,
     dst: &'a Peer,
@@ -125,6 +129,7 @@ struct Line<'a> {
 
 impl Record {
     pub fn new(
+        id: ConnectionId,
         reporter: Reporter,
         src: Peer,
         dst: Peer,
@@ -133,6 +138,7 @@ impl Record {
         transport: &'static str,
     ) -> Self {
         Self {
+            id,
             reporter,
             src,
             dst,
@@ -245,6 +251,7 @@ impl Record {
         };
         shared.access_log.write(&Line {
             time: rfc3339(self.started),
+            connection_id: self.id,
             reporter: self.reporter,
             src: &self.src,
             dst: &self.dst,

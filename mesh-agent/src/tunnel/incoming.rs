@@ -15,6 +15,7 @@ use http::{Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::warn;
 
+use super::traceparent::ConnectionId;
 use super::{quic::header, quic::QuicStream, H2Stream};
 use crate::identity::Identity;
 
@@ -28,6 +29,8 @@ pub struct Connect {
     pub authority: String,
     /// `hbone` (h2) or `quic`: the access log's transport.
     pub transport: &'static str,
+    /// The source agent's id of this connection, if it sent one (ztunnel does too).
+    pub id: Option<ConnectionId>,
     reply: Reply,
 }
 
@@ -47,6 +50,7 @@ impl Connect {
         source: Identity,
         peer: SocketAddr,
         authority: String,
+        id: Option<ConnectionId>,
         respond: h2::server::SendResponse<Bytes>,
         body: h2::RecvStream,
     ) -> Self {
@@ -55,6 +59,7 @@ impl Connect {
             peer,
             authority,
             transport: "hbone",
+            id,
             reply: Reply::H2 { respond, body },
         }
     }
@@ -63,6 +68,7 @@ impl Connect {
         source: Identity,
         peer: SocketAddr,
         authority: String,
+        id: Option<ConnectionId>,
         send: quinn::SendStream,
         recv: quinn::RecvStream,
     ) -> Self {
@@ -71,6 +77,7 @@ impl Connect {
             peer,
             authority,
             transport: "quic",
+            id,
             reply: Reply::Quic { send, recv },
         }
     }

@@ -26,6 +26,7 @@ use tracing::{debug, warn, Instrument as _};
 use super::{
     keepalive,
     slot::{Slot, Streams},
+    traceparent::{ConnectionId, TRACEPARENT},
     H2Stream, CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, MAX_FRAME, RESPONSE_TIMEOUT, STREAM_WINDOW,
 };
 use crate::{
@@ -89,7 +90,8 @@ impl Pool {
     }
 
     /// Opens a CONNECT stream to `target` through the HBONE endpoint `hbone`, which must present
-    /// `destination`; this side presents `source`.
+    /// `destination`; this side presents `source`. The request carries the connection's `id`
+    /// (as a `traceparent`, see `traceparent`).
     pub async fn connect(
         &self,
         netns: &Netns,
@@ -97,6 +99,7 @@ impl Pool {
         destination: &Identity,
         hbone: SocketAddr,
         target: SocketAddr,
+        id: ConnectionId,
     ) -> io::Result<H2Stream> {
         let key = Key {
             source: source.clone(),
@@ -107,6 +110,7 @@ impl Pool {
         let req = http::Request::builder()
             .method(http::Method::CONNECT)
             .uri(target.to_string())
+            .header(TRACEPARENT, id.traceparent())
             .body(())
             .map_err(|e| io_err(io::ErrorKind::InvalidInput, e))?;
         let (resp, send) = sender

@@ -21,6 +21,15 @@ pub use stream::QuicStream;
 
 /// ALPN of Weft's QUIC tunnel (not HTTP/3: a CONNECT header per stream, see `header`).
 pub const ALPN_QUIC: &[u8] = b"weft-hbone-quic/1";
+/// The same, with the connection id in the CONNECT header (header version 2). Both sides offer
+/// it first and still speak /1, so agents of the previous version (which know only /1 and
+/// refuse a version-2 header) keep interoperating while a DaemonSet rolls.
+pub const ALPN_QUIC_V2: &[u8] = b"weft-hbone-quic/2";
+
+/// The ALPN list both sides offer, most preferred first.
+pub fn alpn() -> Vec<Vec<u8>> {
+    vec![ALPN_QUIC_V2.to_vec(), ALPN_QUIC.to_vec()]
+}
 /// How long a client waits for a QUIC handshake before using h2 instead.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a destination marked unreachable over QUIC is probed again.

@@ -17,8 +17,9 @@ use tracing::{debug, info, warn, Instrument as _};
 
 use super::{
     incoming::{refuse_h2, Connect},
-    keepalive, CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, MAX_FRAME, MAX_HEADER_LIST, MAX_STREAMS,
-    STREAM_WINDOW,
+    keepalive,
+    traceparent::{ConnectionId, TRACEPARENT},
+    CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, MAX_FRAME, MAX_HEADER_LIST, MAX_STREAMS, STREAM_WINDOW,
 };
 use crate::{identity::Identity, netns::socket};
 
@@ -130,10 +131,17 @@ async fn stream<H, Fut>(
         .authority()
         .map(|a| a.as_str().to_owned())
         .unwrap_or_default();
+    // The source agent's id of this connection (ztunnel sends one too).
+    let id = req
+        .headers()
+        .get(TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(ConnectionId::from_traceparent);
     handler(Connect::h2(
         source,
         peer,
         authority,
+        id,
         respond,
         req.into_body(),
     ))

@@ -25,7 +25,7 @@ use crate::{
         record::{Peer, Record},
         relay, PodContext,
     },
-    tunnel::{self, Connect},
+    tunnel::{self, traceparent::ConnectionId, Connect},
 };
 
 /// Serves the pod's HBONE (h2) listener.
@@ -46,10 +46,11 @@ pub async fn serve_quic(ctx: Arc<PodContext>, endpoint: quinn::Endpoint) {
 }
 
 async fn handle(ctx: Arc<PodContext>, c: Connect) {
-    let span =
-        info_span!("inbound", src = %c.peer, src_identity = %c.source, transport = c.transport);
+    // The source agent's id of this connection, or one of our own for a peer that sent none.
+    let id = c.id.unwrap_or_else(ConnectionId::new);
+    let span = info_span!("inbound", %id, src = %c.peer, src_identity = %c.source, transport = c.transport);
     async move {
-        let d = match admit(&ctx, &c.authority, &c.source, c.peer.ip(), c.transport).await {
+        let d = match admit(&ctx, &c.authority, &c.source, c.peer.ip(), c.transport, id).await {
             Ok(d) => d,
             Err(r) => return c.refuse(r.status, &r.reason).await,
         };
@@ -103,14 +104,15 @@ fn unroutable(target: SocketAddr, pod_ip: IpAddr) -> Option<String> {
 }
 
 /// Connects to `authority` (`IP:port`, the original destination) inside the pod, for a tunnel
-/// from `source` (its verified identity) at `source_ip`, carried by `transport`. A refusal is
-/// counted and access-logged here.
+/// from `source` (its verified identity) at `source_ip`, carried by `transport`, with the
+/// connection's `id`. A refusal is counted and access-logged here.
 async fn admit(
     ctx: &PodContext,
     authority: &str,
     source: &Identity,
     source_ip: IpAddr,
     transport: &'static str,
+    id: ConnectionId,
 ) -> Result<Delivery, Refusal> {
     let target: SocketAddr = authority.parse().map_err(|_| {
         Refusal::new(
@@ -120,6 +122,7 @@ async fn admit(
     })?;
     let state = ctx.shared.state.load();
     let mut record = Record::new(
+        id,
         Reporter::Destination,
         Peer::at(&state, source_ip, Some(source.clone())),
         Peer::at(&state, ctx.ip, Some(ctx.identity.clone())),

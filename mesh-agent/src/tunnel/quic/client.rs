@@ -18,7 +18,7 @@ use std::{
 use quinn::{crypto::rustls::QuicClientConfig, Connection, ConnectionError, Endpoint};
 use tracing::{debug, info, warn};
 
-use super::{header, QuicStream, ALPN_QUIC, HANDSHAKE_TIMEOUT, REPROBE};
+use super::{header, QuicStream, ALPN_QUIC_V2, HANDSHAKE_TIMEOUT, REPROBE};
 use crate::{
     identity::{CertManager, Identity, WorkloadCert},
     netns::{socket::udp_socket, Netns},
@@ -84,6 +84,14 @@ fn classify(destination: &Identity, e: ConnectionError) -> Failure {
     }
 }
 
+/// Whether the connection negotiated the ALPN whose header carries the connection id.
+fn speaks_v2(conn: &Connection) -> bool {
+    conn.handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol)
+        .is_some_and(|p| p == ALPN_QUIC_V2)
+}
+
 impl QuicPool {
     pub fn new(certs: CertManager) -> Self {
         Self {
@@ -96,7 +104,7 @@ impl QuicPool {
     }
 
     /// Opens a tunnel stream to `target` through the QUIC endpoint `addr`, which must present
-    /// `destination`; this side presents `source`.
+    /// `destination`; this side presents `source`. The header carries the connection's `id`.
     pub async fn connect(
         &self,
         netns: &Netns,
@@ -104,6 +112,7 @@ impl QuicPool {
         destination: &Identity,
         addr: SocketAddr,
         target: SocketAddr,
+        id: crate::tunnel::traceparent::ConnectionId,
     ) -> Result<QuicStream, Failure> {
         let key = Key {
             source: source.clone(),
@@ -111,12 +120,14 @@ impl QuicPool {
             addr,
         };
         let (conn, slot) = self.connection(netns, key).await?;
+        // A peer of the previous version negotiated /1: it takes no id (it makes its own).
+        let id = speaks_v2(&conn).then_some(id);
         let refused = |e: io::Error| Failure::Refused(io_err(io::ErrorKind::ConnectionReset, e));
         // Opening the stream waits for the peer's stream credit; all of it is bounded.
         let status = async {
             let (mut send, mut recv) =
                 conn.open_bi().await.map_err(|e| classify(destination, e))?;
-            header::write_request(&mut send, &target.to_string())
+            header::write_request(&mut send, &target.to_string(), id)
                 .await
                 .map_err(refused)?;
             let status = header::read_status(&mut recv).await.map_err(refused)?;
@@ -263,7 +274,7 @@ impl Inner {
     async fn handshake(&self, endpoint: Endpoint, key: Key) -> Result<Connection, Failure> {
         let mut rustls_cfg =
             (*tls::client_config(&self.certs, &key.source, &key.destination)).clone();
-        rustls_cfg.alpn_protocols = vec![ALPN_QUIC.to_vec()];
+        rustls_cfg.alpn_protocols = super::alpn();
         let crypto = QuicClientConfig::try_from(rustls_cfg)
             .map_err(|e| Failure::Refused(io_err(io::ErrorKind::InvalidInput, e)))?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));

@@ -11,7 +11,7 @@ use quinn::{crypto::rustls::QuicServerConfig, Connection, Endpoint, Incoming};
 use rustls::pki_types::CertificateDer;
 use tracing::{info, warn, Instrument as _};
 
-use super::{header, ALPN_QUIC};
+use super::header;
 use crate::{
     identity::Identity,
     tunnel::{incoming::refuse_quic, Connect, HANDSHAKE_TIMEOUT, RESPONSE_TIMEOUT},
@@ -23,7 +23,7 @@ pub fn endpoint(
     hbone_tls: &rustls::ServerConfig,
 ) -> std::io::Result<Endpoint> {
     let mut tls = hbone_tls.clone();
-    tls.alpn_protocols = vec![ALPN_QUIC.to_vec()];
+    tls.alpn_protocols = super::alpn();
     let crypto = QuicServerConfig::try_from(tls)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -106,8 +106,8 @@ async fn stream<H, Fut>(
     Fut: Future<Output = ()>,
 {
     let read = header::read_request(&mut recv);
-    let authority = match tokio::time::timeout(RESPONSE_TIMEOUT, read).await {
-        Ok(Ok(a)) => a,
+    let req = match tokio::time::timeout(RESPONSE_TIMEOUT, read).await {
+        Ok(Ok(r)) => r,
         Ok(Err(why)) => {
             warn!(%peer, "hbone-quic: stream refused: {why}");
             return refuse_quic(send, recv, 400).await;
@@ -117,7 +117,15 @@ async fn stream<H, Fut>(
             return refuse_quic(send, recv, 408).await;
         }
     };
-    handler(Connect::quic(source, peer, authority, send, recv)).await
+    handler(Connect::quic(
+        source,
+        peer,
+        req.authority,
+        req.id,
+        send,
+        recv,
+    ))
+    .await
 }
 
 fn peer_identity(conn: &Connection) -> Result<Identity, String> {
