@@ -27,7 +27,12 @@ pub async fn start(
             let client = kube::Client::try_default()
                 .await
                 .context("Kubernetes client (in-cluster service account, or KUBECONFIG)")?;
-            tokio::spawn(kubernetes::watch(client, node, tx));
+            // Without a node this is the CA's view (pods and nodes only, as its RBAC grants).
+            let kinds = match node {
+                Some(_) => kubernetes::KINDS,
+                None => kubernetes::CA_KINDS,
+            };
+            tokio::spawn(kubernetes::watch_kinds(client, kinds, node, tx));
         }
     }
     Ok(())

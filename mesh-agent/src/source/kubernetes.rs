@@ -130,6 +130,14 @@ pub const KINDS: &[Kind] = &[
     ),
 ];
 
+/// What the CA watches: it signs identities of pods on the calling node, so it needs pods and
+/// nodes, nothing more (deploy/kubernetes/ca-rbac.yaml grants just these; watching a kind it
+/// may not list would keep it from ever becoming ready).
+pub const CA_KINDS: &[Kind] = &[
+    kind("", "v1", "Node", "nodes", false),
+    kind("", "v1", "Pod", "pods", false),
+];
+
 type Key = (String, String);
 
 /// The raw objects of every kind, as the watchers report them.
@@ -295,13 +303,9 @@ fn is_absent(e: &watcher::Error) -> bool {
     matches!(e, watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404)
 }
 
-/// Watches every kind and publishes a new state after each batch of changes, once all kinds
-/// have completed their first list.
+/// Watches `kinds` (`KINDS` for an agent, `CA_KINDS` for the CA) and publishes a new state
+/// after each batch of changes, once all kinds have completed their first list.
 /// `node`: this agent's node, whose pods are kept whole (None for the CA).
-pub async fn watch(client: Client, node: Option<String>, tx: watch::Sender<Option<Loaded>>) {
-    watch_kinds(client, KINDS, node, tx).await
-}
-
 pub async fn watch_kinds(
     client: Client,
     kinds: &'static [Kind],

@@ -286,3 +286,54 @@ fn the_index_follows_watch_events_and_keeps_last_good_objects() {
     store.event(0, Event::InitDone);
     assert_eq!(pods(&store.build().state), ["c"]);
 }
+
+/// The (group, resource) pairs a manifest's ClusterRoles grant get, list and watch on.
+fn watchable(manifest: &str) -> std::collections::BTreeSet<(String, String)> {
+    use serde::Deserialize as _;
+    let mut granted = std::collections::BTreeSet::new();
+    for doc in yaml_serde::Deserializer::from_str(manifest) {
+        let v = serde_json::Value::deserialize(doc).expect("manifest parses");
+        if v["kind"] != "ClusterRole" {
+            continue;
+        }
+        for rule in v["rules"].as_array().into_iter().flatten() {
+            let verbs: Vec<&str> = rule["verbs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str())
+                .collect();
+            if !["get", "list", "watch"].iter().all(|v| verbs.contains(v)) {
+                continue;
+            }
+            for g in rule["apiGroups"].as_array().into_iter().flatten() {
+                for r in rule["resources"].as_array().into_iter().flatten() {
+                    granted.insert((
+                        g.as_str().unwrap_or("").into(),
+                        r.as_str().unwrap_or("").into(),
+                    ));
+                }
+            }
+        }
+    }
+    granted
+}
+
+/// A kind the agent or the CA watches but may not list keeps it from ever becoming ready (a 403
+/// is not a missing CRD): every watched kind must be granted by the shipped RBAC.
+#[test]
+fn every_watched_kind_is_granted_by_the_shipped_rbac() {
+    let agent = watchable(include_str!(
+        "../../../../deploy/kubernetes/agent-rbac.yaml"
+    ));
+    let ca = watchable(include_str!("../../../../deploy/kubernetes/ca-rbac.yaml"));
+    for (who, kinds, granted) in [("agent", KINDS, &agent), ("CA", CA_KINDS, &ca)] {
+        for k in kinds {
+            assert!(
+                granted.contains(&(k.group.to_string(), k.plural.to_string())),
+                "the {who} watches {} ({}/{}) but its ClusterRole does not grant get/list/watch on it",
+                k.kind, k.group, k.plural
+            );
+        }
+    }
+}

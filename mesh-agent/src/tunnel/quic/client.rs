@@ -33,6 +33,9 @@ use crate::{
 /// The source certificate current at a connection's handshake (see `pool::Entry`).
 type SourceCert = Option<Arc<WorkloadCert>>;
 
+/// A pooled connection, its stream count and the certificate it was opened with.
+type Pooled = (Connection, Streams, SourceCert);
+
 #[derive(Debug)]
 pub enum Failure {
     Unavailable(io::Error),
@@ -54,7 +57,7 @@ pub struct QuicPool {
 struct Inner {
     certs: CertManager,
     /// Several per key once one holds `MAX_STREAMS` streams.
-    conns: Mutex<HashMap<Key, Vec<(Connection, Streams, SourceCert)>>>,
+    conns: Mutex<HashMap<Key, Vec<Pooled>>>,
     /// Address → when QUIC may be probed again.
     unreachable: Mutex<HashMap<SocketAddr, Instant>>,
 }
