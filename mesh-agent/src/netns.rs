@@ -23,6 +23,7 @@ use serde::Serialize;
 
 pub mod discover;
 pub mod ports;
+pub mod sockdiag;
 pub mod socket;
 
 /// The agent's own (node) network namespace, captured before any thread switches.

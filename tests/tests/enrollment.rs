@@ -1,11 +1,14 @@
 //! Enrollment under bad days: the mesh never enrolls itself (not even under a mesh-wide STRICT
 //! with its namespace labelled for the mesh), a pod keeps its enrollment when its processes
 //! come and go, a pod socket holding one of the mesh's ports delays enrollment only until it
-//! closes (and no new one gets those ports), retries are logged once per reason, and the
-//! node's own netns is never taken for a pod's. Run as root.
+//! closes (and no new one gets those ports) while a TIME_WAIT on one does not delay it at all,
+//! retries are logged once per reason, and the node's own netns is never taken for a pod's.
+//! Run as root.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    io::Read as _,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
     process::{Child, Command},
     time::{Duration, Instant},
 };
@@ -241,6 +244,128 @@ fn a_pod_socket_on_a_mesh_port_delays_enrollment_only_until_it_closes() {
         .expect("SO_LINGER");
     drop(held);
     agent.wait_enrolled(&client);
+    let r = Client::start(&mut topo, &client).connect(server.addr(8080), 4096);
+    assert!(r.ok() && r.intact(), "{:?}", r.raw);
+    assert_eq!(r.local().ip().to_string(), "127.0.0.1", "captured");
+}
+
+/// Leaves a TIME_WAIT on `local` in the pod: a client bound to it connects to a listener of
+/// the pod and closes first (the active closer keeps the TIME_WAIT). False when the pod has no
+/// such address (no IPv6).
+fn time_wait_on(pod: &Pod, local: SocketAddr) -> bool {
+    use nix::sys::socket::{
+        bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrStorage,
+    };
+    netns::run_in(&pod.netns, move || {
+        let Ok(listener) = TcpListener::bind(SocketAddr::new(local.ip(), 0)) else {
+            return false;
+        };
+        let family = if local.is_ipv6() {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        let fd = socket(family, SockType::Stream, SockFlag::empty(), None).expect("socket");
+        bind(fd.as_raw_fd(), &SockaddrStorage::from(local)).expect("bind the client's port");
+        let dst = SockaddrStorage::from(listener.local_addr().expect("listener addr"));
+        connect(fd.as_raw_fd(), &dst).expect("connect inside the pod");
+        let client = TcpStream::from(fd);
+        let (mut server, _) = listener.accept().expect("accept");
+        drop(client);
+        // The server sees the client's FIN, then closes too: the client side goes to TIME_WAIT.
+        assert_eq!(
+            server.read(&mut [0u8; 1]).expect("read"),
+            0,
+            "end of stream"
+        );
+        drop(server);
+        true
+    })
+    .expect("pod netns")
+}
+
+/// Local ports of the pod's TCP sockets in state TIME_WAIT (IPv4 and IPv6), as
+/// /proc/net/tcp{,6} of its netns show them.
+fn time_wait_ports(pod: &Pod) -> Vec<u16> {
+    netns::run_in(&pod.netns, || {
+        let mut ports = Vec::new();
+        for file in ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"] {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            for line in text.lines().skip(1) {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let port = f.get(1).and_then(|a| a.rsplit_once(':'));
+                if let (Some((_, port)), Some(&"06")) = (port, f.get(3)) {
+                    ports.push(u16::from_str_radix(port, 16).expect("hex port"));
+                }
+            }
+        }
+        ports
+    })
+    .expect("pod netns")
+}
+
+#[test]
+fn a_time_wait_on_a_mesh_port_does_not_delay_enrollment() {
+    if !features::require(
+        "a_time_wait_on_a_mesh_port_does_not_delay_enrollment",
+        features::CAPTURE,
+    ) {
+        return;
+    }
+    let mut topo = Topology::new();
+    let node = topo.node("n1");
+    topo.namespace("mesh", true);
+    let client = topo.pod(&node, "mesh", "client");
+    let server = topo.pod(&node, "plain", "server");
+    probe::serve(&mut topo, &server, &[8080]);
+    // Sockets of the pod from before the agent (and its port reservation) came: closed, but
+    // their TIME_WAITs hold the ports of the agent's wildcard listeners for 60 s.
+    assert!(time_wait_on(&client, (Ipv4Addr::LOCALHOST, 15008).into()));
+    assert!(time_wait_on(&client, (Ipv4Addr::LOCALHOST, 15006).into()));
+    let v6 = time_wait_on(&client, (Ipv6Addr::LOCALHOST, 15008).into());
+    if !v6 {
+        eprintln!("no IPv6 in the pod: only IPv4 TIME_WAITs are tested");
+    }
+    let mut held = time_wait_ports(&client);
+    held.sort();
+    let expected = if v6 {
+        vec![15006, 15008, 15008]
+    } else {
+        vec![15006, 15008]
+    };
+    assert_eq!(held, expected, "TIME_WAITs in the pod");
+
+    let started = Instant::now();
+    let agent = Agent::start(&topo, &node);
+    eventually("enrollment", Duration::from_secs(10), || {
+        agent.enrolled(&client)
+    });
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "enrolled after {took:?}");
+    assert!(
+        time_wait_ports(&client).is_empty(),
+        "the TIME_WAITs are gone"
+    );
+    let log = agent.log();
+    let destroyed = |port: &str, n: usize| {
+        lines_with(
+            &log,
+            &[
+                "mesh/client",
+                "destroyed TIME_WAIT",
+                &format!("port={port}"),
+                &format!("count={n}"),
+            ],
+        )
+    };
+    assert_eq!(destroyed("15008", if v6 { 2 } else { 1 }), 1, "{log}");
+    assert_eq!(destroyed("15006", 1), 1, "{log}");
+    assert_eq!(
+        lines_with(&log, &["mesh/client", "enrollment failed"]),
+        0,
+        "{log}"
+    );
+
     let r = Client::start(&mut topo, &client).connect(server.addr(8080), 4096);
     assert!(r.ok() && r.intact(), "{:?}", r.raw);
     assert_eq!(r.local().ip().to_string(), "127.0.0.1", "captured");

@@ -2,7 +2,7 @@
 //!
 //! Enrolling a pod, in this order so that no connection is captured without a listener:
 //! reserve the mesh's ports in the pod's ephemeral range, open the in-pod listeners (inside the
-//! pod's netns), register the pod address and its inbound listener in the maps, start the
+//! pod's netns; a TIME_WAIT of the pod holding one of their ports is destroyed), register the pod address and its inbound listener in the maps, start the
 //! accept loops, then attach (or adopt) the hooks. A pod is enrolled anew only when its target
 //! changes (address, identity, cgroup, or its netns by inode); failures are retried with a
 //! per-pod backoff.
@@ -12,7 +12,14 @@
 mod retry;
 mod target;
 
-use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, sync::Arc, time::Instant};
+use std::{
+    collections::BTreeMap,
+    io,
+    net::IpAddr,
+    path::PathBuf,
+    sync::{Arc, Once},
+    time::Instant,
+};
 
 use serde::Serialize;
 use tokio::task::JoinHandle;
@@ -21,7 +28,7 @@ use tracing::{debug, info, warn};
 use crate::{
     config::SourceKind,
     identity::Identity,
-    netns::{discover::Locator, ports, Netns, NetnsId},
+    netns::{discover::Locator, ports, sockdiag, Netns, NetnsId},
     proxy::{self, InpodListeners, PodContext, Shared},
     redirect::{PodHooks, Redirect},
     state::{self, Pod, PodKey, State},
@@ -229,8 +236,7 @@ impl Enrollment {
                 (net.ipv4.ip_local_reserved_ports); a pod socket holding one blocks enrollment \
                 until it closes");
         }
-        let listeners =
-            InpodListeners::open(&netns, target.ip).context("opening in-pod listeners")?;
+        let listeners = open_listeners(key, &netns, target.ip)?;
         let maps = self.redirect.maps.clone();
         let inbound = listeners
             .inbound_for(target.ip)
@@ -331,6 +337,45 @@ impl Enrollment {
             })
             .collect()
     }
+}
+
+/// Opens the pod's listeners. A bind refused because a TIME_WAIT holds a mesh port (left by a
+/// pod socket from before its ports were reserved) is freed by destroying those TIME_WAITs,
+/// then tried once more; a live socket of the pod is never touched, and its conflict is retried
+/// as any failure.
+fn open_listeners(key: &PodKey, netns: &Netns, ip: IpAddr) -> anyhow::Result<InpodListeners> {
+    use anyhow::Context as _;
+    let busy = match InpodListeners::open(netns, ip) {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => e,
+        r => return r.context("opening in-pod listeners"),
+    };
+    let mut freed = 0;
+    for port in ports::MESH_PORTS {
+        match sockdiag::destroy_time_wait(netns, port) {
+            Ok(0) => {}
+            Ok(n) => {
+                info!(pod = %key, port, count = n, "destroyed TIME_WAIT sockets holding a mesh port");
+                freed += n;
+            }
+            Err(e @ sockdiag::Error::Unsupported(_)) => {
+                static ONCE: Once = Once::new();
+                ONCE.call_once(|| {
+                    warn!(error = %e, "cannot free mesh ports held by TIME_WAIT; \
+                        enrollment waits for them to expire (up to 60 s)")
+                });
+                break;
+            }
+            Err(e) => {
+                return Err(busy).context(format!(
+                    "opening in-pod listeners (freeing TIME_WAIT on :{port}: {e})"
+                ));
+            }
+        }
+    }
+    if freed == 0 {
+        return Err(busy).context("opening in-pod listeners");
+    }
+    InpodListeners::open(netns, ip).context("opening in-pod listeners after freeing TIME_WAIT")
 }
 
 /// A pod (or its namespace) labelled to be enrolled.

@@ -5,6 +5,7 @@
 //! with "Address already in use". `net.ipv4.ip_local_reserved_ports` is per network namespace
 //! (and covers IPv6 too): ports in it are never chosen for bind(0) or connect(), while explicit
 //! binds — the agent's — still work. The value is merged with what the pod already reserves.
+//! A TIME_WAIT left from before the reservation is destroyed when it blocks a bind (`sockdiag`).
 //! It is left in place when the pod is released: reserving costs the pod three ports of its
 //! range, and removing it could drop a reservation someone else made.
 
