@@ -2,8 +2,9 @@
 //!
 //! Enrolling a pod, in this order so that no connection is captured without a listener:
 //! reserve the mesh's ports in the pod's ephemeral range, open the in-pod listeners (inside the
-//! pod's netns; a TIME_WAIT of the pod holding one of their ports is destroyed), register the pod address and its inbound listener in the maps, start the
-//! accept loops, then attach (or adopt) the hooks. A pod is enrolled anew only when its target
+//! pod's netns; a TIME_WAIT of the pod holding one of their ports is destroyed), register the
+//! pod address and its inbound listener in the maps, start the accept loops, then attach (or
+//! adopt) the hooks. A pod is enrolled anew only when its target
 //! changes (address, identity, cgroup, or its netns by inode); failures are retried with a
 //! per-pod backoff.
 //! Un-enrolling runs the other way: hooks first, so new connects go direct at once; established
