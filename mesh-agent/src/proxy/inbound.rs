@@ -26,6 +26,16 @@ use super::{
 
 pub mod hbone;
 
+/// Connects to the application at `target` inside the pod, from 127.0.0.6 for IPv4 (Istio's
+/// inbound passthrough convention): the last hop of every inbound connection, plaintext or
+/// tunneled.
+async fn connect_to_app(ctx: &PodContext, target: SocketAddr) -> std::io::Result<TcpStream> {
+    let bind = target
+        .is_ipv4()
+        .then(|| SocketAddr::new(Ipv4Addr::from(INBOUND_DELIVERY_SOURCE).into(), 0));
+    connect_from_pod(&ctx.netns, target, bind).await
+}
+
 pub async fn serve(ctx: Arc<PodContext>, listener: TcpListener) {
     accept_loop(listener, move |stream, peer| {
         handle(ctx.clone(), stream, peer)
@@ -81,10 +91,7 @@ async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
     drop(state);
     drop(entered);
     async move {
-        let bind = orig
-            .is_ipv4()
-            .then(|| SocketAddr::new(Ipv4Addr::from(INBOUND_DELIVERY_SOURCE).into(), 0));
-        match connect_from_pod(&ctx.netns, orig, bind).await {
+        match connect_to_app(&ctx, orig).await {
             Ok(up) => relay(&ctx.shared, down, up, record, Some(watch)).await,
             Err(e) => {
                 info!(error = %e, "delivery to the application failed; reset");

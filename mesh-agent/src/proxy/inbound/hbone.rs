@@ -6,19 +6,18 @@
 //! semantics, shared by h2 and QUIC), is counted and access-logged; then bytes are relayed.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     sync::Arc,
 };
 
 use http::StatusCode;
-use mesh_common::{ports, INBOUND_DELIVERY_SOURCE};
+use mesh_common::ports;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, info_span, Instrument as _};
 
 use crate::{
     identity::Identity,
     metrics::{flags, Reporter},
-    netns::socket::connect_from_pod,
     policy,
     proxy::{
         live::Registration,
@@ -152,10 +151,7 @@ async fn admit(
     record.policy = verdict.policy;
     let watch = shared.live.register(ctx.key.clone(), conn);
     drop(state); // not held across the connect
-    let bind = target
-        .is_ipv4()
-        .then(|| SocketAddr::new(Ipv4Addr::from(INBOUND_DELIVERY_SOURCE).into(), 0));
-    match connect_from_pod(&ctx.netns, target, bind).await {
+    match super::connect_to_app(ctx, target).await {
         Ok(up) => Ok(Delivery {
             target,
             up,
