@@ -2,6 +2,7 @@
 //! `main.rs` and `bin/meshctl.rs` are thin; wiring lives in `app`.
 #![deny(unsafe_code)]
 
+pub mod accept;
 pub mod admin;
 pub mod app;
 pub mod ca;

@@ -1,10 +1,8 @@
 //! Accepting connections without letting a peer, or a shortage of descriptors, take the server
-//! down. An accept error never ends the loop: errors that belong to one connection (it was reset
-//! before we took it) are skipped, errors of the process (EMFILE, ENFILE, ENOBUFS, ENOMEM) back
-//! off exponentially, so a full descriptor table is not polled in a hot loop, and either kind is
-//! logged at most once per `LOG_INTERVAL`. Accepted connections take a slot: over the server's
-//! cap, or over the share one peer address may hold, a new connection is closed at once rather
-//! than left queueing.
+//! down. Accept errors are handled as for every listener of the agent (`crate::accept`: never
+//! ending the loop, backing off on errors of the process, logged at most once per
+//! `LOG_INTERVAL`). Accepted connections take a slot: over the server's cap, or over the share
+//! one peer address may hold, a new connection is closed at once rather than left queueing.
 
 use std::{
     collections::HashMap,
@@ -12,18 +10,13 @@ use std::{
     io,
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
 
-/// First pause after a process-level accept error; doubled on each further one.
-const MIN_BACKOFF: Duration = Duration::from_millis(10);
-/// Longest pause: the server answers again within this once descriptors are free.
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// A failing accept, or refusals over the cap, are logged at most once per this.
-pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+use crate::accept::{AcceptErrors, LogLimit, LOG_INTERVAL};
 
 /// How many connections a server holds at once.
 #[derive(Debug, Clone, Copy)]
@@ -58,8 +51,7 @@ pub struct Acceptor<L> {
     listener: L,
     server: &'static str,
     slots: Slots,
-    backoff: Duration,
-    errors: LogLimit,
+    errors: AcceptErrors,
     refusals: LogLimit,
 }
 
@@ -70,8 +62,7 @@ impl<L: Listen> Acceptor<L> {
             listener,
             server,
             slots: Slots::new(caps),
-            backoff: MIN_BACKOFF,
-            errors: LogLimit::new(LOG_INTERVAL),
+            errors: AcceptErrors::new(server),
             refusals: LogLimit::new(LOG_INTERVAL),
         }
     }
@@ -79,33 +70,18 @@ impl<L: Listen> Acceptor<L> {
     /// The next connection that fits under the caps. Never fails: see the module comment.
     pub async fn next(&mut self) -> Accepted<L::Conn> {
         loop {
-            let e = match self.listener.accept().await {
+            match self.listener.accept().await {
                 Ok((conn, peer)) => {
-                    self.backoff = MIN_BACKOFF;
+                    self.errors.accepted();
                     match self.slots.take(peer.ip()) {
                         Ok(slot) => return Accepted { conn, peer, slot },
                         Err(full) => {
                             drop(conn);
                             self.refused(peer, full);
-                            continue;
                         }
                     }
                 }
-                Err(e) => e,
-            };
-            let process_level = !per_connection(&e);
-            if let Some(suppressed) = self.errors.allow(Instant::now()) {
-                let retry_in_ms = if process_level {
-                    self.backoff.as_millis() as u64
-                } else {
-                    0
-                };
-                warn!(server = self.server, error = %e, retry_in_ms, suppressed,
-                    "accept failed; still serving");
-            }
-            if process_level {
-                tokio::time::sleep(self.backoff).await;
-                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                Err(e) => self.errors.failed(&e).await,
             }
         }
     }
@@ -116,49 +92,6 @@ impl<L: Listen> Acceptor<L> {
             warn!(server = self.server, %peer, reason = %full, max_connections = caps.total,
                 max_per_peer = caps.per_peer, suppressed,
                 "connection limit reached; closing new connections at once");
-        }
-    }
-}
-
-/// Errors that concern only the connection being accepted: nothing to wait for.
-fn per_connection(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::Interrupted
-    )
-}
-
-/// Lets one event through per interval; says how many were held back since the last one.
-#[derive(Debug)]
-pub struct LogLimit {
-    interval: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl LogLimit {
-    pub fn new(interval: Duration) -> Self {
-        Self {
-            interval,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    /// `Some(held back since the last allowed event)` when an event at `now` may be logged.
-    pub fn allow(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(last) if now.saturating_duration_since(last) < self.interval => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
         }
     }
 }
@@ -238,7 +171,10 @@ impl Drop for Slot {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::{
+        sync::atomic::{AtomicUsize, Ordering},
+        time::Duration,
+    };
 
     use super::*;
 
@@ -310,19 +246,6 @@ mod tests {
             .await
             .expect("keeps serving");
         assert!(calls.load(Ordering::SeqCst) > 1);
-    }
-
-    #[test]
-    fn errors_are_logged_once_per_interval_with_the_count_held_back() {
-        let t0 = Instant::now();
-        let mut limit = LogLimit::new(Duration::from_secs(10));
-        assert_eq!(limit.allow(t0), Some(0));
-        for ms in [1, 500, 9_999] {
-            assert_eq!(limit.allow(t0 + Duration::from_millis(ms)), None);
-        }
-        assert_eq!(limit.allow(t0 + Duration::from_secs(10)), Some(3));
-        assert_eq!(limit.allow(t0 + Duration::from_secs(11)), None);
-        assert_eq!(limit.allow(t0 + Duration::from_secs(25)), Some(1));
     }
 
     #[test]

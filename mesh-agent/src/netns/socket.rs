@@ -85,39 +85,23 @@ pub fn reset(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
-/// How long an accept loop pauses after an accept error (EMFILE, ENFILE, ENOBUFS): the error
-/// is usually resource exhaustion, and retrying at once would spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-/// Accept errors are logged at most once per this interval, with the count since the last.
-const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Accepts forever, one task per connection. Accept errors back off briefly instead of
-/// spinning, and are logged at most once per interval.
+/// Accepts forever, one task per connection. Accept errors never end the loop nor spin it
+/// (`crate::accept`).
 pub async fn accept_loop<F, Fut>(listener: TcpListener, handle: F)
 where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let mut suppressed = 0u64;
-    let mut last_log: Option<tokio::time::Instant> = None;
+    let mut errors = crate::accept::AcceptErrors::new("in-pod");
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                errors.accepted();
                 // Relayed bytes are already batched by the sender; Nagle would only add delay.
                 let _ = stream.set_nodelay(true);
                 tokio::spawn(handle(stream, peer));
             }
-            Err(e) => {
-                let now = tokio::time::Instant::now();
-                if last_log.is_none_or(|t| now - t >= ACCEPT_LOG_INTERVAL) {
-                    tracing::warn!(error = %e, suppressed, "accept failed; backing off");
-                    last_log = Some(now);
-                    suppressed = 0;
-                } else {
-                    suppressed += 1;
-                }
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-            }
+            Err(e) => errors.failed(&e).await,
         }
     }
 }
