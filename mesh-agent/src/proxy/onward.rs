@@ -45,9 +45,10 @@ pub enum Turn {
 /// whether there is a CA) and plans the connection from `source` to `dst`.
 pub fn plan(shared: &Shared, source: &PodKey, dst: SocketAddr, turn: Turn) -> Plan {
     let state = shared.state.load();
-    let order = state.resolve_service(dst).map(|r| match turn {
-        Turn::Take => shared.balancer.candidates(&r),
-        Turn::Peek => shared.balancer.peek(&r),
+    let resolved = state.resolve_service(dst);
+    let order = resolved.as_ref().map(|r| match turn {
+        Turn::Take => shared.balancer.candidates(r),
+        Turn::Peek => shared.balancer.peek(r),
     });
     let hosts = shared.egress_hosts.load();
     let facts = Facts {
@@ -56,7 +57,7 @@ pub fn plan(shared: &Shared, source: &PodKey, dst: SocketAddr, turn: Turn) -> Pl
         egress_hosts: &hosts,
         candidates: order.as_deref(),
     };
-    plan::plan(&state, source, dst, &facts)
+    plan::plan_resolved(&state, source, dst, resolved, &facts)
 }
 
 /// An onward leg made: where it went, and why it was allowed to leave the mesh.

@@ -31,7 +31,8 @@ use crate::{
     identity::Identity,
     metrics::flags,
     state::{
-        egress::EgressVerdict, Enrollment, MtlsMode, Pod, PodKey, ServiceKey, State, TunnelProtocol,
+        egress::EgressVerdict, Enrollment, MtlsMode, Pod, PodKey, Resolved, ServiceKey, State,
+        TunnelProtocol,
     },
 };
 
@@ -131,7 +132,18 @@ impl Path {
 
 /// Decides the connection from `source` to `dst`.
 pub fn plan(state: &State, source: &PodKey, dst: SocketAddr, facts: &Facts) -> Plan {
-    let resolved = state.resolve_service(dst);
+    plan_resolved(state, source, dst, state.resolve_service(dst), facts)
+}
+
+/// `plan`, for a caller that has already resolved `dst` (`State::resolve_service`) to ask the
+/// balancer for `facts.candidates`: the Service is not resolved twice per connection.
+pub fn plan_resolved(
+    state: &State,
+    source: &PodKey,
+    dst: SocketAddr,
+    resolved: Option<Resolved>,
+    facts: &Facts,
+) -> Plan {
     let service = resolved.as_ref().map(|r| r.service.clone());
     let decision = match resolved {
         // A Service's cluster IP: its ready endpoints, in the balancer's order.
