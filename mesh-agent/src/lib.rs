@@ -11,6 +11,7 @@ pub mod config;
 pub mod crd;
 pub mod http_server;
 pub mod identity;
+pub mod l7;
 pub mod metrics;
 pub mod netns;
 pub mod policy;

@@ -11,6 +11,7 @@
 //! reappearing one as a reset), so churning pods do not grow the agent's memory or the scrape.
 
 pub mod access_log;
+pub mod http;
 pub mod server;
 
 use std::{

@@ -10,11 +10,12 @@
 //! (mesh-wide). A plaintext connection has no principal and no namespace: it only matches rules
 //! that ask for neither. Every verdict names the policy that decided it, or says why none did.
 
+pub mod l7;
 pub mod matching;
 
 use std::net::IpAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     crd::authorization_policy::{Action, AuthorizationPolicySpec},
@@ -40,14 +41,14 @@ impl Connection {
 }
 
 /// An AuthorizationPolicy as the state holds it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuthorizationPolicy {
     pub namespace: String,
     pub name: String,
     pub spec: AuthorizationPolicySpec,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verdict {
     pub allowed: bool,
     /// `namespace/name` of the deciding policy.

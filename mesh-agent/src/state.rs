@@ -4,6 +4,7 @@
 pub mod egress;
 pub mod mesh;
 pub mod peer_auth;
+pub mod routes;
 pub mod services;
 pub mod workloads;
 

@@ -8,12 +8,12 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{OutboundMode, State};
 use crate::{crd, policy::matching::in_block};
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceEntry {
     pub namespace: String,
     pub name: String,
@@ -45,7 +45,7 @@ impl ServiceEntry {
 }
 
 /// Why an outbound connection may leave.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EgressVerdict {
     /// ALLOW_ANY.

@@ -37,7 +37,7 @@ pub enum OutboundMode {
     RegistryOnly,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MeshConfig {
     pub tunnel: TunnelProtocol,
     pub outbound: OutboundMode,

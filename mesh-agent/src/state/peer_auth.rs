@@ -26,7 +26,7 @@ pub enum MtlsMode {
     Disable,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeerAuthentication {
     pub namespace: String,
     pub name: String,

@@ -7,7 +7,7 @@ use std::{
     path::PathBuf,
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     services::{EndpointSlice, Service, ServiceKey},
@@ -16,7 +16,7 @@ use super::{
 use crate::config::{MESH_DISABLED, MESH_ENABLED, MESH_LABEL, SYSTEM_NAMESPACE};
 
 /// `namespace/name`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PodKey {
     pub namespace: String,
     pub name: String,
@@ -36,19 +36,19 @@ impl PodKey {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Node {
     pub name: String,
     pub internal_ip: Option<IpAddr>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Namespace {
     pub name: String,
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pod {
     pub key: PodKey,
     pub uid: Option<String>,
@@ -91,28 +91,31 @@ impl Pod {
 }
 
 /// Serialized for /config_dump: maps keyed by structs become lists of their values.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
     pub nodes: BTreeMap<String, Node>,
     pub namespaces: BTreeMap<String, Namespace>,
-    #[serde(serialize_with = "values")]
+    #[serde(serialize_with = "values", deserialize_with = "keyed")]
     pub pods: BTreeMap<PodKey, Pod>,
     /// (namespace, name) → policy.
-    #[serde(serialize_with = "values")]
+    #[serde(serialize_with = "values", deserialize_with = "keyed")]
     pub peer_authentications: BTreeMap<(String, String), PeerAuthentication>,
     /// The mesh-wide settings (MeshConfig `weft-system/default`).
     pub mesh: MeshConfig,
     /// (namespace, name) → policy.
-    #[serde(serialize_with = "values")]
+    #[serde(serialize_with = "values", deserialize_with = "keyed")]
     pub authorization_policies: BTreeMap<(String, String), crate::policy::AuthorizationPolicy>,
     /// (namespace, name) → entry: what REGISTRY_ONLY lets out.
-    #[serde(serialize_with = "values")]
+    #[serde(serialize_with = "values", deserialize_with = "keyed")]
     pub service_entries: BTreeMap<(String, String), super::ServiceEntry>,
-    #[serde(serialize_with = "values")]
+    #[serde(serialize_with = "values", deserialize_with = "keyed")]
     pub services: BTreeMap<ServiceKey, Service>,
     /// (namespace, name) → slice.
-    #[serde(serialize_with = "values")]
+    #[serde(serialize_with = "values", deserialize_with = "keyed")]
     pub endpoint_slices: BTreeMap<(String, String), EndpointSlice>,
+    /// (namespace, name) → HTTPRoute or GRPCRoute bound to a Service (GAMMA).
+    #[serde(serialize_with = "values", deserialize_with = "keyed")]
+    pub routes: BTreeMap<(String, String), super::routes::Route>,
     /// Index: pod IP → pod. Rebuilt by [`State::reindex`] once a source has filled the state.
     #[serde(skip)]
     by_ip: HashMap<IpAddr, PodKey>,
@@ -127,6 +130,42 @@ pub struct State {
     by_identity: HashMap<(String, String), Vec<PodKey>>,
 }
 
+/// A value that knows its key in the state's maps: maps are serialized as lists of values
+/// (readable in /config_dump) and read back keyed (the L7 workers' snapshots).
+pub trait Keyed {
+    type Key: Ord;
+    fn key(&self) -> Self::Key;
+}
+
+fn keyed<'de, D: serde::Deserializer<'de>, V: Keyed + Deserialize<'de>>(
+    d: D,
+) -> Result<BTreeMap<V::Key, V>, D::Error> {
+    let list = Vec::<V>::deserialize(d)?;
+    Ok(list.into_iter().map(|v| (v.key(), v)).collect())
+}
+
+macro_rules! keyed_by {
+    ($t:ty, $k:ty, |$v:ident| $e:expr) => {
+        impl Keyed for $t {
+            type Key = $k;
+            fn key(&self) -> $k {
+                let $v = self;
+                $e
+            }
+        }
+    };
+}
+keyed_by!(Pod, PodKey, |p| p.key.clone());
+keyed_by!(PeerAuthentication, (String, String), |p| (p.namespace.clone(), p.name.clone()));
+keyed_by!(crate::policy::AuthorizationPolicy, (String, String), |p| (
+    p.namespace.clone(),
+    p.name.clone()
+));
+keyed_by!(super::ServiceEntry, (String, String), |p| (p.namespace.clone(), p.name.clone()));
+keyed_by!(Service, ServiceKey, |s| s.key.clone());
+keyed_by!(EndpointSlice, (String, String), |s| (s.namespace.clone(), s.name.clone()));
+keyed_by!(super::routes::Route, (String, String), |r| (r.namespace.clone(), r.name.clone()));
+
 fn values<S: serde::Serializer, K, V: Serialize>(
     m: &BTreeMap<K, V>,
     s: S,
@@ -135,7 +174,7 @@ fn values<S: serde::Serializer, K, V: Serialize>(
 }
 
 /// Whether a pod is enrolled, and if not, why: the answer `meshctl explain` gives.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Enrollment {
     Enrolled,
     NotOnThisNode,

@@ -1,0 +1,19 @@
+//! The node's shared L7 pool (DESIGN.md data path 6).
+//!
+//! The agent (`supervisor`) runs a few `mesh-agent l7` worker processes and hands each
+//! connection that needs L7 to one of them: the accepted socket's file descriptor over a Unix
+//! socket (SCM_RIGHTS) with a [`handoff::Handoff`] saying who called and where to. Workers get
+//! their configuration as versioned snapshots from the agent over the same socket
+//! (`snapshot`), never from the API server, and report each request back (`report`) for the
+//! agent's metrics and access log.
+//!
+//! In a worker, `server` speaks HTTP (hyper) on the handed-over connection, `route` picks the
+//! route rule, `filters` apply it, `forward` sends the request on (timeouts, retries) through
+//! `upstream` (pooled HTTP connections over HBONE, presenting the SOURCE workload's identity),
+//! `trace` propagates trace context and `otlp` exports spans.
+
+pub mod filters;
+pub mod handoff;
+pub mod otlp;
+pub mod route;
+pub mod trace;
