@@ -12,8 +12,10 @@
 //! `upstream` (pooled HTTP connections over HBONE, presenting the SOURCE workload's identity),
 //! `trace` propagates trace context and `otlp` exports spans.
 
+pub mod context;
 pub mod filters;
 pub mod handoff;
 pub mod otlp;
 pub mod route;
+pub mod server;
 pub mod trace;

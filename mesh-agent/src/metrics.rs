@@ -44,7 +44,7 @@ pub mod flags {
 }
 
 /// Who reports: the source's agent (outbound) or the destination's (inbound).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Reporter {
     Source,

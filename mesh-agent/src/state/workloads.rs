@@ -156,15 +156,27 @@ macro_rules! keyed_by {
     };
 }
 keyed_by!(Pod, PodKey, |p| p.key.clone());
-keyed_by!(PeerAuthentication, (String, String), |p| (p.namespace.clone(), p.name.clone()));
+keyed_by!(PeerAuthentication, (String, String), |p| (
+    p.namespace.clone(),
+    p.name.clone()
+));
 keyed_by!(crate::policy::AuthorizationPolicy, (String, String), |p| (
     p.namespace.clone(),
     p.name.clone()
 ));
-keyed_by!(super::ServiceEntry, (String, String), |p| (p.namespace.clone(), p.name.clone()));
+keyed_by!(super::ServiceEntry, (String, String), |p| (
+    p.namespace.clone(),
+    p.name.clone()
+));
 keyed_by!(Service, ServiceKey, |s| s.key.clone());
-keyed_by!(EndpointSlice, (String, String), |s| (s.namespace.clone(), s.name.clone()));
-keyed_by!(super::routes::Route, (String, String), |r| (r.namespace.clone(), r.name.clone()));
+keyed_by!(EndpointSlice, (String, String), |s| (
+    s.namespace.clone(),
+    s.name.clone()
+));
+keyed_by!(super::routes::Route, (String, String), |r| (
+    r.namespace.clone(),
+    r.name.clone()
+));
 
 fn values<S: serde::Serializer, K, V: Serialize>(
     m: &BTreeMap<K, V>,
