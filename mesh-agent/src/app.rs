@@ -43,6 +43,7 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
         metrics: metrics.clone(),
         access_log,
         live: Default::default(),
+        l7: None,
         egress_hosts: Default::default(),
     });
     let status = Arc::new(RwLock::new(Status::new(&cfg)));

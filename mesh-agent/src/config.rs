@@ -9,6 +9,10 @@ use serde::Serialize;
 pub const MESH_LABEL: &str = "weft.dev/mesh";
 pub const MESH_ENABLED: &str = "enabled";
 pub const MESH_DISABLED: &str = "disabled";
+/// Service or namespace label that sends a Service's HTTP traffic through the L7 pool (HTTP
+/// metrics and access logs without routes).
+pub const L7_LABEL: &str = "weft.dev/l7";
+pub const L7_ENABLED: &str = "enabled";
 /// File-mode pod annotations: the pod's netns path and cgroup v2 directory.
 pub const NETNS_ANNOTATION: &str = "weft.dev/netns";
 pub const CGROUP_ANNOTATION: &str = "weft.dev/cgroup";

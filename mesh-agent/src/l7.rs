@@ -19,3 +19,12 @@ pub mod otlp;
 pub mod route;
 pub mod server;
 pub mod trace;
+
+use std::os::fd::OwnedFd;
+
+use crate::netns::Netns;
+
+/// How the proxy gives a connection to the pool: the socket, the netns of the pod it belongs
+/// to (`Handoff::pod`) and what the worker needs to know. An error says why no worker could
+/// take it; the connection is then refused (fail closed), never carried at L4.
+pub type Hand = Box<dyn Fn(OwnedFd, &Netns, handoff::Handoff) -> Result<(), String> + Send + Sync>;

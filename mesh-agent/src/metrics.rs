@@ -372,6 +372,7 @@ mod tests {
             cluster_ips: Vec::new(),
             ports: Vec::new(),
             selector: None,
+            labels: Default::default(),
         };
         state.services.insert(db.clone(), service);
         state.reindex();

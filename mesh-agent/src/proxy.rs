@@ -53,6 +53,9 @@ pub struct Shared {
     pub access_log: crate::metrics::AccessLog,
     /// Open inbound connections, re-decided when policies change.
     pub live: Arc<live::Live>,
+    /// The node's L7 pool: takes connections the plan hands to L7. None: no pool (such
+    /// connections are refused).
+    pub l7: Option<crate::l7::Hand>,
     /// The addresses ServiceEntry hosts resolve to (refreshed by `app`).
     pub egress_hosts: ArcSwap<std::collections::HashMap<String, Vec<IpAddr>>>,
 }

@@ -2,6 +2,7 @@
 //! what the data path needs. Immutable once built; a new `State` replaces the old one whole.
 
 pub mod egress;
+pub mod l7;
 pub mod mesh;
 pub mod peer_auth;
 pub mod routes;

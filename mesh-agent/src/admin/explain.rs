@@ -390,7 +390,7 @@ fn destination_step(
     let dst = plan.dst;
     let n = match &plan.decision {
         Decision::Connect { candidates, .. } => candidates.len(),
-        Decision::Refuse(_) => 0,
+        Decision::Refuse(_) | Decision::HandToL7(_) => 0,
     };
     if let Some(s) = &plan.service {
         lines.push(format!(
@@ -398,7 +398,19 @@ fn destination_step(
             dst.port()
         ));
     }
+    if let Some(note) = &plan.l7_note {
+        lines.push(format!("L7 does not apply: {note}"));
+    }
     let (candidates, attempts) = match &plan.decision {
+        Decision::HandToL7(to) => {
+            lines.push(format!(
+                "handed to this node's L7 pool ({}): {}; each request is routed and its endpoint chosen there",
+                to.protocol.as_str(),
+                to.why
+            ));
+            ex.step("destination", true, lines);
+            return Some(Vec::new());
+        }
         Decision::Refuse(r) => {
             lines.push(refused_line(r));
             ex.step("destination", false, lines);

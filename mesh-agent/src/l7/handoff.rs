@@ -20,17 +20,7 @@ pub enum Side {
     Inbound,
 }
 
-/// How to speak HTTP on the connection, from the Service port's `appProtocol` or name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// `http`: HTTP/1.1, or HTTP/2 with prior knowledge when the client opens with the preface.
-    Http,
-    /// `http2`, `h2c`, `kubernetes.io/h2c`: HTTP/2 with prior knowledge.
-    Http2,
-    /// `grpc`: HTTP/2, with gRPC status reported.
-    Grpc,
-}
+pub use crate::state::l7::Protocol;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Handoff {

@@ -210,12 +210,14 @@ mod tests {
                 name: None,
                 port: 80,
                 target_port: TargetPort::Number(80),
+                app_protocol: None,
             };
             let svc = Service {
                 key: key.clone(),
                 cluster_ips: vec!["10.96.0.10".parse().unwrap()],
                 ports: vec![port],
                 selector: Some([("app".to_string(), "web".to_string())].into()),
+                labels: Default::default(),
             };
             s.services.insert(key, svc);
         }

@@ -25,6 +25,7 @@ use super::{
 };
 
 pub mod hbone;
+pub mod l7;
 
 /// Connects to the application at `target` inside the pod, from 127.0.0.6 for IPv4 (Istio's
 /// inbound passthrough convention): the last hop of every inbound connection, plaintext or
@@ -34,6 +35,18 @@ async fn connect_to_app(ctx: &PodContext, target: SocketAddr) -> std::io::Result
         .is_ipv4()
         .then(|| SocketAddr::new(Ipv4Addr::from(INBOUND_DELIVERY_SOURCE).into(), 0));
     connect_from_pod(&ctx.netns, target, bind).await
+}
+
+/// The hand-off to L7 of an inbound connection to `pod`, if its plan asks for one.
+fn to_l7(
+    state: &crate::state::State,
+    pod: &crate::state::Pod,
+    dst: SocketAddr,
+) -> Option<super::plan::l7::ToL7> {
+    match super::plan::l7::inbound(state, pod, dst) {
+        super::plan::l7::L7Verdict::Hand(to) => Some(to),
+        _ => None,
+    }
 }
 
 pub async fn serve(ctx: Arc<PodContext>, listener: TcpListener) {
@@ -80,6 +93,24 @@ async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
             record.refused(shared, flags::DENIED, v.policy, v.reason);
             return reset(down);
         }
+    }
+    // A pod with L7 rules: its pool decides per request (L4 parts of the rules included).
+    if let Some(to) = state
+        .pods
+        .get(&ctx.key)
+        .and_then(|pod| to_l7(&state, pod, orig))
+    {
+        drop(state);
+        if let Err(reason) = l7::socket(&ctx, down, orig, peer.ip(), to.protocol, id) {
+            warn!(%reason, "connection needs L7 but no worker took it; refused");
+            record.refused(
+                shared,
+                flags::NO_HEALTHY_UPSTREAM,
+                None,
+                format!("L7 pool: {reason}"),
+            );
+        }
+        return;
     }
     let verdict = ctx.authorize(&state, &conn);
     if !verdict.allowed {

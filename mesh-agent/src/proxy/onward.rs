@@ -56,6 +56,7 @@ pub fn plan(shared: &Shared, source: &PodKey, dst: SocketAddr, turn: Turn) -> Pl
         mtls: shared.mtls.is_some(),
         egress_hosts: &hosts,
         candidates: order.as_deref(),
+        l7_pool: shared.l7.is_some(),
     };
     plan::plan_resolved(&state, source, dst, resolved, &facts)
 }
@@ -99,6 +100,13 @@ pub async fn execute(ctx: &PodContext, plan: &Plan, id: ConnectionId) -> Result<
             candidates,
             attempts,
         } => (candidates, *attempts),
+        // The outbound listener hands these to the pool before any onward leg.
+        Decision::HandToL7(_) => {
+            return Err(Failed {
+                error: io::Error::other("the connection belongs to the L7 pool"),
+                flags: flags::NO_HEALTHY_UPSTREAM,
+            })
+        }
     };
     let balancer = &ctx.shared.balancer;
     let mut last = None;

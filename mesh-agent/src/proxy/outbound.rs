@@ -10,10 +10,16 @@ use tracing::{debug, info, info_span, warn, Instrument as _};
 
 use super::{
     onward::{self, Turn},
+    plan::{l7::ToL7, Decision, Plan},
     record::{Peer, Record},
     relay, reset, PodContext,
 };
-use crate::{metrics::Reporter, netns::socket::accept_loop, tunnel::traceparent::ConnectionId};
+use crate::{
+    l7::handoff::{Handoff, Side},
+    metrics::Reporter,
+    netns::socket::accept_loop,
+    tunnel::traceparent::ConnectionId,
+};
 
 pub async fn serve(ctx: Arc<PodContext>, listener: TcpListener) {
     accept_loop(listener, move |stream, peer| {
@@ -40,6 +46,9 @@ async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
         }
         let shared = &ctx.shared;
         let plan = onward::plan(shared, &ctx.key, orig, Turn::Take);
+        if let Decision::HandToL7(to) = &plan.decision {
+            return hand_to_l7(&ctx, down, peer, orig, &plan, to, id);
+        }
         match onward::execute(&ctx, &plan, id).await {
             Ok(o) => {
                 let record = {
@@ -85,4 +94,59 @@ async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
     }
     .instrument(span)
     .await
+}
+
+/// Gives the connection to the node's L7 pool; if no worker can take it, it is refused (reset)
+/// with the reason, never carried at L4.
+fn hand_to_l7(
+    ctx: &PodContext,
+    down: TcpStream,
+    peer: SocketAddr,
+    orig: SocketAddr,
+    plan: &Plan,
+    to: &ToL7,
+    id: ConnectionId,
+) {
+    let shared = &ctx.shared;
+    let handoff = Handoff {
+        id: id.traceparent(),
+        side: Side::Outbound,
+        pod: ctx.key.clone(),
+        source_identity: shared.mtls.as_ref().map(|_| ctx.identity.to_string()),
+        source_ip: peer.ip(),
+        dst: orig,
+        service: plan.service.clone(),
+        protocol: to.protocol,
+    };
+    let refused = match (&shared.l7, down.into_std()) {
+        (Some(hand), Ok(std)) => match hand(std.into(), &ctx.netns, handoff) {
+            Ok(()) => {
+                debug!(
+                    protocol = to.protocol.as_str(),
+                    "handed to the L7 pool: {}", to.why
+                );
+                return;
+            }
+            Err(reason) => reason,
+        },
+        (None, _) => "this agent runs no L7 pool".to_string(),
+        (_, Err(e)) => format!("cannot detach the socket: {e}"),
+    };
+    warn!(reason = %refused, "connection needs L7 but no worker took it; refused");
+    let state = shared.state.load();
+    let record = Record::new(
+        id,
+        Reporter::Source,
+        Peer::at(&state, ctx.ip, None),
+        Peer::at(&state, orig.ip(), None),
+        orig,
+        plan.service.clone(),
+        "tcp",
+    );
+    record.refused(
+        shared,
+        crate::metrics::flags::NO_HEALTHY_UPSTREAM,
+        None,
+        format!("L7 pool: {refused}"),
+    );
 }

@@ -13,7 +13,9 @@
 //! The order of decisions, as traffic meets them:
 //! 1. a Service's cluster IP resolves to its ready endpoints, in the balancer's order
 //!    (none ready: refused, UH);
-//! 2. (next: hand to L7 — see [`Decision`]);
+//! 2. a Service port that routes bind or that asks for L7 (`l7`) is handed to the node's L7
+//!    pool, which picks the endpoint per request; never carried at L4 instead (no pool:
+//!    refused, UH);
 //! 3. per endpoint: a meshed pod is tunneled (HBONE over h2 or QUIC, per MeshConfig) to its
 //!    :15008 requiring its identity; anything else is plain TCP if the outbound traffic policy
 //!    lets it out (REGISTRY_ONLY: a ServiceEntry must list it; else refused, NR).
@@ -25,6 +27,8 @@ use std::{
 
 use mesh_common::ports;
 use serde::Serialize;
+
+pub mod l7;
 
 use super::balance::MAX_ATTEMPTS;
 use crate::{
@@ -46,6 +50,8 @@ pub struct Facts<'a> {
     /// The balancer's order of the endpoints of the Service `dst` names (healthy ones from the
     /// round-robin position, then ejected ones). None: the Service's own (stable) order.
     pub candidates: Option<&'a [SocketAddr]>,
+    /// Whether this agent runs an L7 pool.
+    pub l7_pool: bool,
 }
 
 /// The plan of one connection from `source` to `dst` (its original destination).
@@ -56,6 +62,9 @@ pub struct Plan {
     /// The Service `dst` is a cluster IP of.
     pub service: Option<ServiceKey>,
     pub decision: Decision,
+    /// Why L7 was asked for but does not apply (the port does not say it speaks HTTP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l7_note: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -70,10 +79,8 @@ pub enum Decision {
     },
     /// Refused before any connect, with Envoy's response flag.
     Refuse(Refusal),
-    // Next (the L7 pool, DESIGN.md data path 6): `HandToL7 { worker protocol, route }` is
-    // decided here, between resolving the Service and choosing its endpoints, because the L7
-    // worker picks the endpoint per request. A connection that needs L7 is never planned as
-    // `Connect` (fail closed).
+    /// Handed to the node's L7 pool, which routes each request and picks its endpoint.
+    HandToL7(l7::ToL7),
 }
 
 /// One endpoint to try and how to reach it.
@@ -145,7 +152,30 @@ pub fn plan_resolved(
     facts: &Facts,
 ) -> Plan {
     let service = resolved.as_ref().map(|r| r.service.clone());
+    let mut l7_note = None;
+    let l7 = match &resolved {
+        Some(r) => l7::outbound(state, r),
+        None => l7::L7Verdict::NotAsked,
+    };
     let decision = match resolved {
+        // Decided before endpoints: a route's backends need not be the frontend's endpoints.
+        Some(_) if matches!(l7, l7::L7Verdict::Hand(_)) => {
+            let l7::L7Verdict::Hand(to) = l7 else {
+                unreachable!("matched above")
+            };
+            if facts.l7_pool {
+                Decision::HandToL7(to)
+            } else {
+                Decision::Refuse(Refusal {
+                    reason: format!(
+                        "needs L7 ({}) but this agent runs no L7 pool (--l7-workers 0); \
+                         refused rather than carried at L4",
+                        to.why
+                    ),
+                    flags: flags::NO_HEALTHY_UPSTREAM,
+                })
+            }
+        }
         // A Service's cluster IP: its ready endpoints, in the balancer's order.
         Some(r) => {
             let order = facts.candidates.map_or(r.endpoints, <[_]>::to_vec);
@@ -158,7 +188,9 @@ pub fn plan_resolved(
                     flags: flags::NO_HEALTHY_UPSTREAM,
                 })
             } else {
-                // Next: the hand-off to L7 is decided here (see `Decision`).
+                if let l7::L7Verdict::StaysL4(why) = l7 {
+                    l7_note = Some(why);
+                }
                 let candidates: Vec<Candidate> = order
                     .into_iter()
                     .map(|endpoint| Candidate {
@@ -189,6 +221,7 @@ pub fn plan_resolved(
         dst,
         service,
         decision,
+        l7_note,
     }
 }
 
@@ -369,8 +402,10 @@ mod tests {
                         name: None,
                         port: 80,
                         target_port: TargetPort::Number(8080),
+                        app_protocol: None,
                     }],
                     selector: app.map(|a| [("app".to_string(), a.to_string())].into()),
+                    labels: Default::default(),
                 },
             );
         }
@@ -410,6 +445,7 @@ mod tests {
             .unwrap_or_default();
         let decision = match &p.decision {
             Decision::Refuse(r) => format!("refuse {}: {}", r.flags, r.reason),
+            Decision::HandToL7(to) => format!("l7 {}: {}", to.protocol.as_str(), to.why),
             Decision::Connect {
                 candidates,
                 attempts,
@@ -538,6 +574,7 @@ mod tests {
                 mtls: c.mtls,
                 egress_hosts: &resolved,
                 candidates: order.as_deref(),
+                l7_pool: true,
             };
             let p = plan(&s, &source, c.dst.parse().unwrap(), &facts);
             let got = summary(&p);
@@ -550,6 +587,77 @@ mod tests {
         assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 
+    /// Service mesh/web (10.96.0.10:80), labelled for L7 or bound by a route, with or without
+    /// a port that says it speaks HTTP, with or without an L7 pool on this agent.
+    #[test]
+    fn a_service_port_that_asks_for_l7_is_handed_to_the_pool_or_says_why_not() {
+        use crate::state::routes::{Parent, Route, RouteKind};
+        let web = ServiceKey {
+            namespace: "mesh".into(),
+            name: "web".into(),
+        };
+        let source = PodKey {
+            namespace: "mesh".into(),
+            name: "client".into(),
+        };
+        let hosts = HashMap::new();
+        let run = |label: bool, route: bool, app: Option<&str>, pool: bool| {
+            let mut s = state();
+            let svc = s.services.get_mut(&web).expect("web");
+            svc.ports[0].app_protocol = app.map(Into::into);
+            if label {
+                svc.labels.insert("weft.dev/l7".into(), "enabled".into());
+            }
+            if route {
+                let r = Route {
+                    kind: RouteKind::Http,
+                    namespace: "mesh".into(),
+                    name: "web-canary".into(),
+                    created: None,
+                    parents: vec![Parent {
+                        service: web.clone(),
+                        port: None,
+                    }],
+                    rules: Vec::new(),
+                };
+                s.routes.insert(("mesh".into(), "web-canary".into()), r);
+            }
+            s.reindex();
+            let facts = Facts {
+                trust_domain: TD,
+                mtls: true,
+                egress_hosts: &hosts,
+                candidates: None,
+                l7_pool: pool,
+            };
+            plan(&s, &source, "10.96.0.10:80".parse().unwrap(), &facts)
+        };
+        let p = run(true, false, Some("http"), true);
+        assert_eq!(
+            summary(&p),
+            "svc mesh/web: l7 http: service mesh/web (or its namespace) is labelled weft.dev/l7=enabled"
+        );
+        let p = run(false, true, Some("kubernetes.io/h2c"), true);
+        assert_eq!(
+            summary(&p),
+            "svc mesh/web: l7 http2: routes bind service mesh/web port 80: mesh/web-canary"
+        );
+        // No HTTP protocol on the port: L4, and the plan says why.
+        let p = run(false, true, None, true);
+        assert!(matches!(p.decision, Decision::Connect { .. }), "{p:?}");
+        let note = p.l7_note.expect("a note");
+        assert!(note.contains("does not say it speaks HTTP"), "{note}");
+        // Nothing asks for L7: no note.
+        assert_eq!(run(false, false, Some("http"), true).l7_note, None);
+        // No pool: refused, never carried at L4.
+        let p = run(true, false, Some("http"), false);
+        assert!(
+            summary(&p).contains("refuse UH: needs L7"),
+            "{}",
+            summary(&p)
+        );
+    }
+
     #[test]
     fn the_plan_is_a_value_explain_can_render() {
         let s = state();
@@ -558,6 +666,7 @@ mod tests {
             mtls: true,
             egress_hosts: &HashMap::new(),
             candidates: None,
+            l7_pool: true,
         };
         let source = PodKey {
             namespace: "mesh".into(),

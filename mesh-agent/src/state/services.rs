@@ -43,6 +43,9 @@ pub struct ServicePort {
     pub name: Option<String>,
     pub port: u16,
     pub target_port: TargetPort,
+    /// `appProtocol`: says whether the port speaks HTTP (see `state::l7`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,6 +56,8 @@ pub struct Service {
     pub ports: Vec<ServicePort>,
     /// `spec.selector`; None: endpoints are managed by hand (EndpointSlices only).
     pub selector: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,11 +104,20 @@ impl State {
     /// destination an inbound connection was most likely sent to. Only the endpoint's namespace
     /// is searched (a Service selects pods of its own namespace).
     pub fn service_of_endpoint(&self, endpoint: SocketAddr) -> Option<ServiceKey> {
+        self.service_port_of_endpoint(endpoint)
+            .map(|(s, _)| s.key.clone())
+    }
+
+    /// `service_of_endpoint`, with the Service port whose target `endpoint` is.
+    pub fn service_port_of_endpoint(
+        &self,
+        endpoint: SocketAddr,
+    ) -> Option<(&Service, &ServicePort)> {
         let pod = self.pod_by_ip(endpoint.ip())?;
         let ns = &pod.key.namespace;
         let selects =
             |sel: &BTreeMap<String, String>| sel.iter().all(|(k, v)| pod.labels.get(k) == Some(v));
-        let targets = |p: &ServicePort| match &p.target_port {
+        let targets = |p: &&ServicePort| match &p.target_port {
             TargetPort::Number(n) => *n == endpoint.port(),
             TargetPort::Name(name) => pod.ports.get(name) == Some(&endpoint.port()),
         };
@@ -115,16 +129,20 @@ impl State {
                 }..,
             )
             .take_while(|(k, _)| &k.namespace == ns)
-            .find(|(_, s)| match &s.selector {
-                // The common case, without building endpoint lists: the selector and the port.
-                Some(sel) if !sel.is_empty() => selects(sel) && s.ports.iter().any(targets),
-                // Endpoints managed by hand: only the EndpointSlices say.
-                _ => s
-                    .ports
-                    .iter()
-                    .any(|p| self.service_endpoints(s, p).contains(&endpoint)),
+            .find_map(|(_, s)| {
+                let port = match &s.selector {
+                    // The common case, without building endpoint lists: the selector and the port.
+                    Some(sel) if !sel.is_empty() => {
+                        selects(sel).then(|| s.ports.iter().find(targets)).flatten()
+                    }
+                    // Endpoints managed by hand: only the EndpointSlices say.
+                    _ => s
+                        .ports
+                        .iter()
+                        .find(|p| self.service_endpoints(s, p).contains(&endpoint)),
+                };
+                Some((s, port?))
             })
-            .map(|(k, _)| k.clone())
     }
 
     fn service_endpoints(&self, service: &Service, port: &ServicePort) -> Vec<SocketAddr> {
@@ -218,8 +236,10 @@ mod tests {
                     name: Some("http".into()),
                     port: 80,
                     target_port,
+                    app_protocol: None,
                 }],
                 selector: Some([("app".to_string(), "web".to_string())].into()),
+                labels: Default::default(),
             },
         );
         s.reindex();

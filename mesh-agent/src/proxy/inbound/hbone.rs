@@ -12,7 +12,7 @@ use std::{
 
 use http::StatusCode;
 use mesh_common::ports;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tracing::{info, info_span, Instrument as _};
 
 use crate::{
@@ -20,6 +20,7 @@ use crate::{
     metrics::{flags, Reporter},
     policy,
     proxy::{
+        inbound::l7::{self, AppLeg},
         live::Registration,
         record::{Peer, Record},
         relay, PodContext,
@@ -58,7 +59,7 @@ async fn handle(ctx: Arc<PodContext>, c: Connect) {
             Err(e) => return info!(error = %e, "hbone: client went away"),
         };
         let span = info_span!("deliver", dst = %d.target);
-        relay(&ctx.shared, down, d.up, d.record, Some(d.watch))
+        relay(&ctx.shared, down, d.up, d.record, d.watch)
             .instrument(span)
             .await
     }
@@ -84,9 +85,9 @@ impl Refusal {
 /// A tunnel admitted and connected: what `relay` needs.
 struct Delivery {
     target: SocketAddr,
-    up: TcpStream,
+    up: AppLeg,
     record: Record,
-    watch: Registration,
+    watch: Option<Registration>,
 }
 
 /// Why `target` may not be tunneled to in this pod, if it may not (a pure check).
@@ -134,6 +135,28 @@ async fn admit(
         record.refused(shared, flags::NO_ROUTE, None, reason.clone());
         return Err(Refusal::new(StatusCode::FORBIDDEN, reason));
     }
+    // A pod with L7 rules: its pool decides per request (L4 parts of the rules included).
+    if let Some(to) = state
+        .pods
+        .get(&ctx.key)
+        .and_then(|pod| super::to_l7(&state, pod, target))
+    {
+        drop(state);
+        let source = (Some(source.to_string()), source_ip);
+        return match l7::pair(ctx, target, source, to.protocol, id) {
+            Ok(up) => Ok(Delivery {
+                target,
+                up: AppLeg::L7(up),
+                record,
+                watch: None,
+            }),
+            Err(reason) => {
+                let reason = format!("L7 pool: {reason}");
+                record.refused(shared, flags::NO_HEALTHY_UPSTREAM, None, reason.clone());
+                Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, reason))
+            }
+        };
+    }
     let conn = policy::Connection {
         principal: Some(source.principal()),
         source_ip,
@@ -154,9 +177,9 @@ async fn admit(
     match super::connect_to_app(ctx, target).await {
         Ok(up) => Ok(Delivery {
             target,
-            up,
+            up: AppLeg::App(up),
             record,
-            watch,
+            watch: Some(watch),
         }),
         Err(e) => {
             let reason = format!("delivery to {target}: {e}");

@@ -38,6 +38,7 @@ pub struct ServicePortSpec {
     pub port: u16,
     pub target_port: Option<IntOrString>,
     pub protocol: Option<String>,
+    pub app_protocol: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,6 +124,7 @@ impl ServiceObject {
                 },
                 name: p.name,
                 port: p.port,
+                app_protocol: p.app_protocol,
             })
             .collect();
         Service {
@@ -133,6 +135,7 @@ impl ServiceObject {
             cluster_ips,
             ports,
             selector: spec.selector,
+            labels: metadata.labels,
         }
     }
 }
