@@ -12,13 +12,18 @@
 //! `upstream` (pooled HTTP connections over HBONE, presenting the SOURCE workload's identity),
 //! `trace` propagates trace context and `otlp` exports spans.
 
+pub mod budget;
 pub mod context;
 pub mod filters;
+pub mod forward;
 pub mod handoff;
 pub mod otlp;
+pub mod report;
+pub mod request;
 pub mod route;
 pub mod server;
 pub mod trace;
+pub mod upstream;
 
 use std::os::fd::OwnedFd;
 

@@ -41,6 +41,14 @@ pub mod flags {
     pub const NO_HEALTHY_UPSTREAM: &str = "UH";
     /// The onward connection failed.
     pub const UPSTREAM_FAILURE: &str = "UF";
+    /// The upstream connection ended before or during the response.
+    pub const UPSTREAM_CONNECTION_TERMINATION: &str = "UC";
+    /// The client went away before the response was sent.
+    pub const DOWNSTREAM_CONNECTION_TERMINATION: &str = "DC";
+    /// A route's timeout expired (504).
+    pub const UPSTREAM_REQUEST_TIMEOUT: &str = "UT";
+    /// Every retry was used and the last try failed too.
+    pub const UPSTREAM_RETRY_LIMIT_EXCEEDED: &str = "URX";
 }
 
 /// Who reports: the source's agent (outbound) or the destination's (inbound).

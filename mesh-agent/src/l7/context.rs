@@ -1,8 +1,11 @@
-//! What every request of a worker shares. The pool helper builds it (worker.rs) from the
-//! agent's snapshots; the lead's server/forward code reads it.
+//! What every request of a worker shares. The worker (worker.rs) builds it from the agent's
+//! snapshots; the request path (forward.rs) reads it.
+
+use std::sync::{atomic::AtomicUsize, Arc};
 
 use arc_swap::ArcSwap;
 
+use super::{budget::RetryBudget, upstream::Upstreams};
 use crate::{identity::CertManager, metrics::http::RequestRecord, state::State, tunnel};
 
 pub struct Context {
@@ -15,11 +18,36 @@ pub struct Context {
     /// HBONE connections, presenting the source workload's certificate.
     pub pool: tunnel::Pool,
     pub quic: tunnel::quic::QuicPool,
+    /// Pooled HTTP connections to endpoints.
+    pub upstreams: Arc<Upstreams>,
+    pub budget: RetryBudget,
+    /// Spreads requests over a backend's endpoints (round robin).
+    pub next_endpoint: AtomicUsize,
     /// Where finished requests go (to the agent, for metrics and the access log).
     pub reports: tokio::sync::mpsc::Sender<RequestRecord>,
 }
 
 impl Context {
+    pub fn new(
+        node: String,
+        trust_domain: String,
+        certs: CertManager,
+        reports: tokio::sync::mpsc::Sender<RequestRecord>,
+    ) -> Self {
+        Self {
+            node,
+            trust_domain,
+            state: ArcSwap::from_pointee(State::default()),
+            pool: tunnel::Pool::new(certs.clone()),
+            quic: tunnel::quic::QuicPool::new(certs.clone()),
+            certs,
+            upstreams: Default::default(),
+            budget: Default::default(),
+            next_endpoint: AtomicUsize::new(0),
+            reports,
+        }
+    }
+
     /// Hands a finished request to the agent; never waits (a full queue drops it, counted by
     /// the transport).
     pub fn report(&self, record: RequestRecord) {

@@ -225,8 +225,9 @@ pub fn plan_resolved(
     }
 }
 
-/// How one endpoint (a pod IP and port, or an address outside the mesh) is reached.
-fn path(state: &State, endpoint: SocketAddr, facts: &Facts) -> Path {
+/// How one endpoint (a pod IP and port, or an address outside the mesh) is reached (also the
+/// L7 worker's question for the endpoint it chose).
+pub fn path(state: &State, endpoint: SocketAddr, facts: &Facts) -> Path {
     if let Some(pod) = state.pod_by_ip(endpoint.ip()) {
         if let Some(reason) = not_meshed(state, pod) {
             return Path::Direct(Direct::NotMeshed {
