@@ -140,8 +140,27 @@ async fn route(req: Request<Incoming>, live: Arc<Live>) -> Response<Full<Bytes>>
                 "usage: /debug/explain?from=NAMESPACE/POD&to=HOST:PORT\n".into(),
             );
         };
+        let probe = match query_param(&req, "http") {
+            Some(h) => {
+                let headers: Vec<String> = req
+                    .uri()
+                    .query()
+                    .map(|q| {
+                        form_urlencoded::parse(q.as_bytes())
+                            .filter(|(k, _)| k == "header")
+                            .map(|(_, v)| v.into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                match explain::l7::HttpProbe::parse(&h, &headers) {
+                    Ok(p) => Some(p),
+                    Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+                }
+            }
+            None => None,
+        };
         let status = live.status.read().expect("status lock").clone();
-        let answer = explain::explain(&live.shared, &status, &from, &to).await;
+        let answer = explain::explain(&live.shared, &status, &from, &to, probe.as_ref()).await;
         return json(&answer);
     }
     route_now(req, &live)

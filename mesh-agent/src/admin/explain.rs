@@ -63,7 +63,15 @@ impl Explanation {
     }
 }
 
-pub async fn explain(shared: &Shared, status: &Status, from: &str, to: &str) -> Explanation {
+pub mod l7;
+
+pub async fn explain(
+    shared: &Shared,
+    status: &Status,
+    from: &str,
+    to: &str,
+    http: Option<&l7::HttpProbe>,
+) -> Explanation {
     let state = shared.state.load_full();
     let mut ex = Explanation {
         from: from.into(),
@@ -149,6 +157,38 @@ pub async fn explain(shared: &Shared, status: &Status, from: &str, to: &str) -> 
                 ex.plan = Some(plan);
                 return ex;
             }
+        };
+        let legs = if let Decision::HandToL7(_) = &plan.decision {
+            let hosts = shared.egress_hosts.load();
+            let facts = crate::proxy::plan::Facts {
+                trust_domain: &shared.trust_domain,
+                mtls: shared.mtls.is_some(),
+                egress_hosts: &hosts,
+                candidates: None,
+                l7_pool: true,
+            };
+            let probe = http.cloned().unwrap_or_else(|| l7::HttpProbe {
+                method: "GET".into(),
+                path: "/".into(),
+                headers: Vec::new(),
+            });
+            let routed = l7::route_step(&state, &key, &plan, &probe, &facts);
+            ex.step("route", routed.ok, routed.lines);
+            if !routed.ok {
+                ex.verdict = "denied".into();
+                ex.plan = Some(plan);
+                return ex;
+            }
+            routed.legs
+        } else {
+            if http.is_some() {
+                let why = plan
+                    .l7_note
+                    .clone()
+                    .unwrap_or_else(|| "no route, L7 label or HTTP protocol asks for it".into());
+                ex.step("route", true, vec![format!("L7 does not apply: {why}")]);
+            }
+            legs
         };
         ex.plan = Some(plan);
         legs
@@ -338,7 +378,31 @@ pub async fn explain(shared: &Shared, status: &Status, from: &str, to: &str) -> 
             ));
             continue;
         }
-        let v = policy::evaluate(&state, dst_pod, &conn);
+        let l7 = matches!(
+            crate::proxy::plan::l7::inbound(&state, dst_pod, *ep),
+            crate::proxy::plan::l7::L7Verdict::Hand(_)
+        );
+        let (v, at) = match (l7, http) {
+            (true, probe) => {
+                let default = l7::HttpProbe {
+                    method: "GET".into(),
+                    path: "/".into(),
+                    headers: Vec::new(),
+                };
+                let probe = probe.unwrap_or(&default);
+                let parts = probe.parts(*ep).ok();
+                let empty = http::HeaderMap::new();
+                let req = policy::l7::Request {
+                    method: &probe.method,
+                    path: &probe.path,
+                    host: &ep.ip().to_string(),
+                    headers: parts.as_ref().map_or(&empty, |p| &p.headers),
+                };
+                let v = policy::l7::authorize(&state, dst_pod, &conn, &req);
+                (v, format!(" at L7 for {} {}", probe.method, probe.path))
+            }
+            (false, _) => (policy::evaluate(&state, dst_pod, &conn), String::new()),
+        };
         let by = v
             .policy
             .as_deref()
@@ -349,7 +413,7 @@ pub async fn explain(shared: &Shared, status: &Status, from: &str, to: &str) -> 
             .as_deref()
             .unwrap_or("plaintext (no principal)");
         policy_lines.push(format!(
-            "{ep}: {}{by}: {} (source {who}, port {}; {decided_by})",
+            "{ep}: {}{at}{by}: {} (source {who}, port {}; {decided_by})",
             if v.allowed { "ALLOWED" } else { "DENIED" },
             v.reason,
             ep.port()

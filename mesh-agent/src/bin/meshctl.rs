@@ -66,6 +66,13 @@ enum Command {
         /// `json` for scripts.
         #[arg(short = 'o', long = "output")]
         output: Option<String>,
+        /// An HTTP request to explain at L7: 'METHOD /path' (route, rule, backend, timeout,
+        /// retry, and the L7 policy verdict for it).
+        #[arg(long)]
+        http: Option<String>,
+        /// A request header for --http, 'name: value' (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
     },
 }
 
@@ -91,7 +98,18 @@ fn main() -> ExitCode {
             to,
             admin,
             output,
-        } => match explain(admin, &from, &to, output.as_deref() == Some("json")) {
+            http,
+            headers,
+        } => match explain(
+            admin,
+            &Query {
+                from: &from,
+                to: &to,
+                http: http.as_deref(),
+                headers: &headers,
+            },
+            output.as_deref() == Some("json"),
+        ) {
             // The exit status says the verdict, for scripts: 0 allowed, 1 denied or unknown.
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),
@@ -114,8 +132,21 @@ fn report(r: anyhow::Result<()>) -> ExitCode {
 }
 
 /// Asks the source's agent; prints the steps for people (or the JSON); true when allowed.
-fn explain(admin: SocketAddr, from: &str, to: &str, json: bool) -> anyhow::Result<bool> {
-    let path = format!("/debug/explain?from={}&to={}", encode(from), encode(to));
+struct Query<'a> {
+    from: &'a str,
+    to: &'a str,
+    http: Option<&'a str>,
+    headers: &'a [String],
+}
+
+fn explain(admin: SocketAddr, q: &Query, json: bool) -> anyhow::Result<bool> {
+    let mut path = format!("/debug/explain?from={}&to={}", encode(q.from), encode(q.to));
+    if let Some(h) = q.http {
+        path += &format!("&http={}", encode(h));
+        for header in q.headers {
+            path += &format!("&header={}", encode(header));
+        }
+    }
     let body = http_get(admin, &path)?;
     let v: serde_json::Value = serde_json::from_str(&body)
         .map_err(|e| anyhow::anyhow!("the agent answered {body:?}: {e}"))?;
@@ -124,7 +155,7 @@ fn explain(admin: SocketAddr, from: &str, to: &str, json: bool) -> anyhow::Resul
         println!("{body}");
         return Ok(allowed);
     }
-    println!("{from} -> {to}");
+    println!("{} -> {}", q.from, q.to);
     for (i, step) in v["steps"].as_array().into_iter().flatten().enumerate() {
         let mark = if step["ok"] == true { "ok" } else { "!!" };
         println!(

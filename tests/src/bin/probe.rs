@@ -3,6 +3,7 @@
 //! a client reports getsockname/getpeername, the greeting, and whether echoed bytes match.
 //!
 //!   weft-probe serve --name NAME --ports P[,P...]     prints "ready" once listening
+//!   weft-probe http-serve --name NAME --ports P[,P...]  an HTTP application (see probe/http.rs)
 //!   weft-probe client                                 commands on stdin, one JSON line each:
 //!       connect ADDR BYTES | open ID ADDR | xfer ID BYTES | close ID
 //!   weft-probe parallel ADDR[,ADDR...] N              N simultaneous connections
@@ -14,6 +15,8 @@
 //!   weft-probe streams ADDR N BYTES                   N concurrent echo streams (bench)
 //!   weft-probe hold ADDR N                            N idle connections until a stdin line (bench)
 
+#[path = "probe/http.rs"]
+mod http;
 #[path = "probe/load.rs"]
 mod load;
 
@@ -35,6 +38,7 @@ fn main() {
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
     match arg(0) {
         "serve" => serve(&flag(&args, "--name"), &flag(&args, "--ports")),
+        "http-serve" => http::serve(&flag(&args, "--name"), &flag(&args, "--ports")),
         "client" => client(),
         "parallel" => println!("{}", parallel(&addrs(arg(1)), arg(2).parse().expect("N"))),
         "churn" => println!("{}", churn(addr(arg(1)), arg(2).parse().expect("N"))),
