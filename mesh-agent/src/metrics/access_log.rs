@@ -1,6 +1,13 @@
-//! The access log: one JSON line per connection, written by a thread of its own so that a slow
-//! reader of stdout never stalls a connection. Lines the writer cannot take are dropped and
-//! counted (`weft_access_log_dropped_total`), never buffered without bound.
+//! The access log: one JSON line per connection (`write`, from the proxy's record) and one per
+//! request of the L7 pool (`request`, from a worker's `RequestRecord`), written by a thread of
+//! its own so that a slow reader of stdout never stalls a connection. Lines the writer cannot
+//! take are dropped and counted (`weft_access_log_dropped_total`), never buffered without
+//! bound.
+//!
+//! A request line starts with `"kind":"request"`; connection lines have no `kind`. Both share
+//! the names of what they have in common (`time`, `connection_id`, `reporter`, `src`, `dst`,
+//! `service`, `connection_security_policy`, `bytes_received` from the source, `bytes_sent` to
+//! it, `duration_ms`, `verdict`, `policy`, `response_flags`).
 
 use std::{
     io::Write as _,
@@ -9,7 +16,9 @@ use std::{
     time::SystemTime,
 };
 
-use super::Metrics;
+use serde::Serialize;
+
+use super::{flags, http::RequestRecord, Metrics, Reporter};
 
 /// Lines waiting for the writer.
 const QUEUE: usize = 8192;
@@ -75,6 +84,141 @@ impl AccessLog {
         if tx.try_send(line).is_err() {
             self.metrics.access_log_dropped.fetch_add(1, Relaxed);
         }
+    }
+}
+
+/// One end of a request, as the worker knew it.
+#[derive(Debug, Serialize)]
+struct RequestPeer<'a> {
+    workload: &'a str,
+    namespace: &'a str,
+    principal: &'a str,
+}
+
+/// The route that matched and which of its rules.
+#[derive(Debug, Serialize)]
+struct RouteRef<'a> {
+    name: &'a str,
+    rule: Option<usize>,
+}
+
+/// The request line. Field order is the order a reader scans: when, what, how it ended, where
+/// it went, then who.
+#[derive(Debug, Serialize)]
+struct RequestLine<'a> {
+    time: &'a str,
+    kind: &'static str,
+    connection_id: Option<&'a str>,
+    trace_id: Option<&'a str>,
+    reporter: Option<Reporter>,
+    protocol: &'a str,
+    method: &'a str,
+    authority: &'a str,
+    path: &'a str,
+    response_code: u16,
+    grpc_status: Option<u32>,
+    response_flags: &'a str,
+    duration_ms: f64,
+    /// From the source (the request), as on connection lines.
+    bytes_received: u64,
+    /// To the source (the response).
+    bytes_sent: u64,
+    route: Option<RouteRef<'a>>,
+    backend: Option<&'a str>,
+    endpoint: Option<&'a str>,
+    retries: u32,
+    retry_note: Option<&'a str>,
+    upstream_identity: Option<&'a str>,
+    src: RequestPeer<'a>,
+    dst: RequestPeer<'a>,
+    /// The destination Service (`namespace/name`), when the request named one.
+    service: Option<String>,
+    connection_security_policy: &'a str,
+    /// `allow`, `deny` (an L7 policy refused it: `RBAC`) or `error` (any other flag).
+    verdict: &'static str,
+    policy: Option<&'a str>,
+}
+
+impl<'a> RequestLine<'a> {
+    fn of(r: &'a RequestRecord, now: &'a str) -> Self {
+        let flags = if r.response_flags.is_empty() {
+            flags::NONE
+        } else {
+            r.response_flags.as_str()
+        };
+        let verdict = match flags {
+            flags::NONE => "allow",
+            flags::DENIED => "deny",
+            _ => "error",
+        };
+        let service = (!r.destination_service_name.is_empty()
+            && !r.destination_service_namespace.is_empty()
+            && r.destination_service_namespace != super::UNKNOWN)
+            .then(|| {
+                format!(
+                    "{}/{}",
+                    r.destination_service_namespace, r.destination_service_name
+                )
+            });
+        Self {
+            time: if r.start_time.is_empty() {
+                now
+            } else {
+                &r.start_time
+            },
+            kind: "request",
+            connection_id: r.connection_id.as_deref(),
+            trace_id: r.trace_id.as_deref(),
+            reporter: r.reporter,
+            protocol: if r.request_protocol.is_empty() {
+                "http"
+            } else {
+                &r.request_protocol
+            },
+            method: &r.method,
+            authority: &r.authority,
+            path: &r.path,
+            response_code: r.response_code,
+            grpc_status: r.grpc_response_status,
+            response_flags: flags,
+            duration_ms: r.duration_ms,
+            bytes_received: r.request_bytes,
+            bytes_sent: r.response_bytes,
+            route: r.route.as_deref().map(|name| RouteRef {
+                name,
+                rule: r.route_rule,
+            }),
+            backend: r.backend.as_deref(),
+            endpoint: r.endpoint.as_deref(),
+            retries: r.retries,
+            retry_note: r.retry_note.as_deref(),
+            upstream_identity: r.upstream_identity.as_deref(),
+            src: RequestPeer {
+                workload: &r.source_workload,
+                namespace: &r.source_workload_namespace,
+                principal: &r.source_principal,
+            },
+            dst: RequestPeer {
+                workload: &r.destination_workload,
+                namespace: &r.destination_workload_namespace,
+                principal: &r.destination_principal,
+            },
+            service,
+            connection_security_policy: &r.connection_security_policy,
+            verdict,
+            policy: r.policy.as_deref(),
+        }
+    }
+}
+
+impl AccessLog {
+    /// The one line of a request the L7 pool finished (`"kind":"request"`).
+    pub fn request(&self, record: &RequestRecord) {
+        if self.tx.is_none() {
+            return;
+        }
+        let now = rfc3339(SystemTime::now());
+        self.write(&RequestLine::of(record, &now));
     }
 }
 
