@@ -247,6 +247,118 @@ mod tests {
         assert_eq!(rfc3339(t), "2025-11-22T08:35:00.123Z");
     }
 
+    /// Lines of a log written to a file, once `n` have arrived.
+    fn read_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            if text.lines().count() >= n || std::time::Instant::now() > deadline {
+                return text
+                    .lines()
+                    .map(|l| serde_json::from_str(l).expect("a JSON line"))
+                    .collect();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    fn retried_record() -> RequestRecord {
+        RequestRecord {
+            reporter: Some(Reporter::Source),
+            start_time: "2026-12-01T23:00:00.123Z".into(),
+            duration_ms: 42.5,
+            source_workload: "web".into(),
+            source_workload_namespace: "shop".into(),
+            source_principal: "spiffe://cluster.local/ns/shop/sa/web".into(),
+            destination_workload: "orders-v2".into(),
+            destination_workload_namespace: "shop".into(),
+            destination_principal: "spiffe://cluster.local/ns/shop/sa/orders".into(),
+            destination_service: "orders.shop.svc.cluster.local".into(),
+            destination_service_name: "orders".into(),
+            destination_service_namespace: "shop".into(),
+            request_protocol: "http".into(),
+            method: "POST".into(),
+            authority: "orders.shop:8080".into(),
+            path: "/v2/orders?id=7".into(),
+            response_code: 503,
+            response_flags: "URX".into(),
+            connection_security_policy: "mutual_tls".into(),
+            request_bytes: 120,
+            response_bytes: 19,
+            route: Some("shop/orders-canary".into()),
+            route_rule: Some(1),
+            backend: Some("shop/orders-v2:8080".into()),
+            endpoint: Some("10.0.2.7:8080".into()),
+            retries: 2,
+            retry_note: Some("body over 64 KiB: not retried".into()),
+            upstream_identity: Some("spiffe://cluster.local/ns/shop/sa/orders".into()),
+            policy: Some("shop/orders-l7".into()),
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+            connection_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_request_line_carries_what_the_issue_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let log = AccessLog::new(&Target::File(path.clone()), Arc::default()).unwrap();
+        log.request(&retried_record());
+        log.request(&RequestRecord {
+            response_code: 403,
+            response_flags: "RBAC".into(),
+            ..Default::default()
+        });
+        log.write(&serde_json::json!({"connection_id": "c"}));
+        drop(log);
+        let lines = read_lines(&path, 3);
+        assert_eq!(lines.len(), 3);
+        let l = &lines[0];
+        let want = serde_json::json!({
+            "time": "2026-12-01T23:00:00.123Z",
+            "kind": "request",
+            "connection_id": "0af7651916cd43dd8448eb211c80319c",
+            "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+            "reporter": "source",
+            "protocol": "http",
+            "method": "POST",
+            "authority": "orders.shop:8080",
+            "path": "/v2/orders?id=7",
+            "response_code": 503,
+            "grpc_status": null,
+            "response_flags": "URX",
+            "duration_ms": 42.5,
+            "bytes_received": 120,
+            "bytes_sent": 19,
+            "route": {"name": "shop/orders-canary", "rule": 1},
+            "backend": "shop/orders-v2:8080",
+            "endpoint": "10.0.2.7:8080",
+            "retries": 2,
+            "retry_note": "body over 64 KiB: not retried",
+            "upstream_identity": "spiffe://cluster.local/ns/shop/sa/orders",
+            "src": {"workload": "web", "namespace": "shop",
+                    "principal": "spiffe://cluster.local/ns/shop/sa/web"},
+            "dst": {"workload": "orders-v2", "namespace": "shop",
+                    "principal": "spiffe://cluster.local/ns/shop/sa/orders"},
+            "service": "shop/orders",
+            "connection_security_policy": "mutual_tls",
+            "verdict": "error",
+            "policy": "shop/orders-l7",
+        });
+        assert_eq!(l, &want);
+        // A denial, from a record that left most fields empty: still a whole line, now-stamped.
+        let denied = &lines[1];
+        assert_eq!(denied["kind"], "request");
+        assert_eq!(denied["verdict"], "deny");
+        assert_eq!(denied["response_code"], 403);
+        assert_eq!(denied["route"], serde_json::Value::Null);
+        assert!(denied["time"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(denied["service"], serde_json::Value::Null);
+        // Connection lines stay as they were: no kind.
+        assert!(lines[2].get("kind").is_none());
+    }
+
     #[test]
     fn lines_reach_the_file_in_order() {
         let dir = tempfile::tempdir().unwrap();
