@@ -277,5 +277,37 @@ fn prometheus_scrapes_http_metrics_and_istio_dashboard_queries_answer() {
         "{}",
         prom.log()
     );
+    lint(&get(target, "/metrics").expect("GET /metrics").1);
     server.abort();
+}
+
+/// `promtool check metrics` (the strict exposition parser, plus Prometheus' naming lints):
+/// no parse error, and no lint but the one Istio's own name earns.
+fn lint(exposition: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (package prometheus)");
+    // promtool stops reading at a parse error: its verdict below says which.
+    let _ = child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(exposition.as_bytes());
+    let out = child.wait_with_output().expect("promtool");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Exit 1 is a parse error, 3 lint problems only.
+    assert_ne!(out.status.code(), Some(1), "{said}\n{exposition}");
+    let istio_unit =
+        "istio_request_duration_milliseconds use base unit \"seconds\" instead of \"milliseconds\"";
+    for line in said.lines().filter(|l| !l.trim().is_empty()) {
+        assert_eq!(line.trim(), istio_unit, "promtool: {said}");
+    }
 }
