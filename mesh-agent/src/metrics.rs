@@ -316,6 +316,13 @@ impl Metrics {
     }
 }
 
+/// What the agent does with each `RequestRecord` a worker sends: Istio's HTTP metrics
+/// (`Metrics::record_request`) and the request's access-log line (`AccessLog::request`).
+pub fn request_finished(metrics: &Metrics, log: &AccessLog, record: &http::RequestRecord) {
+    metrics.record_request(record);
+    log.request(record);
+}
+
 /// The L7 pool's families: name, label, help.
 const L7_POOL: [(&str, Option<&str>, &str); 3] = [
     (

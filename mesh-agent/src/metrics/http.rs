@@ -84,10 +84,15 @@ pub const BUCKETS: [f64; 19] = [
     60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 ];
 
-/// How many HTTP label sets the agent keeps (each is one counter and three histograms, 67
-/// lines in /metrics). Istio's labels name workloads, Services, codes and flags: a node's
-/// traffic needs far fewer; more means a label value is running away.
-pub const SERIES_CAP: usize = 4096;
+/// How many HTTP label sets the agent keeps. Each is one counter and three histograms: 67
+/// lines, about 40 KB of /metrics, so the cap also bounds a scrape (to about 80 MB). Istio's
+/// labels name workloads, Services, codes and flags: a node's traffic needs far fewer; more
+/// means a label value is running away.
+pub const SERIES_CAP: usize = 2048;
+
+/// The longest label value kept. Kubernetes names are at most 253 bytes and SPIFFE IDs made of
+/// them about twice that; a longer value (an authority a client made up) is cut.
+pub const MAX_LABEL_VALUE: usize = 512;
 
 /// The label set of Istio's HTTP metrics: the TCP metrics' labels plus the response's.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -119,8 +124,17 @@ fn known(v: &str) -> String {
     if v.is_empty() {
         UNKNOWN.into()
     } else {
-        v.into()
+        bounded(v)
     }
+}
+
+/// `v`, cut to `MAX_LABEL_VALUE` bytes (at a character boundary).
+fn bounded(v: &str) -> String {
+    let mut end = v.len().min(MAX_LABEL_VALUE);
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    v[..end].into()
 }
 
 impl HttpLabels {
@@ -147,7 +161,7 @@ impl HttpLabels {
             response_flags: if r.response_flags.is_empty() {
                 flags::NONE.into()
             } else {
-                r.response_flags.clone()
+                bounded(&r.response_flags)
             },
             connection_security_policy: known(&r.connection_security_policy),
             response_code: r.response_code,
@@ -479,7 +493,7 @@ istio_response_bytes_bucket{L,le="3600000"} 1
 istio_response_bytes_bucket{L,le="+Inf"} 1
 istio_response_bytes_sum{L} 1500
 istio_response_bytes_count{L} 1
-# HELP weft_http_metric_samples_dropped_total HTTP requests not counted in the istio_request* metrics because the series cap (4096) was reached
+# HELP weft_http_metric_samples_dropped_total HTTP requests not counted in the istio_request* metrics because the series cap (2048) was reached
 # TYPE weft_http_metric_samples_dropped_total counter
 weft_http_metric_samples_dropped_total 0
 "#;
@@ -616,6 +630,23 @@ weft_http_metric_samples_dropped_total 0
             .expect(&text);
         assert!(http.contains("grpc_response_status=\"\""), "{http}");
         assert!(http.contains("request_protocol=\"http\""), "{http}");
+    }
+
+    #[test]
+    fn label_values_are_bounded() {
+        let m = Metrics::default();
+        let long = format!("{}é", "a".repeat(MAX_LABEL_VALUE - 1));
+        m.record_request(&RequestRecord {
+            destination_service: long.clone(),
+            ..record()
+        });
+        let text = m.render();
+        let kept = format!(
+            "destination_service=\"{}\"",
+            "a".repeat(MAX_LABEL_VALUE - 1)
+        );
+        assert!(text.contains(&kept), "cut before the 2-byte character");
+        assert!(!text.contains(&long));
     }
 
     #[test]
