@@ -11,8 +11,9 @@
 //!
 //! Series are dropped when what they name leaves the state (`prune`, on every state change):
 //! a series no open connection holds whose source or destination workload, or destination
-//! Service, is gone (HTTP series are never held: a request is counted once it ended). Its totals go with it (Prometheus treats a vanished counter as ended, and a
-//! reappearing one as a reset), so churning pods do not grow the agent's memory or the scrape.
+//! Service, is gone (HTTP series are never held: a request is counted once it ended). Its
+//! totals go with it (Prometheus treats a vanished counter as ended, and a reappearing one as
+//! a reset), so churning pods do not grow the agent's memory or the scrape.
 
 pub mod access_log;
 pub mod http;
