@@ -1,21 +1,26 @@
-//! Istio's standard TCP metrics, kept per label set and rendered in Prometheus' text format on
-//! the node's :15020 (`server`), and the per-connection access log (`access_log`).
+//! Istio's standard TCP and HTTP metrics, kept per label set and rendered in Prometheus' text
+//! format on the node's :15020 (`server`), the L7 pool's own counters, and the access log
+//! (`access_log`: one line per connection, and per request of the L7 pool).
 //!
 //! The names and labels are Istio's, so Istio's Grafana dashboards and Kiali read them as they
 //! are. Counters are bumped while bytes flow, not at close, so a long-lived connection shows up
 //! at once.
 //!
+//! HTTP series (`http`) are counted from the records the L7 workers send when a request ends
+//! (`record_request`), bounded by a cap on label sets.
+//!
 //! Series are dropped when what they name leaves the state (`prune`, on every state change):
 //! a series no open connection holds whose source or destination workload, or destination
-//! Service, is gone. Its totals go with it (Prometheus treats a vanished counter as ended, and a
-//! reappearing one as a reset), so churning pods do not grow the agent's memory or the scrape.
+//! Service, is gone (HTTP series are never held: a request is counted once it ended). Its
+//! totals go with it (Prometheus treats a vanished counter as ended, and a reappearing one as
+//! a reset), so churning pods do not grow the agent's memory or the scrape.
 
 pub mod access_log;
 pub mod http;
 pub mod server;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fmt::Write as _,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -41,14 +46,22 @@ pub mod flags {
     pub const NO_HEALTHY_UPSTREAM: &str = "UH";
     /// The onward connection failed.
     pub const UPSTREAM_FAILURE: &str = "UF";
-    /// The upstream connection ended before or during the response.
-    pub const UPSTREAM_CONNECTION_TERMINATION: &str = "UC";
-    /// The client went away before the response was sent.
-    pub const DOWNSTREAM_CONNECTION_TERMINATION: &str = "DC";
-    /// A route's timeout expired (504).
-    pub const UPSTREAM_REQUEST_TIMEOUT: &str = "UT";
-    /// Every retry was used and the last try failed too.
-    pub const UPSTREAM_RETRY_LIMIT_EXCEEDED: &str = "URX";
+    /// HTTP: the request (or a try of it) timed out.
+    pub const UPSTREAM_TIMEOUT: &str = "UT";
+    /// HTTP: retries were exhausted and the last try failed.
+    pub const RETRIES_EXHAUSTED: &str = "URX";
+    /// HTTP: the client (downstream) went away before the response ended.
+    pub const DOWNSTREAM_RESET: &str = "DC";
+    /// HTTP: the upstream connection ended before the response did.
+    pub const UPSTREAM_RESET: &str = "UC";
+}
+
+/// The `result` of `weft_l7_handoffs_total`.
+pub mod handoff {
+    /// The connection went to a worker.
+    pub const HANDED: &str = "handed";
+    /// No worker could take it: the connection was closed (fail closed), with a reason.
+    pub const REFUSED: &str = "refused";
 }
 
 /// Who reports: the source's agent (outbound) or the destination's (inbound).
@@ -132,6 +145,9 @@ pub struct TcpCounters {
 #[derive(Default)]
 pub struct Metrics {
     tcp: Mutex<HashMap<TcpLabels, Arc<TcpCounters>>>,
+    http: http::Requests,
+    /// The L7 pool's counters, by (family, label value): code-defined names only, so bounded.
+    l7_pool: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// Access-log lines dropped because the writer could not keep up.
     pub access_log_dropped: AtomicU64,
 }
@@ -174,8 +190,71 @@ impl Metrics {
         let mut tcp = self.tcp.lock().expect("metrics lock");
         let before = tcp.len();
         // Under the lock no new holder can appear: `tcp()` takes it to hand out a series.
-        tcp.retain(|labels, c| Arc::strong_count(c) > 1 || present.names_all(labels));
-        before - tcp.len()
+        tcp.retain(|l, c| {
+            Arc::strong_count(c) > 1
+                || present.names_all(
+                    (&l.source_workload_namespace, &l.source_workload),
+                    (&l.destination_workload_namespace, &l.destination_workload),
+                    (
+                        &l.destination_service_namespace,
+                        &l.destination_service_name,
+                    ),
+                )
+        });
+        let tcp_dropped = before - tcp.len();
+        drop(tcp);
+        tcp_dropped + self.http.prune(&present)
+    }
+
+    /// A finished request an L7 worker reported: one sample in each of Istio's HTTP families
+    /// (`istio_requests_total`, `istio_request_duration_milliseconds`, `istio_request_bytes`,
+    /// `istio_response_bytes`). False when its label set was new and the series cap reached:
+    /// then it is counted in `weft_http_metric_samples_dropped_total` instead.
+    pub fn record_request(&self, record: &http::RequestRecord) -> bool {
+        self.http.record(record)
+    }
+
+    /// An agent whose HTTP series cap is `cap` label sets (default `http::SERIES_CAP`).
+    pub fn with_http_series_cap(cap: usize) -> Self {
+        Self {
+            http: http::Requests::with_cap(cap),
+            ..Self::default()
+        }
+    }
+
+    /// How many HTTP label sets are kept (each is a counter and three histograms in /metrics).
+    pub fn http_series(&self) -> usize {
+        self.http.series()
+    }
+
+    /// A connection the plan handed to L7: `result` is `handoff::HANDED` or
+    /// `handoff::REFUSED` (`weft_l7_handoffs_total{result}`); a refusal should go through
+    /// `l7_refused`, which also counts its reason.
+    pub fn l7_handoff(&self, result: &'static str) {
+        self.bump("weft_l7_handoffs_total", result);
+    }
+
+    /// A connection that needed L7 but no worker could take (no worker up, queue full, the
+    /// send failed): `weft_l7_handoffs_total{result="refused"}` and
+    /// `weft_l7_handoffs_refused_total{reason}`. `reason` is a short snake_case constant.
+    pub fn l7_refused(&self, reason: &'static str) {
+        self.l7_handoff(handoff::REFUSED);
+        self.bump("weft_l7_handoffs_refused_total", reason);
+    }
+
+    /// The supervisor restarted a worker that exited or stopped answering
+    /// (`weft_l7_worker_restarts_total`).
+    pub fn l7_worker_restart(&self) {
+        self.bump("weft_l7_worker_restarts_total", "");
+    }
+
+    fn bump(&self, family: &'static str, value: &'static str) {
+        *self
+            .l7_pool
+            .lock()
+            .expect("metrics lock")
+            .entry((family, value))
+            .or_default() += 1;
     }
 
     /// How many TCP label sets are kept (each is four series in /metrics).
@@ -201,6 +280,8 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{{labels}}} {v}");
             }
         }
+        self.http.render(&mut out);
+        self.render_l7_pool(&mut out);
         let _ = writeln!(
             out,
             "# HELP weft_access_log_dropped_total Access-log lines dropped because the writer was behind\n\
@@ -210,7 +291,57 @@ impl Metrics {
         );
         out
     }
+
+    /// The pool's families; both hand-off results are always shown (at 0 until they happen)
+    /// so that a rate over them exists from the start.
+    fn render_l7_pool(&self, out: &mut String) {
+        let mut pool = self.l7_pool.lock().expect("metrics lock").clone();
+        for result in [handoff::HANDED, handoff::REFUSED] {
+            pool.entry(("weft_l7_handoffs_total", result)).or_default();
+        }
+        pool.entry(("weft_l7_worker_restarts_total", ""))
+            .or_default();
+        for (family, label, help) in L7_POOL {
+            let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} counter");
+            for ((_, value), n) in pool
+                .range((family, "")..)
+                .take_while(|(k, _)| k.0 == family)
+            {
+                match label {
+                    Some(label) => writeln!(out, "{family}{{{label}=\"{}\"}} {n}", escape(value)),
+                    None => writeln!(out, "{family} {n}"),
+                }
+                .expect("writing to a String");
+            }
+        }
+    }
 }
+
+/// What the agent does with each `RequestRecord` a worker sends: Istio's HTTP metrics
+/// (`Metrics::record_request`) and the request's access-log line (`AccessLog::request`).
+pub fn request_finished(metrics: &Metrics, log: &AccessLog, record: &http::RequestRecord) {
+    metrics.record_request(record);
+    log.request(record);
+}
+
+/// The L7 pool's families: name, label, help.
+const L7_POOL: [(&str, Option<&str>, &str); 3] = [
+    (
+        "weft_l7_handoffs_total",
+        Some("result"),
+        "Connections that needed L7, by whether a worker took them (handed) or not (refused)",
+    ),
+    (
+        "weft_l7_handoffs_refused_total",
+        Some("reason"),
+        "Connections that needed L7 and were closed because no worker could take them",
+    ),
+    (
+        "weft_l7_worker_restarts_total",
+        None,
+        "L7 workers restarted after they exited or stopped answering",
+    ),
+];
 
 /// The workloads and Services of a state, as series name them.
 struct Present<'a> {
@@ -240,18 +371,12 @@ impl<'a> Present<'a> {
 
     /// Whether every workload and Service the series names is still there; `unknown` ends and
     /// the fixed names of traffic leaving the mesh name nothing that can leave.
-    fn names_all(&self, l: &TcpLabels) -> bool {
-        let workload = |ns: &str, w: &str| {
+    /// Each argument is (namespace, name).
+    fn names_all(&self, src: (&str, &str), dst: (&str, &str), service: (&str, &str)) -> bool {
+        let workload = |(ns, w): (&str, &str)| {
             w == UNKNOWN || self.workloads.get(ns).is_some_and(|ws| ws.contains(w))
         };
-        let service = l.destination_service_namespace == UNKNOWN
-            || self.services.contains(&(
-                l.destination_service_namespace.as_str(),
-                l.destination_service_name.as_str(),
-            ));
-        service
-            && workload(&l.source_workload_namespace, &l.source_workload)
-            && workload(&l.destination_workload_namespace, &l.destination_workload)
+        (service.0 == UNKNOWN || self.services.contains(&service)) && workload(src) && workload(dst)
     }
 }
 

@@ -149,6 +149,12 @@ pub fn tools() -> Result<()> {
     if !succeeds(Command::new("nft").arg("--version")) {
         missing.push("nftables");
     }
+    // prometheus (and its promtool): the HTTP metrics test scrapes the agent with a real one.
+    if !succeeds(Command::new("prometheus").arg("--version"))
+        || !succeeds(Command::new("promtool").arg("--version"))
+    {
+        missing.push("prometheus");
+    }
     if missing.is_empty() {
         return Ok(());
     }

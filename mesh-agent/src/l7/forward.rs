@@ -154,7 +154,7 @@ async fn outbound(
             Err(_) => local(
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream request timeout",
-                flags::UPSTREAM_REQUEST_TIMEOUT,
+                flags::UPSTREAM_TIMEOUT,
                 rec,
             ),
         },
@@ -201,7 +201,7 @@ async fn send(
                 return local(
                     StatusCode::BAD_REQUEST,
                     &format!("request body: {e}"),
-                    flags::DOWNSTREAM_CONNECTION_TERMINATION,
+                    flags::DOWNSTREAM_RESET,
                     rec,
                 )
             }
@@ -275,7 +275,7 @@ async fn send(
                     .as_ref()
                     .is_some_and(|r| r.codes.contains(&resp.status().as_u16()))
             {
-                add_flag(rec, flags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+                add_flag(rec, flags::RETRIES_EXHAUSTED);
             }
             let (p, b) = resp.into_parts();
             http::Response::from_parts(p, b.map_err(Into::into).boxed())
@@ -283,7 +283,7 @@ async fn send(
         Some(Try::Failed(f)) => {
             warn!(error = %f.error, flags = f.flags, "upstream request failed");
             if exhausted {
-                add_flag(rec, flags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+                add_flag(rec, flags::RETRIES_EXHAUSTED);
             }
             let status = if f.flags == flags::DENIED {
                 StatusCode::FORBIDDEN
@@ -303,7 +303,7 @@ async fn send(
         Some(Try::TimedOut) => local(
             StatusCode::GATEWAY_TIMEOUT,
             "upstream request timeout",
-            flags::UPSTREAM_REQUEST_TIMEOUT,
+            flags::UPSTREAM_TIMEOUT,
             rec,
         ),
         None => local(
@@ -559,7 +559,7 @@ async fn inbound(
         Try::TimedOut => local(
             StatusCode::GATEWAY_TIMEOUT,
             "delivery timed out",
-            flags::UPSTREAM_REQUEST_TIMEOUT,
+            flags::UPSTREAM_TIMEOUT,
             rec,
         ),
     }

@@ -97,12 +97,9 @@ pub fn set_service(r: &mut RequestRecord, service: Option<&ServiceKey>) {
             r.destination_service_name = s.name.clone();
             r.destination_service_namespace = s.namespace.clone();
         }
+        // Not the authority: a client could mint a series per Host header.
         None => {
-            r.destination_service = if r.authority.is_empty() {
-                UNKNOWN.into()
-            } else {
-                r.authority.clone()
-            };
+            r.destination_service = UNKNOWN.into();
             r.destination_service_name = UNKNOWN.into();
             r.destination_service_namespace = UNKNOWN.into();
         }
@@ -227,7 +224,7 @@ impl hyper::body::Body for Reported {
             }
             Poll::Ready(Some(Err(e))) => {
                 // The upstream ended the response early.
-                this.finish(Some(flags::UPSTREAM_CONNECTION_TERMINATION));
+                this.finish(Some(flags::UPSTREAM_RESET));
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
@@ -252,8 +249,7 @@ impl Drop for Reported {
         if self.record.is_some() {
             // An empty body that was never polled ends here too; only a body with more to
             // send is a client that went away.
-            let flag =
-                (!self.inner.is_end_stream()).then_some(flags::DOWNSTREAM_CONNECTION_TERMINATION);
+            let flag = (!self.inner.is_end_stream()).then_some(flags::DOWNSTREAM_RESET);
             self.finish(flag);
         }
     }

@@ -110,7 +110,7 @@ impl Upstreams {
         let failed = |e: hyper::Error| Failed {
             before_request: e.is_canceled(),
             error: format!("upstream {}: {e}", key.endpoint),
-            flags: flags::UPSTREAM_CONNECTION_TERMINATION,
+            flags: flags::UPSTREAM_RESET,
         };
         match sender {
             Sender::H2(mut s) => {
@@ -153,7 +153,7 @@ impl Upstreams {
         s.send_request(req).await.map_err(|e| Failed {
             before_request: e.is_canceled(),
             error: format!("upstream {}: {e}", key.endpoint),
-            flags: flags::UPSTREAM_CONNECTION_TERMINATION,
+            flags: flags::UPSTREAM_RESET,
         })
     }
 

@@ -12,14 +12,15 @@ use super::Metrics;
 
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
-    Ok(crate::http_server::spawn(
-        listener,
-        crate::http_server::METRICS,
-        move |req| {
-            let answer = answer(req.uri().path(), &metrics);
-            async move { answer }
-        },
-    ))
+    Ok(serve_on(listener, metrics))
+}
+
+/// The endpoint on a listener already bound (tests bind port 0 and read the port back).
+pub fn serve_on(listener: TcpListener, metrics: Arc<Metrics>) -> JoinHandle<()> {
+    crate::http_server::spawn(listener, crate::http_server::METRICS, move |req| {
+        let answer = answer(req.uri().path(), &metrics);
+        async move { answer }
+    })
 }
 
 fn answer(path: &str, metrics: &Metrics) -> Response<Full<Bytes>> {
