@@ -226,6 +226,7 @@ impl State {
                     .flat_map(move |ip| s.ports.iter().map(move |p| ((*ip, p.port), s.key.clone())))
             })
             .collect();
+        self.resolve_route_backends();
     }
 
     pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&Pod> {
