@@ -53,6 +53,9 @@ fn backend_of(state: &State, uri: &str, headers: &[(&str, &str)]) -> Option<Stri
     Some(routed.rule.backends.first()?.service.name.clone())
 }
 
+/// (request URI, headers, expected backend).
+type Case<'a, B> = (&'a str, &'a [(&'a str, &'a str)], B);
+
 const PARENT: &str = "{group: \"\", kind: Service, name: echo, port: 80}";
 
 #[test]
@@ -60,7 +63,7 @@ fn path_prefix_is_segment_wise_and_a_header_match_picks_its_rule() {
     // MeshHTTPRouteMatching: rule 1 `/` or `version: one` → v1; rule 2 `/v2` or `version: two`.
     let rules = "  - matches: [{path: {type: PathPrefix, value: /}}, {headers: [{name: version, value: one}]}]\n    backendRefs: [{name: echo-v1, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /v2}}, {headers: [{name: version, value: two}]}]\n    backendRefs: [{name: echo-v2, port: 8080}]\n";
     let state = state_of(&(services() + &route_doc("matching", NS, PARENT, rules)));
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+    let cases: &[Case<&str>] = &[
         ("/", &[], "echo-v1"),
         ("/example", &[], "echo-v1"),
         ("/", &[("Version", "one")], "echo-v1"),
@@ -97,7 +100,7 @@ fn query_params_match_and_combine_with_paths_and_headers_by_precedence() {
     // MeshHTTPRouteQueryParamMatching.
     let rules = "  - matches: [{queryParams: [{name: animal, value: whale}]}]\n    backendRefs: [{name: echo-v1, port: 8080}]\n  - matches: [{queryParams: [{name: animal, value: dolphin}]}]\n    backendRefs: [{name: echo-v2, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /path1}, queryParams: [{name: animal, value: whale}]}]\n    backendRefs: [{name: echo-v1, port: 8080}]\n  - matches: [{headers: [{name: version, value: one}], queryParams: [{name: animal, value: whale}]}]\n    backendRefs: [{name: echo-v2, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /path3}, queryParams: [{name: animal, value: shark}]}, {path: {type: PathPrefix, value: /path4}, headers: [{name: version, value: three}], queryParams: [{name: animal, value: kraken}]}]\n    backendRefs: [{name: echo-v1, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /path5}}]\n    backendRefs: [{name: echo-v1, port: 8080}]\n  - matches: [{queryParams: [{name: animal, value: hydra}]}]\n    backendRefs: [{name: echo-v2, port: 8080}]\n";
     let state = state_of(&(services() + &route_doc("query", NS, PARENT, rules)));
-    let cases: &[(&str, &[(&str, &str)], Option<&str>)] = &[
+    let cases: &[Case<Option<&str>>] = &[
         ("/?animal=whale", &[], Some("echo-v1")),
         ("/?animal=dolphin", &[], Some("echo-v2")),
         ("/?animal=whale&otherparam=irrelevant", &[], Some("echo-v1")),
@@ -426,4 +429,43 @@ fn routes_survive_the_json_snapshot_to_workers_with_their_regexes() {
         Some("echo-v1")
     );
     assert_eq!(backend_of(&back, "/aab", &[("x", "bbb")]), None);
+}
+
+#[test]
+fn the_shipped_routing_example_sends_iphones_to_v2_and_splits_the_rest_90_10() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/routing");
+    let loaded = crate::source::load_dir(&dir);
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let state = loaded.state;
+    let orders = ServiceKey {
+        namespace: "shop".into(),
+        name: "orders".into(),
+    };
+    let routes = routes_for(&state, "web", &orders, 80);
+    assert_eq!(
+        routes.len(),
+        1,
+        "a producer route applies to clients of any namespace"
+    );
+    let iphone = select(&routes, &req("GET", "/cart", &[("x-client", "iphone")])).unwrap();
+    let b = pick_backend(iphone.rule, 7).unwrap();
+    assert_eq!(
+        (b.service.name.as_str(), b.is_resolved()),
+        ("orders-v2", true)
+    );
+    let other = select(&routes, &req("GET", "/cart", &[("x-client", "android")])).unwrap();
+    assert_eq!(other.rule_index, 1);
+    let v2 = (0..10_000u32)
+        .filter(|i| {
+            pick_backend(other.rule, i.wrapping_mul(429_497))
+                .unwrap()
+                .service
+                .name
+                == "orders-v2"
+        })
+        .count();
+    assert!((800..1200).contains(&v2), "{v2} of 10000 to orders-v2");
+    let t = other.rule.timeouts;
+    assert_eq!(t.request, Some(std::time::Duration::from_secs(10)));
+    assert_eq!(other.rule.retry.as_ref().unwrap().codes, [502, 503]);
 }
