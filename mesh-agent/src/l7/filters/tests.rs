@@ -457,3 +457,44 @@ fn mirrors_list_their_backends_and_honour_their_percentage() {
     assert!((2_000..3_000).contains(&count("echo")), "{}", count("echo"));
     assert_eq!(count("gone"), 0, "an unresolved mirror is not sent");
 }
+
+#[test]
+fn grpc_route_header_modifiers_and_weights_apply_to_calls() {
+    // MeshGRPCRouteRequestHeaderModifier and MeshGRPCRouteWeight, on the same machinery.
+    let services = "apiVersion: v1\nkind: Service\nmetadata: {name: grpc, namespace: mesh}\nspec: {clusterIP: 10.96.2.1, ports: [{port: 9000}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: grpc-v1, namespace: mesh}\nspec: {clusterIP: 10.96.2.2, ports: [{port: 9000}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: grpc-v2, namespace: mesh}\nspec: {clusterIP: 10.96.2.3, ports: [{port: 9000}]}\n---\n";
+    let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g, namespace: mesh}\n\
+        spec:\n  parentRefs: [{kind: Service, name: grpc}]\n  rules:\n\
+        \x20 - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-set, value: s}], add: [{name: x-add, value: a}], remove: [x-remove]}}]\n\
+        \x20   backendRefs: [{name: grpc-v1, port: 9000, weight: 70}, {name: grpc-v2, port: 9000, weight: 30}]\n";
+    let state = state_of(&format!("{services}{route}"));
+    let svc = ServiceKey {
+        namespace: NS.into(),
+        name: "grpc".into(),
+    };
+    let routes = routes_for(&state, NS, &svc, 9000);
+    let mut req = http::Request::builder()
+        .method("POST")
+        .uri("/echo.Echo/Say")
+        .header("x-set", "old")
+        .header("x-remove", "r")
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    let routed = select(&routes, &req).expect("the rule");
+    assert!(matches!(
+        apply_request(routed.rule, &mut req),
+        RequestAction::Forward
+    ));
+    assert_eq!(req.headers["x-set"], "s");
+    assert_eq!(req.headers["x-add"], "a");
+    assert!(req.headers.get("x-remove").is_none());
+    let v2 = (0..10_000u32)
+        .filter(|i| {
+            crate::l7::route::pick_backend(routed.rule, i.wrapping_mul(429_497))
+                .is_some_and(|b| b.service.name == "grpc-v2")
+        })
+        .count();
+    assert!((2_500..3_500).contains(&v2), "{v2}");
+}

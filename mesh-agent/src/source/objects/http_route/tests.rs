@@ -350,3 +350,39 @@ fn grpc_routes_parse_method_matches_and_their_filters() {
         assert!(msg.contains(word), "{rule}: {msg}");
     }
 }
+
+#[test]
+fn an_object_as_the_api_server_returns_it_with_defaults_and_status_is_accepted() {
+    // What a watch delivers: defaults filled in by the CRD, server metadata, a status.
+    let json = serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {
+            "name": "orders", "namespace": "shop", "uid": "u-1", "resourceVersion": "42",
+            "generation": 3, "creationTimestamp": "2024-05-01T10:00:00Z",
+            "managedFields": [{"manager": "kubectl", "operation": "Apply"}]
+        },
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "orders", "port": 80}],
+            "hostnames": [],
+            "rules": [{
+                "matches": [{"path": {"type": "PathPrefix", "value": "/"},
+                             "headers": [{"type": "Exact", "name": "x-client", "value": "iphone"}]}],
+                "filters": [{"type": "RequestRedirect",
+                             "requestRedirect": {"statusCode": 302, "scheme": "https"}}]
+            }, {
+                "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                "backendRefs": [{"group": "", "kind": "Service", "name": "orders-v1",
+                                 "port": 80, "weight": 1}]
+            }]
+        },
+        "status": {"parents": [{"parentRef": {"name": "orders"}, "controllerName": "x",
+                                "conditions": []}]}
+    });
+    let value: yaml_serde::Value = yaml_serde::to_value(&json).unwrap();
+    let text = yaml_serde::to_string(&value).unwrap();
+    let r = parse_route(&text).unwrap();
+    assert_eq!(r.rules.len(), 2);
+    assert_eq!(r.created.as_deref(), Some("2024-05-01T10:00:00Z"));
+    assert!(matches!(&r.rules[0].filters[0], Filter::RequestRedirect(x) if x.status == 302));
+}
