@@ -386,3 +386,83 @@ fn an_object_as_the_api_server_returns_it_with_defaults_and_status_is_accepted()
     assert_eq!(r.created.as_deref(), Some("2024-05-01T10:00:00Z"));
     assert!(matches!(&r.rules[0].filters[0], Filter::RequestRedirect(x) if x.status == 302));
 }
+
+#[test]
+fn in_kubernetes_mode_a_broken_route_update_keeps_the_last_good_route() {
+    use kube::{api::DynamicObject, runtime::watcher::Event};
+
+    use crate::source::kubernetes::{Kind, Store};
+    static KINDS: &[Kind] = &[
+        Kind {
+            group: "",
+            version: "v1",
+            kind: "Service",
+            plural: "services",
+            optional: false,
+        },
+        Kind {
+            group: "gateway.networking.k8s.io",
+            version: "v1",
+            kind: "HTTPRoute",
+            plural: "httproutes",
+            optional: true,
+        },
+    ];
+    let object = |v: serde_json::Value| -> DynamicObject { serde_json::from_value(v).unwrap() };
+    let route = |header_regex: &str| {
+        object(serde_json::json!({
+            "metadata": {"name": "orders", "namespace": "shop"},
+            "spec": {
+                "parentRefs": [{"kind": "Service", "name": "orders"}],
+                "rules": [{
+                    "matches": [{"headers": [{"type": "RegularExpression", "name": "x-client", "value": header_regex}]}],
+                    "backendRefs": [{"name": "orders", "port": 80}]
+                }]
+            }
+        }))
+    };
+    let mut store = Store::new(KINDS, Some("n1".into()));
+    for (i, init) in [
+        object(
+            serde_json::json!({"metadata": {"name": "orders", "namespace": "shop"},
+            "spec": {"clusterIP": "10.96.0.5", "ports": [{"port": 80}]}}),
+        ),
+        route("iphone|ipad"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        store.event(i, Event::Init);
+        store.event(i, Event::InitApply(init));
+        store.event(i, Event::InitDone);
+    }
+    let pattern = |state: &crate::state::State| {
+        let r = state.routes.values().next().expect("the route");
+        match &r.rules[0].matches[0].headers[0].value {
+            ValueMatch::RegularExpression(p) => p.as_str().to_owned(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let loaded = store.build();
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    assert_eq!(pattern(&loaded.state), "iphone|ipad");
+    assert!(loaded.state.routes.values().next().unwrap().rules[0].backends[0].is_resolved());
+
+    store.event(1, Event::Apply(route("iphone(")));
+    let loaded = store.build();
+    assert_eq!(
+        pattern(&loaded.state),
+        "iphone|ipad",
+        "the good route stays"
+    );
+    assert_eq!(
+        loaded.errors[0].field,
+        "spec.rules[0].matches[0].headers[0].value"
+    );
+    assert!(loaded.errors[0]
+        .message
+        .ends_with("the previous version stays in force"));
+
+    store.event(1, Event::Delete(route("iphone(")));
+    assert!(store.build().state.routes.is_empty());
+}
