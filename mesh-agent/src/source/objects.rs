@@ -291,8 +291,7 @@ impl Object {
                 }
             }
             Object::Route(route) => {
-                let key = (route.namespace.clone(), route.name.clone());
-                state.routes.insert(key, route);
+                state.routes.insert(route.key(), route);
             }
             Object::ServiceEntry(se) => {
                 let entry = ServiceEntry::from_crd(se);

@@ -32,6 +32,19 @@ pub struct Route {
     pub rules: Vec<RouteRule>,
 }
 
+impl Route {
+    /// Its key in `State::routes`: (namespace, name) for an HTTPRoute, (namespace,
+    /// `GRPCRoute/name`) for a GRPCRoute, so that the two kinds may share a name as in
+    /// Kubernetes (`/` is never in an object name).
+    pub fn key(&self) -> (String, String) {
+        let name = match self.kind {
+            RouteKind::Http => self.name.clone(),
+            RouteKind::Grpc => format!("GRPCRoute/{}", self.name),
+        };
+        (self.namespace.clone(), name)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Parent {
     pub service: ServiceKey,

@@ -469,3 +469,30 @@ fn the_shipped_routing_example_sends_iphones_to_v2_and_splits_the_rest_90_10() {
     assert_eq!(t.request, Some(std::time::Duration::from_secs(10)));
     assert_eq!(other.rule.retry.as_ref().unwrap().codes, [502, 503]);
 }
+
+#[test]
+fn an_http_route_and_a_grpc_route_may_share_a_name() {
+    let http = route_doc(
+        "same",
+        NS,
+        PARENT,
+        "  - backendRefs: [{name: echo-v1, port: 80}]\n",
+    );
+    let grpc = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: same, namespace: {NS}}}\n\
+         spec: {{parentRefs: [{{kind: Service, name: echo-v2}}], rules: [{{backendRefs: [{{name: echo-v2, port: 80}}]}}]}}\n"
+    );
+    let state = state_of(&(services() + &http + &grpc));
+    assert_eq!(state.routes.len(), 2);
+    let json = serde_json::to_string(&state).unwrap();
+    let back: State = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.routes.len(), 2, "both survive the worker snapshot");
+    assert_eq!(
+        routes_for(&back, NS, &svc("echo-v2"), 80)[0].kind,
+        RouteKind::Grpc
+    );
+    assert_eq!(
+        routes_for(&back, NS, &svc("echo"), 80)[0].kind,
+        RouteKind::Http
+    );
+}
