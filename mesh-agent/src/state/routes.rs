@@ -279,7 +279,59 @@ impl<'de> Deserialize<'de> for Pattern {
     }
 }
 
+/// A route's standing, as its `status.parents[].conditions` would say (Gateway API reasons).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteStatus {
+    /// `Accepted`: every parent Service (and port) exists. Err: reason and message.
+    pub accepted: Result<(), (&'static str, String)>,
+    /// `ResolvedRefs`: every backendRef and mirror resolves. Err: reason and message.
+    pub resolved_refs: Result<(), (&'static str, String)>,
+}
+
 impl State {
+    /// The conditions of an accepted route (a refused one has its parse error instead).
+    pub fn route_status(&self, route: &Route) -> RouteStatus {
+        let missing_parent = route.parents.iter().find_map(|p| {
+            let Some(s) = self.services.get(&p.service) else {
+                return Some(format!("no Service {}", p.service));
+            };
+            let port = p
+                .port
+                .filter(|port| !s.ports.iter().any(|sp| sp.port == *port))?;
+            Some(format!("Service {} has no port {port}", p.service))
+        });
+        let backends = route.rules.iter().flat_map(|r| {
+            let mirrors = r
+                .filters
+                .iter()
+                .chain(r.backends.iter().flat_map(|b| &b.filters));
+            r.backends.iter().chain(mirrors.filter_map(|f| match f {
+                Filter::RequestMirror(m) => Some(&m.backend),
+                _ => None,
+            }))
+        });
+        let unresolved = backends.filter_map(|b| b.unresolved.as_deref()).next();
+        RouteStatus {
+            accepted: match missing_parent {
+                Some(why) => Err(("NoMatchingParent", why)),
+                None => Ok(()),
+            },
+            resolved_refs: match unresolved {
+                Some(why) => {
+                    let (reason, message) =
+                        why.split_once(": ").unwrap_or(("BackendNotFound", why));
+                    let reason = if reason == "InvalidKind" {
+                        "InvalidKind"
+                    } else {
+                        "BackendNotFound"
+                    };
+                    Err((reason, message.to_owned()))
+                }
+                None => Ok(()),
+            },
+        }
+    }
+
     /// Marks every backendRef (and mirror) whose Service or Service port does not exist; clears
     /// the mark of those that resolve now. Idempotent; `reindex` calls it.
     pub fn resolve_route_backends(&mut self) {

@@ -496,3 +496,38 @@ fn an_http_route_and_a_grpc_route_may_share_a_name() {
         RouteKind::Http
     );
 }
+
+#[test]
+fn route_status_says_accepted_and_resolved_refs_with_the_specs_reasons() {
+    let good = route_doc(
+        "good",
+        NS,
+        PARENT,
+        "  - backendRefs: [{name: echo-v1, port: 80}]\n",
+    );
+    let bad = route_doc(
+        "bad",
+        NS,
+        "{kind: Service, name: nowhere}",
+        "  - backendRefs: [{name: echo-v1, port: 80}, {name: ghost, port: 80}]\n",
+    );
+    let kind = route_doc(
+        "kind",
+        NS,
+        "{kind: Service, name: echo, port: 9}",
+        "  - backendRefs: [{group: example.com, kind: Bucket, name: b}]\n",
+    );
+    let state = state_of(&(services() + &good + &bad + &kind));
+    let status =
+        |name: &str| state.route_status(&state.routes[&(NS.to_string(), name.to_string())]);
+    let s = status("good");
+    assert!(s.accepted.is_ok() && s.resolved_refs.is_ok(), "{s:?}");
+    let s = status("bad");
+    assert_eq!(s.accepted.unwrap_err().0, "NoMatchingParent");
+    let (reason, message) = s.resolved_refs.unwrap_err();
+    assert_eq!(reason, "BackendNotFound");
+    assert!(message.contains("mesh/ghost"), "{message}");
+    let s = status("kind");
+    assert!(s.accepted.unwrap_err().1.contains("no port 9"));
+    assert_eq!(s.resolved_refs.unwrap_err().0, "InvalidKind");
+}
