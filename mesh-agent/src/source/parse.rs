@@ -5,8 +5,8 @@ use serde::de::DeserializeOwned;
 
 use super::objects::{
     check_authorization_policy, check_mesh_config, check_service_entry,
-    grpc_route::GrpcRouteObject, http_route::HttpRouteObject, EndpointSliceObject, NamespaceObject,
-    NodeObject, Object, PodObject, ServiceObject,
+    grpc_route::GrpcRouteObject, http_route::HttpRouteObject, route_parts::binds_a_service,
+    EndpointSliceObject, NamespaceObject, NodeObject, Object, PodObject, ServiceObject,
 };
 use crate::crd::{self, API_VERSION};
 
@@ -52,6 +52,12 @@ pub fn parse_document(value: yaml_serde::Value) -> Result<Parsed, (String, Strin
                 let s = typed::<ServiceObject>(value)?;
                 s.check()?;
                 Object::Service(s)
+            }
+            (GATEWAY_V1 | GATEWAY_V1BETA1, "HTTPRoute") if !binds_a_service(&value) => {
+                return Ok(Parsed::Ignored(GATEWAY_ROUTE))
+            }
+            (GATEWAY_V1 | GATEWAY_V1ALPHA2, "GRPCRoute") if !binds_a_service(&value) => {
+                return Ok(Parsed::Ignored(GATEWAY_ROUTE))
             }
             (GATEWAY_V1 | GATEWAY_V1BETA1, "HTTPRoute") => {
                 match typed::<HttpRouteObject>(value)?.into_route()? {

@@ -50,6 +50,24 @@ fn core_group(group: Option<&str>) -> bool {
     matches!(group.unwrap_or(""), "" | "core")
 }
 
+/// Whether a route document names a Service among its parentRefs, read leniently: a route of
+/// Gateways only is the gateway's business and is not checked against the mesh's rules (it may
+/// use fields this agent refuses).
+pub fn binds_a_service(value: &yaml_serde::Value) -> bool {
+    let text =
+        |v: &yaml_serde::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+    value
+        .get("spec")
+        .and_then(|s| s.get("parentRefs"))
+        .and_then(|p| p.as_sequence())
+        .is_some_and(|refs| {
+            refs.iter().any(|r| {
+                text(r, "kind").as_deref() == Some("Service")
+                    && core_group(text(r, "group").as_deref())
+            })
+        })
+}
+
 /// The Service parents (empty: a route of Gateways only, not the mesh's).
 pub fn mesh_parents(ns: &str, refs: &[ParentRef]) -> Result<Vec<Parent>, Refusal> {
     let mut out = Vec::new();

@@ -466,3 +466,16 @@ fn in_kubernetes_mode_a_broken_route_update_keeps_the_last_good_route() {
     store.event(1, Event::Delete(route("iphone(")));
     assert!(store.build().state.routes.is_empty());
 }
+
+#[test]
+fn a_gateway_route_is_not_held_to_the_mesh_agents_rules() {
+    // Fields this agent refuses (sectionName, sessionPersistence, CORS) are the gateway's affair.
+    let gw = parse_route(&http(
+        "{parentRefs: [{name: public-gw, sectionName: https}], rules: [{sessionPersistence: {type: Cookie}, filters: [{type: CORS, cors: {}}]}]}",
+    ));
+    assert_eq!(gw.unwrap_err().0, "(ignored)");
+    let grpc = parse_route(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g}\nspec: {parentRefs: [{name: gw}], rules: [{sessionPersistence: {}}]}\n",
+    );
+    assert_eq!(grpc.unwrap_err().0, "(ignored)");
+}
