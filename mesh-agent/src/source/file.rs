@@ -652,32 +652,111 @@ status: {podIP: 10.0.1.2}
         assert_eq!(field, "endpoints[0].addresses[0]");
     }
 
+    const ROUTE_SERVICES: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {clusterIP: 10.96.0.20, ports: [{port: 80}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web-v2, namespace: shop}\nspec: {clusterIP: 10.96.0.21, ports: [{port: 80}]}\n";
+
+    fn canary(parent: &str, weight: &str) -> String {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {{name: canary, namespace: shop}}\n\
+             spec: {{parentRefs: [{parent}], rules: [{{backendRefs: [{{name: web, port: 80, weight: 90}}, {{name: web-v2, port: 80, weight: {weight}}}]}}]}}\n"
+        )
+    }
+
+    const WEB: &str = "{group: \"\", kind: Service, name: web, port: 80}";
+
     #[test]
-    fn mesh_http_routes_are_refused_with_the_reason_and_gateway_routes_left_alone() {
-        let parse = |text: &str| parse_document(yaml_serde::from_str(text).unwrap());
-        let route = |parent: &str| {
-            format!(
-                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
-                 metadata: {{name: canary, namespace: shop}}\n\
-                 spec: {{parentRefs: [{parent}], rules: [{{backendRefs: [{{name: web-v2, port: 80, weight: 10}}]}}]}}\n"
-            )
-        };
-        assert!(matches!(
-            parse(&route("{name: public-gw}")),
-            Ok(Parsed::Ignored(_))
-        ));
-        let (field, msg) = parse(&route("{group: \"\", kind: Service, name: web, port: 80}"))
-            .err()
-            .unwrap();
-        assert_eq!(field, "spec.parentRefs");
-        assert!(
-            msg.contains("Service web") && msg.contains("not applied"),
-            "{msg}"
+    fn mesh_http_routes_apply_and_gateway_routes_are_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let routes = format!(
+            "{}---\n{}",
+            canary(WEB, "10"),
+            canary("{name: public-gw}", "10").replace("name: canary", "name: ingress")
         );
-        let (field, _) = parse(&route("{kind: Service, name: web, port: eighty}"))
-            .err()
-            .unwrap();
-        assert_eq!(field, "spec.parentRefs[0].port");
+        std::fs::write(dir.path().join("svc.yaml"), ROUTE_SERVICES).unwrap();
+        std::fs::write(dir.path().join("routes.yaml"), routes).unwrap();
+        let l = load_dir(dir.path());
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        assert_eq!(
+            l.state.routes.len(),
+            1,
+            "the Gateway's route is not the mesh's"
+        );
+        let route = &l.state.routes[&("shop".to_string(), "canary".to_string())];
+        let weights: Vec<u32> = route.rules[0].backends.iter().map(|b| b.weight).collect();
+        assert_eq!(weights, [90, 10]);
+        assert!(route.rules[0].backends.iter().all(|b| b.is_resolved()));
+        assert_eq!(l.ignored.len(), 1);
+        assert!(l.ignored[0].reason.contains("Gateway"), "{:?}", l.ignored);
+    }
+
+    #[test]
+    fn a_refused_route_keeps_the_last_good_version_and_validate_names_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("svc.yaml"), ROUTE_SERVICES).unwrap();
+        let file = dir.path().join("route.yaml");
+        let mut last = LastGood::default();
+        std::fs::write(&file, canary(WEB, "10")).unwrap();
+        let (state, errors) = keeping(dir.path(), &mut last);
+        assert!(errors.is_empty(), "{errors:?}");
+        let weight = |s: &State| {
+            s.routes
+                .values()
+                .next()
+                .map(|r| r.rules[0].backends[1].weight)
+        };
+        assert_eq!(weight(&state), Some(10));
+
+        // A bad weight: refused with its field, and the 90/10 split stays in force.
+        std::fs::write(&file, canary(WEB, "ten")).unwrap();
+        let (state, errors) = keeping(dir.path(), &mut last);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].field, "spec.rules[0].backendRefs[1].weight");
+        assert!(errors[0].message.ends_with(KEPT), "{}", errors[0]);
+        assert_eq!(weight(&state), Some(10));
+        // A check beyond the schema (a bad regex) too.
+        let bad_regex = canary(WEB, "50").replace(
+            "rules: [{",
+            "rules: [{matches: [{headers: [{type: RegularExpression, name: x-client, value: \"(iphone\"}]}], ",
+        );
+        std::fs::write(&file, &bad_regex).unwrap();
+        let (state, errors) = keeping(dir.path(), &mut last);
+        assert_eq!(errors[0].field, "spec.rules[0].matches[0].headers[0].value");
+        assert!(
+            errors[0].message.contains("regular expression"),
+            "{}",
+            errors[0]
+        );
+        assert_eq!(weight(&state), Some(10));
+        // `meshctl validate` (a first load) reports the same error, without a version to keep.
+        let (state, errors) = load(dir.path());
+        assert_eq!(errors[0].field, "spec.rules[0].matches[0].headers[0].value");
+        assert!(!errors[0].message.ends_with(KEPT));
+        assert!(state.routes.is_empty());
+        // Fixed: the new split applies.
+        std::fs::write(&file, canary(WEB, "50")).unwrap();
+        let (state, errors) = keeping(dir.path(), &mut last);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(weight(&state), Some(50));
+    }
+
+    #[test]
+    fn a_route_to_a_missing_service_is_kept_with_that_backend_unresolved() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("route.yaml"), canary(WEB, "10")).unwrap();
+        let only_web = ROUTE_SERVICES.split("---").next().unwrap();
+        std::fs::write(dir.path().join("svc.yaml"), only_web).unwrap();
+        let (state, errors) = load(dir.path());
+        assert!(errors.is_empty(), "{errors:?}");
+        let backends = &state.routes.values().next().unwrap().rules[0].backends;
+        assert!(backends[0].is_resolved());
+        let why = backends[1]
+            .unresolved
+            .as_deref()
+            .expect("web-v2 does not exist");
+        assert!(why.contains("shop/web-v2"), "{why}");
+        std::fs::write(dir.path().join("svc.yaml"), ROUTE_SERVICES).unwrap();
+        let (state, _) = load(dir.path());
+        assert!(state.routes.values().next().unwrap().rules[0].backends[1].is_resolved());
     }
 
     #[test]

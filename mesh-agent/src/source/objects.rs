@@ -6,7 +6,9 @@ use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
 use serde::Deserialize;
 
+pub mod grpc_route;
 pub mod http_route;
+pub mod route_parts;
 pub mod services;
 
 pub use services::{EndpointSliceObject, ServiceObject};
@@ -29,6 +31,9 @@ pub struct Meta {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    /// RFC 3339 (the API server's); routes use it for the spec's precedence tie-break.
+    #[serde(rename = "creationTimestamp")]
+    pub creation_timestamp: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -218,6 +223,8 @@ pub enum Object {
     ServiceEntry(crd::ServiceEntry),
     Service(ServiceObject),
     EndpointSlice(EndpointSliceObject),
+    /// An HTTPRoute or GRPCRoute bound to a Service (GAMMA), checked and compiled.
+    Route(crate::state::routes::Route),
 }
 
 impl Object {
@@ -282,6 +289,9 @@ impl Object {
                     tunnel: mc.spec.tunnel,
                     outbound: mc.spec.outbound_traffic_policy.mode,
                 }
+            }
+            Object::Route(route) => {
+                state.routes.insert(route.key(), route);
             }
             Object::ServiceEntry(se) => {
                 let entry = ServiceEntry::from_crd(se);

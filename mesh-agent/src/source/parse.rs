@@ -5,10 +5,16 @@ use serde::de::DeserializeOwned;
 
 use super::objects::{
     check_authorization_policy, check_mesh_config, check_service_entry,
-    http_route::HttpRouteObject, EndpointSliceObject, NamespaceObject, NodeObject, Object,
-    PodObject, ServiceObject,
+    grpc_route::GrpcRouteObject, http_route::HttpRouteObject, route_parts::binds_a_service,
+    EndpointSliceObject, NamespaceObject, NodeObject, Object, PodObject, ServiceObject,
 };
 use crate::crd::{self, API_VERSION};
+
+const GATEWAY_V1: &str = "gateway.networking.k8s.io/v1";
+const GATEWAY_V1BETA1: &str = "gateway.networking.k8s.io/v1beta1";
+const GATEWAY_V1ALPHA2: &str = "gateway.networking.k8s.io/v1alpha2";
+const GATEWAY_ROUTE: &str =
+    "routes with only Gateway parentRefs are the gateway's, not the mesh agent's";
 
 /// What a document is to the agent. (Short-lived, one per document: not worth boxing.)
 #[allow(clippy::large_enum_variant)]
@@ -47,11 +53,23 @@ pub fn parse_document(value: yaml_serde::Value) -> Result<Parsed, (String, Strin
                 s.check()?;
                 Object::Service(s)
             }
-            ("gateway.networking.k8s.io/v1", "HTTPRoute") => {
-                typed::<HttpRouteObject>(value)?.check()?;
-                return Ok(Parsed::Ignored(
-                    "routes with a Gateway parentRef are the gateway's, not the mesh agent's",
-                ));
+            (GATEWAY_V1 | GATEWAY_V1BETA1, "HTTPRoute") if !binds_a_service(&value) => {
+                return Ok(Parsed::Ignored(GATEWAY_ROUTE))
+            }
+            (GATEWAY_V1 | GATEWAY_V1ALPHA2, "GRPCRoute") if !binds_a_service(&value) => {
+                return Ok(Parsed::Ignored(GATEWAY_ROUTE))
+            }
+            (GATEWAY_V1 | GATEWAY_V1BETA1, "HTTPRoute") => {
+                match typed::<HttpRouteObject>(value)?.into_route()? {
+                    Some(route) => Object::Route(route),
+                    None => return Ok(Parsed::Ignored(GATEWAY_ROUTE)),
+                }
+            }
+            (GATEWAY_V1 | GATEWAY_V1ALPHA2, "GRPCRoute") => {
+                match typed::<GrpcRouteObject>(value)?.into_route()? {
+                    Some(route) => Object::Route(route),
+                    None => return Ok(Parsed::Ignored(GATEWAY_ROUTE)),
+                }
             }
             ("discovery.k8s.io/v1", "EndpointSlice") => {
                 Object::EndpointSlice(typed::<EndpointSliceObject>(value)?)

@@ -113,7 +113,7 @@ pub struct State {
     /// (namespace, name) → slice.
     #[serde(serialize_with = "values", deserialize_with = "keyed")]
     pub endpoint_slices: BTreeMap<(String, String), EndpointSlice>,
-    /// (namespace, name) → HTTPRoute or GRPCRoute bound to a Service (GAMMA).
+    /// `Route::key()` → HTTPRoute or GRPCRoute bound to a Service (GAMMA).
     #[serde(serialize_with = "values", deserialize_with = "keyed")]
     pub routes: BTreeMap<(String, String), super::routes::Route>,
     /// Index: pod IP → pod. Rebuilt by [`State::reindex`] once a source has filled the state.
@@ -173,10 +173,7 @@ keyed_by!(EndpointSlice, (String, String), |s| (
     s.namespace.clone(),
     s.name.clone()
 ));
-keyed_by!(super::routes::Route, (String, String), |r| (
-    r.namespace.clone(),
-    r.name.clone()
-));
+keyed_by!(super::routes::Route, (String, String), |r| r.key());
 
 fn values<S: serde::Serializer, K, V: Serialize>(
     m: &BTreeMap<K, V>,
@@ -226,6 +223,7 @@ impl State {
                     .flat_map(move |ip| s.ports.iter().map(move |p| ((*ip, p.port), s.key.clone())))
             })
             .collect();
+        self.resolve_route_backends();
     }
 
     pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&Pod> {
