@@ -49,6 +49,8 @@ use crate::{
 /// Request bodies up to this size are buffered so the request can be retried (or mirrored);
 /// larger ones stream through and are not retried (said in the access log).
 pub const MAX_BUFFERED_BODY: u64 = 64 * 1024;
+/// How long a mirrored request may take before it is dropped.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One handed-over connection, shared by its requests.
 pub struct Conn {
@@ -99,7 +101,7 @@ fn full(b: Bytes) -> Body {
 }
 
 async fn outbound(
-    conn: &Conn,
+    conn: &Arc<Conn>,
     state: &Arc<State>,
     req: http::Request<Body>,
     rec: &mut RequestRecord,
@@ -115,8 +117,8 @@ async fn outbound(
     let port = conn.h.dst.port();
     let routes = route::routes_for(state, &conn.h.pod.namespace, &frontend, port);
     let (mut parts, body) = req.into_parts();
-    let (rule, backend) = if routes.is_empty() {
-        (None, (frontend, port))
+    let (rule, chosen) = if routes.is_empty() {
+        (None, None)
     } else {
         let Some(routed) = route::select(&routes, &parts) else {
             return local(
@@ -128,21 +130,38 @@ async fn outbound(
         };
         rec.route = Some(format!("{}/{}", routed.route.namespace, routed.route.name));
         rec.route_rule = Some(routed.rule_index);
-        if let RequestAction::Respond(resp) = filters::apply_request(routed.rule, &mut parts) {
+        // Before the backend: a redirect rule has no backends.
+        if let RequestAction::Respond(resp) =
+            filters::apply_request_on(routed.rule, &mut parts, port)
+        {
             let (p, ()) = resp.into_parts();
             return http::Response::from_parts(p, full(Bytes::new()));
         }
-        let roll = rand::random::<u32>();
-        let Some(b) = route::pick_backend(routed.rule, roll) else {
+        let Some(b) = route::pick_backend(routed.rule, rand::random::<u32>()) else {
             return local(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "no backend can receive this request (weights are 0 or backends unresolved)",
+                "no backend can receive this request (every weight is 0)",
                 flags::NO_ROUTE,
                 rec,
             );
         };
-        (Some(routed.rule), (b.service.clone(), b.port))
+        if let Some(why) = &b.unresolved {
+            rec.backend = Some(format!("{}:{}", b.service, b.port));
+            return local(StatusCode::INTERNAL_SERVER_ERROR, why, flags::NO_ROUTE, rec);
+        }
+        if let RequestAction::Respond(resp) =
+            filters::apply_backend_request(routed.rule, b, &mut parts)
+        {
+            let (p, ()) = resp.into_parts();
+            return http::Response::from_parts(p, full(Bytes::new()));
+        }
+        (Some(routed.rule), Some(b))
     };
+    let backend = chosen.map_or((frontend, port), |b| (b.service.clone(), b.port));
+    if let Some(rule) = rule {
+        let targets = filters::mirrors_for(rule, chosen, rand::random::<u32>());
+        mirror(conn, state, &parts, &targets);
+    }
     rec.backend = Some(format!("{}:{}", backend.0, backend.1));
     report::set_service(rec, Some(&backend.0));
     let timeouts = rule.map(|r| r.timeouts).unwrap_or_default();
@@ -163,9 +182,54 @@ async fn outbound(
     if let Some(rule) = rule {
         let (mut p, b) = resp.into_parts();
         filters::apply_response(rule, &mut p);
+        if let Some(backend) = chosen {
+            filters::apply_backend_response(backend, &mut p);
+        }
         resp = http::Response::from_parts(p, b);
     }
     resp
+}
+
+/// Sends a copy of the request head (without its body: mirrors must not hold a body the real
+/// request streams) to each mirror target, answer discarded, bounded by the connect and a
+/// short response timeout. A mirror never delays or fails the real request.
+fn mirror(
+    conn: &Arc<Conn>,
+    state: &Arc<State>,
+    parts: &http::request::Parts,
+    targets: &[&crate::state::routes::Backend],
+) {
+    for t in targets {
+        let backend = (t.service.clone(), t.port);
+        let Ok(eps) = endpoints(conn, state, &backend) else {
+            continue;
+        };
+        let Some(ep) = eps.into_iter().next() else {
+            continue;
+        };
+        let authority = report::authority(parts).unwrap_or_default();
+        let Ok(req) = request::build(
+            request::copy_parts(parts),
+            full(Bytes::new()),
+            ep.key.version,
+            &authority,
+            false,
+        ) else {
+            continue;
+        };
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            let ctx = &conn.ctx;
+            let send = ctx.upstreams.send(ctx, &conn.netns, &ep.key, req, conn.id);
+            match tokio::time::timeout(MIRROR_TIMEOUT, send).await {
+                Ok(Ok(resp)) => {
+                    let _ = resp.into_body().collect().await;
+                }
+                Ok(Err(f)) => debug!(error = %f.error, "mirror failed"),
+                Err(_) => debug!("mirror timed out"),
+            }
+        });
+    }
 }
 
 /// An endpoint of the backend and how to reach it.
