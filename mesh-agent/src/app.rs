@@ -15,6 +15,7 @@ use crate::{
     admin::{self, Status},
     config::AgentConfig,
     identity::{CaClient, CertManager},
+    l7::{self, L7Pool},
     metrics::{self, AccessLog, Metrics},
     netns,
     proxy::{Mtls, Shared},
@@ -45,7 +46,10 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
         live: Default::default(),
         egress_hosts: Default::default(),
     });
+    let l7_pool = start_l7_pool(&cfg);
+    let mut cert_changes = shared.mtls.as_ref().map(|m| m.certs.changes());
     let status = Arc::new(RwLock::new(Status::new(&cfg)));
+    status.write().expect("status lock").l7_pool = l7_pool.clone();
     let admin = admin::serve(
         cfg.admin_addr,
         status.clone(),
@@ -89,6 +93,10 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)),
                 if retry_at.is_some() => {}
             _ = &mut shutdown => break,
+            _ = changed(&mut cert_changes) => {
+                push_l7(l7_pool.as_deref(), &shared);
+                continue;
+            }
         }
         let Some(loaded) = rx.borrow_and_update().clone() else {
             continue;
@@ -96,6 +104,7 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
         shared.state.store(Arc::new(loaded.state));
         let state = shared.state.load_full();
         enrollment.reconcile(&state);
+        push_l7(l7_pool.as_deref(), &shared);
         // What left the state leaves the pools, the balancer and the metrics too (bounded under churn).
         if let Some(mtls) = &shared.mtls {
             mtls.prune_pools(&state, &shared.node, &shared.trust_domain);
@@ -146,6 +155,37 @@ fn mtls(cfg: &AgentConfig) -> anyhow::Result<Option<Mtls>> {
     let quic = tunnel::quic::QuicPool::new(certs.clone());
     info!(ca = %addr, trust_domain = %cfg.trust_domain, "mTLS on: workload certificates from the mesh CA");
     Ok(Some(Mtls { certs, pool, quic }))
+}
+
+/// The node's L7 pool, its workers running this binary (none with `--l7-workers 0`).
+fn start_l7_pool(cfg: &AgentConfig) -> Option<Arc<L7Pool>> {
+    if cfg.l7_workers == 0 {
+        info!("L7 pool disabled (--l7-workers 0): connections that need L7 are refused");
+        return None;
+    }
+    let mut pool = l7::PoolConfig::new(&cfg.node, &cfg.trust_domain);
+    pool.workers = cfg.l7_workers;
+    pool.log = cfg.log.clone();
+    pool.log_format = cfg.log_format;
+    Some(Arc::new(L7Pool::start(pool)))
+}
+
+/// Sends the L7 workers the current state and certificates (a no-op when unchanged).
+fn push_l7(pool: Option<&L7Pool>, shared: &Shared) {
+    if let Some(pool) = pool {
+        let (certs, roots) = l7::snapshot::certs_of(shared.mtls.as_ref().map(|m| &m.certs));
+        pool.update(shared.state.load_full(), certs, roots);
+    }
+}
+
+/// Resolves when the watched value changes; never without one (or once its sender is gone).
+async fn changed(rx: &mut Option<watch::Receiver<u64>>) {
+    let Some(rx) = rx else {
+        return std::future::pending().await;
+    };
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 async fn shutdown_signal() {

@@ -18,4 +18,10 @@ pub mod handoff;
 pub mod otlp;
 pub mod route;
 pub mod server;
+pub mod snapshot;
+pub mod supervisor;
 pub mod trace;
+pub mod wire;
+pub mod worker;
+
+pub use supervisor::{L7Pool, PoolConfig, PoolStatus, Refusal};
