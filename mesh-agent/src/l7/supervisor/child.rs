@@ -28,7 +28,15 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
             .name("l7-spawner".into())
             .spawn(move || {
                 for (mut cmd, reply) in rx {
-                    let _ = reply.send(cmd.spawn());
+                    // The pool that asked may have stopped meanwhile: then no worker for it,
+                    // and none left running.
+                    if reply.is_closed() {
+                        continue;
+                    }
+                    if let Err(Ok(mut orphan)) = reply.send(cmd.spawn()) {
+                        let _ = orphan.kill();
+                        let _ = orphan.wait();
+                    }
                 }
             })
             .expect("spawning the L7 worker spawner thread");
@@ -101,26 +109,49 @@ fn in_child(fd: RawFd, parent: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// A child being reaped; killed and reaped at once if the reaping is abandoned (the pool
+/// stopped), so no worker outlives its pool.
+struct Reaping(Option<Child>);
+
+impl Drop for Reaping {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// How often a worker given a grace period is checked for having exited.
+const EXIT_POLL: Duration = Duration::from_millis(20);
+
 /// Waits for `child` to exit, killing it after `grace` (at once for zero), and says how it
 /// ended.
-pub(super) async fn reap(mut child: Child, grace: Duration) -> String {
-    let pid = child.id();
-    if grace.is_zero() {
-        let _ = child.kill();
-    }
-    let mut wait = tokio::task::spawn_blocking(move || child.wait());
-    let waited = match tokio::time::timeout(grace, &mut wait).await {
-        Ok(w) => w,
-        Err(_) => {
-            // Safety net for a worker that closed its socket but does not exit.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            wait.await
+pub(super) async fn reap(child: Child, grace: Duration) -> String {
+    let mut reaping = Reaping(Some(child));
+    let deadline = tokio::time::Instant::now() + grace;
+    while let Some(c) = reaping.0.as_mut() {
+        match c.try_wait() {
+            Ok(Some(status)) => {
+                reaping.0 = None;
+                return status.to_string();
+            }
+            Ok(None) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(EXIT_POLL).await
+            }
+            Ok(None) => break,
+            Err(e) => {
+                reaping.0 = None;
+                return format!("not reaped: {e}");
+            }
         }
+    }
+    let Some(mut child) = reaping.0.take() else {
+        return "not reaped".into();
     };
-    match waited {
+    let _ = child.kill();
+    // Short after SIGKILL (also for a stopped process); off the runtime's threads anyway.
+    match tokio::task::spawn_blocking(move || child.wait()).await {
         Ok(Ok(status)) => status.to_string(),
         Ok(Err(e)) => format!("not reaped: {e}"),
         Err(e) => format!("not reaped: {e}"),
