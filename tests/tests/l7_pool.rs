@@ -338,6 +338,21 @@ fn a_workers_request_records_reach_the_agent() {
 }
 
 #[test]
+fn a_worker_that_has_not_applied_a_snapshot_gets_no_connection() {
+    let dir = Scratch::new();
+    // Up, but never acknowledging the snapshot it is sent.
+    let script = fake_worker(&dir, &[]);
+    let pool = Pool::start(1, |c| c.exe = script);
+    pool.update();
+    let pid = eventually("the worker started", WAIT, || pool.status().workers[0].pid);
+    let (client, refused) = pool.hand();
+    assert_eq!(refused, Err(Refusal::NoWorker(1)));
+    assert!(closed_unanswered(client));
+    let w = pool.status().workers[0].clone();
+    assert_eq!((w.pid, w.ready, w.handed), (Some(pid), false, 0), "{w:?}");
+}
+
+#[test]
 fn garbage_from_a_worker_is_logged_and_the_worker_replaced() {
     for (garbage, expect) in [
         (frame(b"not json"), "bad message from the worker"),
@@ -487,10 +502,19 @@ fn the_agent_pushes_its_state_and_certificates_to_its_pool_and_shows_it() {
     let v = eventually("the pool configured", WAIT, || {
         ready(&mesh.a1.config_dump(), 0)
     });
-    assert_eq!(mesh.a1.config_dump()["l7_pool"]["refused"], 0);
-    // Certificates live 8 s and are renewed at about half-life: each renewal is pushed.
+    let issued = |dump: &serde_json::Value| -> u64 {
+        let certs = dump["certificates"].as_array().cloned().unwrap_or_default();
+        certs.iter().filter_map(|c| c["issued"].as_u64()).sum()
+    };
+    let dump = mesh.a1.config_dump();
+    assert_eq!(dump["l7_pool"]["refused"], 0);
+    let before = issued(&dump);
+    // Certificates live 8 s and are renewed at about half-life: each renewal is pushed (the
+    // configuration does not change meanwhile).
     eventually("a renewed certificate pushed", WAIT, || {
-        ready(&mesh.a1.config_dump(), v)
+        let dump = mesh.a1.config_dump();
+        (issued(&dump) > before).then_some(())?;
+        ready(&dump, v)
     });
     let log = mesh.a1.log();
     assert!(
