@@ -41,7 +41,7 @@ impl Pool {
         let mut cfg = PoolConfig::new("n1", "cluster.local");
         cfg.workers = workers;
         cfg.exe = agent_bin();
-        cfg.log = "info,mesh_agent=debug".into();
+        cfg.log = "warn".into();
         tune(&mut cfg);
         let pool = {
             let _in_rt = rt.enter();
@@ -521,6 +521,27 @@ fn the_agent_pushes_its_state_and_certificates_to_its_pool_and_shows_it() {
         log.contains("l7_worker") && log.contains("snapshot applied"),
         "workers log with the agent, naming themselves:\n{log}"
     );
+
+    // Workers never outlive their agent, even one killed without a chance to clean up.
+    let pids: Vec<u64> = mesh.a1.config_dump()["l7_pool"]["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w["pid"].as_u64())
+        .collect();
+    let mut mesh = mesh;
+    mesh.a1.kill();
+    eventually("the workers gone with their agent", WAIT, || {
+        pids.iter().all(|p| !alive(*p)).then_some(())
+    });
+}
+
+/// Running (or stopped), as opposed to gone or a zombie awaiting its new parent.
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(')').next().map(|r| r.trim_start().to_owned()))
+        .is_some_and(|state| !state.starts_with('Z') && !state.starts_with('X'))
 }
 
 #[test]

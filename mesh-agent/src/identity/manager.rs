@@ -459,6 +459,63 @@ mod tests {
 
     use super::*;
 
+    /// A certificate for `uri` signed by a fresh CA: (root PEM, chain PEM, key PEM).
+    fn issued(uri: &str) -> (String, String, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::ca::authority::Authority::load_or_create(
+            dir.path(),
+            "cluster.local",
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+        let csr = p.serialize_request(&key).unwrap().pem().unwrap();
+        let signed = ca.sign(&csr, |_| Ok(())).unwrap();
+        (signed.root, signed.chain.join(""), key.serialize_pem())
+    }
+
+    #[tokio::test]
+    async fn a_pushed_manager_installs_only_certificates_that_verify() {
+        let web: Identity = "spiffe://cluster.local/ns/shop/sa/web".parse().unwrap();
+        let (root, chain, key) = issued(&web.to_string());
+        let certs = CertManager::pushed(&root).unwrap();
+        let mut changes = certs.changes();
+        certs.install(&web, &chain, &key).unwrap();
+        assert!(changes.has_changed().unwrap(), "an install is a change");
+        changes.mark_unchanged();
+        let got = certs.get(&web).expect("installed");
+        assert_eq!(
+            (got.chain_pem.as_str(), got.key_pem.as_str()),
+            (chain.as_str(), key.as_str())
+        );
+        certs.install(&web, &chain, &key).unwrap();
+        assert!(
+            !changes.has_changed().unwrap(),
+            "the same chain again is no change"
+        );
+        certs.ensure(&web); // no CA client: nothing to renew with, and no panic
+
+        // Not for this identity, not from these roots, not matching its key: refused, and
+        // the last good one stays.
+        let api: Identity = "spiffe://cluster.local/ns/shop/sa/api".parse().unwrap();
+        let e = certs.install(&api, &chain, &key).unwrap_err().to_string();
+        assert!(
+            e.contains("not spiffe://cluster.local/ns/shop/sa/api"),
+            "{e}"
+        );
+        let (_, foreign_chain, foreign_key) = issued(&web.to_string());
+        assert!(certs.install(&web, &foreign_chain, &foreign_key).is_err());
+        assert!(certs.install(&web, &chain, &foreign_key).is_err());
+        assert_eq!(certs.get(&web).unwrap().chain_pem, chain);
+        assert!(CertManager::pushed("-----BEGIN CERTIFICATE-----\ngarbage\n").is_err());
+
+        certs.retain(|id| id != &web);
+        assert!(certs.get(&web).is_none() && certs.current().is_empty());
+        assert!(changes.has_changed().unwrap(), "a removal is a change");
+    }
+
     fn samples(failures: u32) -> Vec<Duration> {
         let mut rng = StdRng::seed_from_u64(u64::from(failures));
         (0..1000).map(|_| retry_delay(failures, &mut rng)).collect()
