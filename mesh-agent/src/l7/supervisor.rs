@@ -105,6 +105,11 @@ pub enum Refusal {
     Busy(usize),
     #[error("the pod's netns descriptor cannot be duplicated: {0}")]
     Netns(String),
+    #[error("the hand-off cannot be encoded: {0}")]
+    Encode(String),
+    /// Not produced by the pool: for callers whose node runs none (`--l7-workers 0`).
+    #[error("the L7 pool is disabled (--l7-workers 0)")]
+    Disabled,
 }
 
 impl Refusal {
@@ -115,6 +120,8 @@ impl Refusal {
             Refusal::NoWorker(_) => "no_worker",
             Refusal::Busy(_) => "busy",
             Refusal::Netns(_) => "netns",
+            Refusal::Encode(_) => "encode",
+            Refusal::Disabled => "disabled",
         }
     }
 }
@@ -287,7 +294,8 @@ impl L7Pool {
 
     /// Hands `stream` to a ready worker with the pod's netns (duplicated; the caller keeps its
     /// own) and `h`. The agent's copy of the connection is closed once it is on its way (or
-    /// at once, with a reset, when refused).
+    /// at once, with a reset, when refused). A tokio stream is passed as
+    /// `stream.into_std()?`; a `Netns` as `netns.as_fd()`. Never waits.
     pub fn hand(
         &self,
         stream: impl Into<OwnedFd>,
@@ -326,7 +334,7 @@ impl L7Pool {
         };
         let body = match wire::encode(&ToWorker::Handoff(h)) {
             Ok(b) => b,
-            Err(e) => return Err((Refusal::Netns(e.to_string()), stream)),
+            Err(e) => return Err((Refusal::Encode(e.to_string()), stream)),
         };
         let mut item = Handed {
             body,
@@ -462,6 +470,7 @@ async fn keep_running(shared: Arc<Shared>, i: usize) {
 async fn run_once(shared: &Arc<Shared>, i: usize) -> std::io::Result<()> {
     let slot = &shared.slots[i];
     let (ours, theirs) = UnixStream::pair()?;
+    let (reader, writer) = wire::split(ours)?;
     let proc = child::spawn(&shared.cfg, i, theirs).await?;
     let pid = proc.id();
     slot.pid.store(pid, Relaxed);
@@ -469,7 +478,6 @@ async fn run_once(shared: &Arc<Shared>, i: usize) -> std::io::Result<()> {
     slot.last_pong.store(shared.now_ms(), Relaxed);
     slot.notes.lock().expect("notes lock").child = Some(proc);
     info!(worker = i, pid, "L7 worker started");
-    let (reader, writer) = wire::split(ours)?;
     let (tx, rx) = mpsc::channel(shared.cfg.queue.max(1));
     *slot.queue.lock().expect("queue lock") = Some(tx);
     let (why, hung) = tokio::select! {
