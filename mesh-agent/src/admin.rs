@@ -49,6 +49,9 @@ pub struct Status {
     pub config_unreadable: Vec<ConfigError>,
     /// Documents of kinds the agent does not act on, once per kind.
     pub ignored_kinds: Vec<Ignored>,
+    /// The L7 pool (absent when disabled); /config_dump shows its live status.
+    #[serde(skip)]
+    pub l7_pool: Option<Arc<crate::l7::L7Pool>>,
 }
 
 impl Status {
@@ -64,6 +67,7 @@ impl Status {
             config_errors: Vec::new(),
             config_unreadable: Vec::new(),
             ignored_kinds: Vec::new(),
+            l7_pool: None,
         }
     }
 }
@@ -85,6 +89,8 @@ struct ConfigDump<'a> {
     certificates: Option<Vec<CertStatus>>,
     /// Pooled tunnel connections (absent without a CA).
     tunnel_pools: Option<crate::tunnel::PoolSizes>,
+    /// Workers, restarts, snapshot versions, refused hand-offs (absent when disabled).
+    l7_pool: Option<crate::l7::PoolStatus>,
     bpf: BpfDump,
     /// Sizes of the agent's per-endpoint and per-series tables (bounded under churn).
     tables: Tables,
@@ -191,6 +197,7 @@ fn route_now(req: Request<Incoming>, live: &Live) -> Response<Full<Bytes>> {
                 status: &status,
                 certificates: live.certs.as_ref().map(CertManager::statuses),
                 tunnel_pools: live.shared.mtls.as_ref().map(|m| m.pool_sizes()),
+                l7_pool: status.l7_pool.as_ref().map(|p| p.status()),
                 bpf: BpfDump {
                     pin_dir: status.config.bpf_pin_dir.clone(),
                     counters: live.maps.stats(),

@@ -15,6 +15,7 @@ use crate::{
     admin::{self, Status},
     config::AgentConfig,
     identity::{CaClient, CertManager},
+    l7::{self, L7Pool},
     metrics::{self, AccessLog, Metrics},
     netns,
     proxy::{Mtls, Shared},
@@ -34,6 +35,7 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
     let metrics = Arc::new(Metrics::default());
     let access_log = AccessLog::new(&cfg.access_log, metrics.clone())
         .with_context(|| format!("opening the access log {:?}", cfg.access_log))?;
+    let l7_pool = start_l7_pool(&cfg);
     let shared = Arc::new(Shared {
         node: cfg.node.clone(),
         trust_domain: cfg.trust_domain.clone(),
@@ -43,10 +45,16 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
         metrics: metrics.clone(),
         access_log,
         live: Default::default(),
-        l7: None,
+        l7: l7_pool.clone().map(|p| hand_to(p, metrics.clone())),
         egress_hosts: Default::default(),
     });
+    let reports = l7_pool
+        .as_ref()
+        .and_then(|p| p.reports())
+        .map(|rx| tokio::spawn(count_requests(shared.clone(), rx)));
+    let mut cert_changes = shared.mtls.as_ref().map(|m| m.certs.changes());
     let status = Arc::new(RwLock::new(Status::new(&cfg)));
+    status.write().expect("status lock").l7_pool = l7_pool.clone();
     let admin = admin::serve(
         cfg.admin_addr,
         status.clone(),
@@ -90,6 +98,10 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)),
                 if retry_at.is_some() => {}
             _ = &mut shutdown => break,
+            _ = changed(&mut cert_changes) => {
+                push_l7(l7_pool.as_deref(), &shared);
+                continue;
+            }
         }
         let Some(loaded) = rx.borrow_and_update().clone() else {
             continue;
@@ -97,6 +109,7 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
         shared.state.store(Arc::new(loaded.state));
         let state = shared.state.load_full();
         enrollment.reconcile(&state);
+        push_l7(l7_pool.as_deref(), &shared);
         // What left the state leaves the pools, the balancer and the metrics too (bounded under churn).
         if let Some(mtls) = &shared.mtls {
             mtls.prune_pools(&state, &shared.node, &shared.trust_domain);
@@ -129,6 +142,9 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
     admin.abort();
     metrics_server.abort();
     resolver.abort();
+    if let Some(r) = reports {
+        r.abort();
+    }
     Ok(())
 }
 
@@ -147,6 +163,62 @@ fn mtls(cfg: &AgentConfig) -> anyhow::Result<Option<Mtls>> {
     let quic = tunnel::quic::QuicPool::new(certs.clone());
     info!(ca = %addr, trust_domain = %cfg.trust_domain, "mTLS on: workload certificates from the mesh CA");
     Ok(Some(Mtls { certs, pool, quic }))
+}
+
+/// The node's L7 pool, its workers running this binary (none with `--l7-workers 0`).
+fn start_l7_pool(cfg: &AgentConfig) -> Option<Arc<L7Pool>> {
+    if cfg.l7_workers == 0 {
+        info!("L7 pool disabled (--l7-workers 0): connections that need L7 are refused");
+        return None;
+    }
+    let mut pool = l7::PoolConfig::new(&cfg.node, &cfg.trust_domain);
+    pool.workers = cfg.l7_workers;
+    pool.log = cfg.log.clone();
+    pool.log_format = cfg.log_format;
+    Some(Arc::new(L7Pool::start(pool)))
+}
+
+/// The proxy's way into the pool: each hand-off is counted (`weft_l7_handoffs_total`).
+fn hand_to(pool: Arc<L7Pool>, metrics: Arc<Metrics>) -> l7::Hand {
+    use std::os::fd::AsFd as _;
+    Box::new(move |fd, netns, h| match pool.hand(fd, netns.as_fd(), h) {
+        Ok(()) => {
+            metrics.l7_handoff(metrics::handoff::HANDED);
+            Ok(())
+        }
+        Err(r) => {
+            metrics.l7_refused(r.reason());
+            Err(r.to_string())
+        }
+    })
+}
+
+/// Every request the workers finished: Istio's HTTP metrics and the access log.
+async fn count_requests(
+    shared: Arc<Shared>,
+    mut rx: tokio::sync::mpsc::Receiver<crate::metrics::http::RequestRecord>,
+) {
+    while let Some(r) = rx.recv().await {
+        metrics::request_finished(&shared.metrics, &shared.access_log, &r);
+    }
+}
+
+/// Sends the L7 workers the current state and certificates (a no-op when unchanged).
+fn push_l7(pool: Option<&L7Pool>, shared: &Shared) {
+    if let Some(pool) = pool {
+        let (certs, roots) = l7::snapshot::certs_of(shared.mtls.as_ref().map(|m| &m.certs));
+        pool.update(shared.state.load_full(), certs, roots);
+    }
+}
+
+/// Resolves when the watched value changes; never without one (or once its sender is gone).
+async fn changed(rx: &mut Option<watch::Receiver<u64>>) {
+    let Some(rx) = rx else {
+        return std::future::pending().await;
+    };
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 async fn shutdown_signal() {

@@ -19,7 +19,8 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
@@ -31,6 +32,23 @@ pub enum Command {
     Run(RunArgs),
     /// Run the mesh CA: sign workload certificates for agents, each only for its own pods.
     Ca(crate::ca::CaArgs),
+    /// One worker of the node's L7 pool. The agent starts these itself, each with its end of
+    /// a socketpair as --fd; they take their configuration and connections from it only.
+    L7(L7Args),
+}
+
+#[derive(Debug, Args)]
+pub struct L7Args {
+    /// The inherited Unix socket to the agent.
+    #[arg(long)]
+    pub fd: i32,
+    /// This worker's index in the pool (for logs).
+    #[arg(long, default_value_t = 0)]
+    pub worker: usize,
+    #[arg(long, env = "WEFT_NODE")]
+    pub node: String,
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = crate::identity::spiffe::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +115,10 @@ pub struct RunArgs {
     /// How often the config directory is checked for changes, in milliseconds.
     #[arg(long, env = "WEFT_RELOAD_INTERVAL_MS", default_value_t = config::DEFAULT_RELOAD_INTERVAL.as_millis() as u64)]
     pub reload_interval_ms: u64,
+    /// Worker processes of the node's L7 pool; 0 disables it. Default: one per CPU, up to
+    /// four.
+    #[arg(long, env = "WEFT_L7_WORKERS")]
+    pub l7_workers: Option<usize>,
 }
 
 impl RunArgs {
@@ -121,6 +143,11 @@ impl RunArgs {
             reload_interval: Duration::from_millis(self.reload_interval_ms),
             metrics_addr: self.metrics_addr,
             access_log: self.access_log,
+            l7_workers: self
+                .l7_workers
+                .unwrap_or_else(crate::l7::supervisor::default_workers),
+            log: "info".into(),
+            log_format: LogFormat::Text,
         }
     }
 }

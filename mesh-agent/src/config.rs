@@ -63,6 +63,11 @@ pub struct AgentConfig {
     pub metrics_addr: SocketAddr,
     /// Where the per-connection access log goes.
     pub access_log: crate::metrics::access_log::Target,
+    /// Worker processes of the L7 pool (0: none).
+    pub l7_workers: usize,
+    /// The log filter and format in force, passed on to the L7 workers.
+    pub log: String,
+    pub log_format: crate::cli::LogFormat,
 }
 
 /// Where the cluster's configuration comes from.

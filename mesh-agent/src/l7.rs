@@ -22,8 +22,14 @@ pub mod report;
 pub mod request;
 pub mod route;
 pub mod server;
+pub mod snapshot;
+pub mod supervisor;
 pub mod trace;
 pub mod upstream;
+pub mod wire;
+pub mod worker;
+
+pub use supervisor::{L7Pool, PoolConfig, PoolStatus, Refusal};
 
 use std::os::fd::OwnedFd;
 

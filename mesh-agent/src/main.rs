@@ -41,9 +41,12 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = match cli.command {
         Command::Run(args) => {
-            runtime.block_on(mesh_agent::app::run(args.into_config(), Some(logging)))
+            let mut cfg = args.into_config();
+            (cfg.log, cfg.log_format) = (cli.log.clone(), cli.log_format);
+            runtime.block_on(mesh_agent::app::run(cfg, Some(logging)))
         }
         Command::Ca(args) => runtime.block_on(mesh_agent::ca::run(args)),
+        Command::L7(args) => runtime.block_on(mesh_agent::l7::worker::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

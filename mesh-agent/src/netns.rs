@@ -11,7 +11,7 @@ use std::{
     fs::File,
     io,
     os::{
-        fd::{AsFd, AsRawFd, BorrowedFd},
+        fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
         unix::fs::MetadataExt as _,
     },
     path::{Path, PathBuf},
@@ -94,11 +94,31 @@ impl Netns {
             id,
             cookie: 0,
         };
-        ns.cookie = ns.run(|| {
+        ns.cookie = ns.probe_cookie()?;
+        Ok(ns)
+    }
+
+    /// A netns handed over as an open file descriptor (an L7 worker gets the pod's from the
+    /// agent). Its path is the descriptor's /proc entry, valid while this handle lives.
+    pub fn from_fd(fd: OwnedFd) -> io::Result<Self> {
+        let path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        let file = File::from(fd);
+        let id = NetnsId::of_file(&file)?;
+        let mut ns = Self {
+            file,
+            path,
+            id,
+            cookie: 0,
+        };
+        ns.cookie = ns.probe_cookie()?;
+        Ok(ns)
+    }
+
+    fn probe_cookie(&self) -> io::Result<u64> {
+        self.run(|| {
             let probe = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
             netns_cookie(&probe)
-        })??;
-        Ok(ns)
+        })?
     }
 
     pub fn path(&self) -> &Path {
@@ -118,6 +138,13 @@ impl Netns {
     /// Runs `f` on this thread inside the netns, then switches back to the node's netns.
     pub fn run<T>(&self, f: impl FnOnce() -> T) -> io::Result<T> {
         switched(self.file.as_fd(), host_netns().as_fd(), f)
+    }
+}
+
+/// The netns file, e.g. to pass it to an L7 worker.
+impl AsFd for Netns {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
     }
 }
 

@@ -37,6 +37,7 @@ pub struct CaClient {
     node: String,
     token_file: PathBuf,
     roots: Vec<CertificateDer<'static>>,
+    roots_pem: String,
     tls: Arc<rustls::ClientConfig>,
 }
 
@@ -83,6 +84,7 @@ impl CaClient {
             node: node.to_owned(),
             token_file: dir.join("token"),
             roots,
+            roots_pem: root_pem,
             tls: Arc::new(tls),
         })
     }
@@ -90,6 +92,11 @@ impl CaClient {
     /// The mesh root(s) the bootstrap credential trusts.
     pub fn roots(&self) -> &[CertificateDer<'static>] {
         &self.roots
+    }
+
+    /// The same roots as PEM text (as read from the bootstrap directory).
+    pub fn roots_pem(&self) -> &str {
+        &self.roots_pem
     }
 
     pub async fn sign(&self, csr_pem: &str) -> Result<SignResponse, Error> {

@@ -3,6 +3,9 @@
 //! CA is down still serves), and renewed at half-life with jitter. A failed renewal keeps the
 //! last good certificate, retries with backoff and is reported; it never affects other
 //! identities and never stops the agent.
+//!
+//! An L7 worker has no CA client: its manager is `pushed`, and the agent installs the PEMs of
+//! its own certificates into it (verified exactly as an issued one is).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -17,7 +20,7 @@ use rustls::{
     sign::CertifiedKey,
 };
 use serde::Serialize;
-use tokio::task::JoinHandle;
+use tokio::{sync::watch, task::JoinHandle};
 use tracing::{info, warn};
 
 use super::{CaClient, Identity};
@@ -39,6 +42,9 @@ pub struct WorkloadCert {
     /// When this agent obtained it. Half-life is measured from here: the CA backdates
     /// not_before for clock skew, which would otherwise put half-life in the past.
     pub obtained: SystemTime,
+    /// What `certified` was built from: the agent sends these to its L7 workers.
+    pub chain_pem: String,
+    pub key_pem: String,
 }
 
 impl WorkloadCert {
@@ -72,9 +78,14 @@ pub struct CertManager {
 
 #[derive(Debug)]
 struct Inner {
-    client: CaClient,
+    /// None in a worker (`pushed`): certificates come from the agent, nothing is renewed here.
+    client: Option<CaClient>,
     dir: PathBuf,
     trust: Arc<TrustBundle>,
+    /// The PEM text of the roots in `trust` (sent on to workers).
+    roots_pem: RwLock<String>,
+    /// Bumped whenever a certificate is added, replaced or removed.
+    changes: watch::Sender<u64>,
     certs: RwLock<HashMap<Identity, Arc<WorkloadCert>>>,
     status: RwLock<BTreeMap<Identity, CertStatus>>,
     tasks: Mutex<HashMap<Identity, JoinHandle<()>>>,
@@ -84,16 +95,131 @@ impl CertManager {
     pub fn new(client: CaClient, state_dir: &Path) -> anyhow::Result<Self> {
         let trust = Arc::new(TrustBundle::default());
         trust.set(client.roots())?;
-        Ok(Self {
+        let roots_pem = client.roots_pem().to_owned();
+        Ok(Self::with(
+            Some(client),
+            state_dir.join("certs"),
+            trust,
+            roots_pem,
+        ))
+    }
+
+    /// A manager without a CA (an L7 worker's): it trusts `roots_pem` and holds the
+    /// certificates `install` is given. Empty roots are allowed (an agent without a CA).
+    pub fn pushed(roots_pem: &str) -> anyhow::Result<Self> {
+        let me = Self::with(None, PathBuf::new(), Arc::default(), String::new());
+        me.set_roots(roots_pem)?;
+        Ok(me)
+    }
+
+    fn with(
+        client: Option<CaClient>,
+        dir: PathBuf,
+        trust: Arc<TrustBundle>,
+        roots_pem: String,
+    ) -> Self {
+        Self {
             inner: Arc::new(Inner {
                 client,
-                dir: state_dir.join("certs"),
+                dir,
                 trust,
+                roots_pem: RwLock::new(roots_pem),
+                changes: watch::channel(0).0,
                 certs: RwLock::new(HashMap::new()),
                 status: RwLock::new(BTreeMap::new()),
                 tasks: Mutex::new(HashMap::new()),
             }),
-        })
+        }
+    }
+
+    /// Replaces the trusted roots (a pushed manager's, when the agent's change); unchanged
+    /// text is a no-op, a bad bundle keeps the old one.
+    pub fn set_roots(&self, roots_pem: &str) -> anyhow::Result<()> {
+        if *self.inner.roots_pem.read().expect("roots lock") == roots_pem {
+            return Ok(());
+        }
+        let roots = CertificateDer::pem_slice_iter(roots_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("trust roots: {e}"))?;
+        self.inner
+            .trust
+            .set(&roots)
+            .map_err(|e| anyhow::anyhow!("trust roots: {e}"))?;
+        *self.inner.roots_pem.write().expect("roots lock") = roots_pem.to_owned();
+        Ok(())
+    }
+
+    /// The trusted roots as PEM.
+    pub fn roots_pem(&self) -> String {
+        self.inner.roots_pem.read().expect("roots lock").clone()
+    }
+
+    /// Installs a certificate the agent pushed, refusing one that does not chain to the
+    /// roots, is not for `id`, has expired or does not match its key (the last good one
+    /// stays). Installing the chain already in use is a no-op.
+    pub fn install(&self, id: &Identity, chain_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+        if self
+            .get(id)
+            .is_some_and(|c| c.chain_pem == chain_pem && c.key_pem == key_pem)
+        {
+            return Ok(());
+        }
+        let cert = self.certified(id, chain_pem, key_pem, SystemTime::now())?;
+        self.put(id, cert);
+        Ok(())
+    }
+
+    /// Drops every certificate whose identity `keep` rejects (a pushed manager's, when the
+    /// agent no longer sends it).
+    pub fn retain(&self, keep: impl Fn(&Identity) -> bool) {
+        let gone: Vec<Identity> = self
+            .inner
+            .certs
+            .read()
+            .expect("certs lock")
+            .keys()
+            .filter(|id| !keep(id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.release(&id);
+        }
+    }
+
+    /// The certificates in use now.
+    pub fn current(&self) -> Vec<Arc<WorkloadCert>> {
+        let mut all: Vec<_> = self
+            .inner
+            .certs
+            .read()
+            .expect("certs lock")
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.identity.cmp(&b.identity));
+        all
+    }
+
+    /// Changes whenever a certificate is added, renewed or removed.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    fn put(&self, id: &Identity, cert: WorkloadCert) {
+        self.inner
+            .certs
+            .write()
+            .expect("certs lock")
+            .insert(id.clone(), Arc::new(cert));
+        let mut status = self.inner.status.write().expect("status lock");
+        let s = status.entry(id.clone()).or_insert_with(|| CertStatus {
+            identity: id.to_string(),
+            ..Default::default()
+        });
+        s.issued += 1;
+        s.last_error = None;
+        drop(status);
+        self.inner.changes.send_modify(|n| *n += 1);
     }
 
     pub fn trust(&self) -> Arc<TrustBundle> {
@@ -109,8 +235,12 @@ impl CertManager {
             .cloned()
     }
 
-    /// Starts keeping a certificate for `id` (idempotent).
+    /// Starts keeping a certificate for `id` (idempotent). A pushed manager has nothing to
+    /// keep it with: the agent installs it.
     pub fn ensure(&self, id: &Identity) {
+        if self.inner.client.is_none() {
+            return;
+        }
         let mut tasks = self.inner.tasks.lock().expect("tasks lock");
         if tasks.contains_key(id) {
             return;
@@ -128,6 +258,7 @@ impl CertManager {
                     .write()
                     .expect("certs lock")
                     .insert(id.clone(), Arc::new(cert));
+                self.inner.changes.send_modify(|n| *n += 1);
             }
             Ok(None) => {}
             Err(e) => {
@@ -152,8 +283,11 @@ impl CertManager {
         if let Some(t) = self.inner.tasks.lock().expect("tasks lock").remove(id) {
             t.abort();
         }
-        self.inner.certs.write().expect("certs lock").remove(id);
+        let removed = self.inner.certs.write().expect("certs lock").remove(id);
         self.inner.status.write().expect("status lock").remove(id);
+        if removed.is_some() {
+            self.inner.changes.send_modify(|n| *n += 1);
+        }
     }
 
     pub fn statuses(&self) -> Vec<CertStatus> {
@@ -192,15 +326,7 @@ impl CertManager {
             match self.issue(&id).await {
                 Ok(cert) => {
                     info!(identity = %id, expires_in_secs = secs_between(SystemTime::now(), cert.not_after), "certificate issued");
-                    self.inner
-                        .certs
-                        .write()
-                        .expect("certs lock")
-                        .insert(id.clone(), Arc::new(cert));
-                    let mut status = self.inner.status.write().expect("status lock");
-                    let s = status.entry(id.clone()).or_default();
-                    s.issued += 1;
-                    s.last_error = None;
+                    self.put(&id, cert);
                     failures = 0;
                 }
                 Err(e) => {
@@ -224,7 +350,11 @@ impl CertManager {
         let mut params = CertificateParams::default();
         params.subject_alt_names = vec![SanType::URI(id.to_string().try_into()?)];
         let csr = params.serialize_request(&key)?.pem()?;
-        let signed = self.inner.client.sign(&csr).await?;
+        let client =
+            self.inner.client.as_ref().ok_or_else(|| {
+                anyhow::anyhow!("no CA client: certificates are pushed by the agent")
+            })?;
+        let signed = client.sign(&csr).await?;
         let chain_pem = signed.chain.join("");
         let key_pem = key.serialize_pem();
         let cert = self.certified(id, &chain_pem, &key_pem, SystemTime::now())?;
@@ -262,6 +392,8 @@ impl CertManager {
             not_before,
             not_after,
             obtained: obtained.min(SystemTime::now()).max(not_before),
+            chain_pem: chain_pem.to_owned(),
+            key_pem: key_pem.to_owned(),
         })
     }
 
@@ -326,6 +458,63 @@ mod tests {
     use rand::{rngs::StdRng, SeedableRng as _};
 
     use super::*;
+
+    /// A certificate for `uri` signed by a fresh CA: (root PEM, chain PEM, key PEM).
+    fn issued(uri: &str) -> (String, String, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::ca::authority::Authority::load_or_create(
+            dir.path(),
+            "cluster.local",
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+        let csr = p.serialize_request(&key).unwrap().pem().unwrap();
+        let signed = ca.sign(&csr, |_| Ok(())).unwrap();
+        (signed.root, signed.chain.join(""), key.serialize_pem())
+    }
+
+    #[tokio::test]
+    async fn a_pushed_manager_installs_only_certificates_that_verify() {
+        let web: Identity = "spiffe://cluster.local/ns/shop/sa/web".parse().unwrap();
+        let (root, chain, key) = issued(&web.to_string());
+        let certs = CertManager::pushed(&root).unwrap();
+        let mut changes = certs.changes();
+        certs.install(&web, &chain, &key).unwrap();
+        assert!(changes.has_changed().unwrap(), "an install is a change");
+        changes.mark_unchanged();
+        let got = certs.get(&web).expect("installed");
+        assert_eq!(
+            (got.chain_pem.as_str(), got.key_pem.as_str()),
+            (chain.as_str(), key.as_str())
+        );
+        certs.install(&web, &chain, &key).unwrap();
+        assert!(
+            !changes.has_changed().unwrap(),
+            "the same chain again is no change"
+        );
+        certs.ensure(&web); // no CA client: nothing to renew with, and no panic
+
+        // Not for this identity, not from these roots, not matching its key: refused, and
+        // the last good one stays.
+        let api: Identity = "spiffe://cluster.local/ns/shop/sa/api".parse().unwrap();
+        let e = certs.install(&api, &chain, &key).unwrap_err().to_string();
+        assert!(
+            e.contains("not spiffe://cluster.local/ns/shop/sa/api"),
+            "{e}"
+        );
+        let (_, foreign_chain, foreign_key) = issued(&web.to_string());
+        assert!(certs.install(&web, &foreign_chain, &foreign_key).is_err());
+        assert!(certs.install(&web, &chain, &foreign_key).is_err());
+        assert_eq!(certs.get(&web).unwrap().chain_pem, chain);
+        assert!(CertManager::pushed("-----BEGIN CERTIFICATE-----\ngarbage\n").is_err());
+
+        certs.retain(|id| id != &web);
+        assert!(certs.get(&web).is_none() && certs.current().is_empty());
+        assert!(changes.has_changed().unwrap(), "a removal is a change");
+    }
 
     fn samples(failures: u32) -> Vec<Duration> {
         let mut rng = StdRng::seed_from_u64(u64::from(failures));

@@ -1,0 +1,218 @@
+//! `mesh-agent l7 --fd N`: one worker of the node's L7 pool. It reads frames from the agent
+//! on the inherited socket: snapshots (applied in order, acknowledged by version), hand-offs
+//! (a connection and its pod's netns, served by `server::serve`) and pings. It sends back
+//! acknowledgements, pongs and each finished request's record, and exits when the agent's
+//! end of the socket closes (and, through PR_SET_PDEATHSIG, when the agent dies).
+
+use std::{
+    os::{
+        fd::{FromRawFd as _, OwnedFd, RawFd},
+        unix::net::UnixStream,
+    },
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, info_span, warn, Instrument as _};
+
+use super::{
+    context::Context,
+    handoff::Handoff,
+    server,
+    wire::{self, Frame, FrameWriter, ToAgent, ToWorker},
+};
+use crate::{cli::L7Args, identity::CertManager, netns::Netns};
+
+/// Messages queued for the agent (acks, pongs, reports); reports beyond it are dropped.
+const OUT_QUEUE: usize = 4096;
+/// Request records the server may queue before `Context::report` drops them.
+const REPORT_QUEUE: usize = 4096;
+
+#[derive(Default)]
+struct Counters {
+    connections: AtomicU64,
+    reports_dropped: AtomicU64,
+}
+
+pub async fn run(args: L7Args) -> anyhow::Result<()> {
+    // Also set by the agent before exec; set here too for a worker started any other way.
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .context("PR_SET_PDEATHSIG")?;
+    crate::netns::init();
+    let span = info_span!("l7_worker", worker = args.worker, pid = std::process::id());
+    serve_agent(args).instrument(span).await
+}
+
+async fn serve_agent(args: L7Args) -> anyhow::Result<()> {
+    let sock = inherited_socket(args.fd)?;
+    let (mut reader, writer) = wire::split(sock).context("the agent's socket")?;
+    let (out, out_rx) = mpsc::channel::<Bytes>(OUT_QUEUE);
+    tokio::spawn(write_out(writer, out_rx).in_current_span());
+    let (reports, reports_rx) = mpsc::channel(REPORT_QUEUE);
+    let certs = CertManager::pushed("")?;
+    let ctx = Arc::new(Context::new(args.node, args.trust_domain, certs, reports));
+    let counters = Arc::new(Counters::default());
+    tokio::spawn(forward_reports(reports_rx, out.clone(), counters.clone()).in_current_span());
+    info!("L7 worker up; waiting for the agent's snapshot");
+    let mut configured = false;
+    loop {
+        let frame = match reader.next().await {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                info!("the agent closed the socket; exiting");
+                return Ok(());
+            }
+            Err(e) => {
+                // The stream is out of step: nothing after this can be trusted to be a frame.
+                error!(error = %e, "bad frame from the agent; exiting");
+                return Err(e).context("reading from the agent");
+            }
+        };
+        let reply = handle(&ctx, &counters, &mut configured, frame);
+        if let Some(msg) = reply {
+            let body = wire::encode(&msg)?;
+            if out.send(body).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Acts on one frame; returns the answer to send, if any.
+fn handle(
+    ctx: &Arc<Context>,
+    counters: &Arc<Counters>,
+    configured: &mut bool,
+    frame: Frame,
+) -> Option<ToAgent> {
+    let Frame { body, fds } = frame;
+    let msg = match serde_json::from_slice::<ToWorker>(&body) {
+        Ok(m) => m,
+        Err(e) => {
+            warn!(error = %e, bytes = body.len(), "undecodable message from the agent; skipped");
+            return Some(ToAgent::Rejected {
+                error: format!("undecodable message of {} bytes: {e}", body.len()),
+            });
+        }
+    };
+    match msg {
+        ToWorker::Snapshot(s) => {
+            let version = s.version;
+            let errors = s.apply(ctx);
+            *configured = true;
+            info!(version, errors = errors.len(), "snapshot applied");
+            Some(ToAgent::Applied { version, errors })
+        }
+        ToWorker::Ping { seq } => Some(ToAgent::Pong {
+            seq,
+            connections: counters.connections.load(Relaxed),
+            reports_dropped: counters.reports_dropped.load(Relaxed),
+        }),
+        ToWorker::Handoff(h) => {
+            if !*configured {
+                warn!(connection = %h.id, "hand-off before any snapshot; connection closed");
+            } else if let Err(e) = accept(ctx, counters, h.clone(), fds) {
+                warn!(connection = %h.id, error = %e, "unusable hand-off; connection closed");
+            }
+            None
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HandoffError {
+    #[error("{0} descriptors instead of 2 (connection, netns)")]
+    Fds(usize),
+    #[error("the connection: {0}")]
+    Stream(std::io::Error),
+    #[error("the pod's netns: {0}")]
+    Netns(std::io::Error),
+}
+
+/// Turns the passed descriptors into a tokio TcpStream and the pod's Netns, then serves.
+fn accept(
+    ctx: &Arc<Context>,
+    counters: &Arc<Counters>,
+    h: Handoff,
+    fds: Vec<OwnedFd>,
+) -> Result<(), HandoffError> {
+    let n = fds.len();
+    let [stream, netns]: [OwnedFd; 2] = fds.try_into().map_err(|_| HandoffError::Fds(n))?;
+    let stream = tcp_stream(stream).map_err(HandoffError::Stream)?;
+    let netns = Netns::from_fd(netns).map_err(HandoffError::Netns)?;
+    debug!(connection = %h.id, pod = %h.pod, dst = %h.dst, "connection handed over");
+    let span = info_span!("connection", id = %h.id, pod = %h.pod, dst = %h.dst);
+    let ctx = ctx.clone();
+    let counters = counters.clone();
+    counters.connections.fetch_add(1, Relaxed);
+    tokio::spawn(
+        async move {
+            server::serve(ctx, stream, netns, h).await;
+            counters.connections.fetch_sub(1, Relaxed);
+        }
+        .instrument(span),
+    );
+    Ok(())
+}
+
+/// A passed descriptor as a tokio TcpStream, refusing anything but a TCP socket.
+fn tcp_stream(fd: OwnedFd) -> std::io::Result<tokio::net::TcpStream> {
+    let sock = socket2::Socket::from(fd);
+    let is_inet = sock.local_addr()?.as_socket().is_some();
+    if !is_inet || sock.r#type()? != socket2::Type::STREAM {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a TCP socket",
+        ));
+    }
+    let std: std::net::TcpStream = sock.into();
+    std.set_nonblocking(true)?;
+    tokio::net::TcpStream::from_std(std)
+}
+
+/// The agent's socket, inherited as `fd`.
+#[allow(unsafe_code)]
+fn inherited_socket(fd: RawFd) -> anyhow::Result<UnixStream> {
+    let st = nix::sys::stat::fstat(fd).with_context(|| format!("--fd {fd}"))?;
+    anyhow::ensure!(
+        st.st_mode & libc::S_IFMT == libc::S_IFSOCK,
+        "--fd {fd} is not a socket"
+    );
+    // Safety: the agent opened this descriptor for us and passed it across exec; nothing
+    // else in this process uses it, so it is owned here exactly once.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Descriptors this worker opens must not leak into anything it might start.
+    nix::fcntl::fcntl(fd, nix::fcntl::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+    Ok(UnixStream::from(owned))
+}
+
+/// The only writer of the agent's socket.
+async fn write_out(writer: FrameWriter, mut rx: mpsc::Receiver<Bytes>) {
+    while let Some(body) = rx.recv().await {
+        if let Err(e) = writer.send(&body, &[]).await {
+            warn!(error = %e, "cannot write to the agent");
+            return;
+        }
+    }
+}
+
+/// Sends request records on to the agent, dropping (and counting) what does not fit.
+async fn forward_reports(
+    mut rx: mpsc::Receiver<crate::metrics::http::RequestRecord>,
+    out: mpsc::Sender<Bytes>,
+    counters: Arc<Counters>,
+) {
+    while let Some(r) = rx.recv().await {
+        let sent = wire::encode(&ToAgent::Report(Box::new(r)))
+            .ok()
+            .is_some_and(|b| out.try_send(b).is_ok());
+        if !sent {
+            counters.reports_dropped.fetch_add(1, Relaxed);
+        }
+    }
+}
