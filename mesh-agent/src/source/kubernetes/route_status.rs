@@ -44,7 +44,13 @@ pub const CONTROLLER_NAME: &str = "weft.dev/mesh";
 pub const AGENT_POD_LABEL: (&str, &str) = ("app", "mesh-agent");
 const ROUTE_KINDS: &[&str] = &["HTTPRoute", "GRPCRoute"];
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// A failed write is retried after this, doubling up to `RETRY_MAX` while writes keep failing.
+const RETRY_MIN: Duration = Duration::from_secs(5);
+const RETRY_MAX: Duration = Duration::from_secs(300);
+/// Gateway API's bound on `status.parents` (the API server refuses more).
+const MAX_PARENTS: usize = 32;
+/// Condition messages are kept this short (the API allows 32768 bytes).
+const MAX_MESSAGE: usize = 1024;
 
 /// One route's status, owed by this agent.
 #[derive(Debug, Clone, PartialEq)]
@@ -195,6 +201,9 @@ fn route_write(
         .filter(|e| e["controllerName"] != CONTROLLER_NAME)
         .collect();
     parents.extend(ours);
+    // Over the API's bound the whole write would be refused, again and again: ours go last and
+    // the excess is dropped (a route with more than 32 parents is unusual).
+    parents.truncate(MAX_PARENTS);
     Some(StatusWrite {
         kind,
         namespace: ns.to_owned(),
@@ -221,7 +230,16 @@ fn service_parents(route: &Value) -> impl Iterator<Item = &Value> {
 type Cond = (bool, &'static str, String);
 
 fn cond(ok: bool, reason: &'static str, message: &str) -> Cond {
-    (ok, reason, message.to_owned())
+    let mut message = message.to_owned();
+    if message.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    (ok, reason, message)
 }
 
 fn accepted(parent: &Value, route_ns: &str, state: &State) -> Cond {
@@ -409,18 +427,18 @@ async fn run(
     // What was written, from which version: a plan computed before the watch has delivered
     // our own write must not write it again.
     let mut written: HashMap<RouteId, (Option<String>, Vec<String>)> = HashMap::new();
-    let mut retry = false;
+    let mut retry: Option<Duration> = None;
     loop {
-        if retry {
+        if let Some(after) = retry {
             tokio::select! {
                 changed = plans.changed() => if changed.is_err() { return },
-                () = tokio::time::sleep(RETRY_AFTER) => {}
+                () = tokio::time::sleep(after) => {}
             }
         } else if plans.changed().await.is_err() {
             return;
         }
         let plan = plans.borrow_and_update().clone();
-        retry = false;
+        let mut failed = false;
         for w in &plan {
             let id = (w.kind.kind, w.namespace.clone(), w.name.clone());
             let what = (w.resource_version.clone(), said(&w.parents));
@@ -434,7 +452,7 @@ async fn run(
                 }
                 Err(e) => {
                     warn!(kind = w.kind.kind, route = %format!("{}/{}", w.namespace, w.name), error = %e, "route status not written; will retry");
-                    retry = true;
+                    failed = true;
                 }
             }
         }
@@ -443,6 +461,7 @@ async fn run(
             plan.iter()
                 .any(|w| w.kind.kind == id.0 && w.namespace == id.1 && w.name == id.2)
         });
+        retry = failed.then(|| retry.map_or(RETRY_MIN, |r| (r * 2).min(RETRY_MAX)));
         done.send_modify(|n| *n += 1);
     }
 }

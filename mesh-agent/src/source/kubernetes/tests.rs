@@ -41,6 +41,8 @@ struct Script {
     seen: Vec<(String, bool)>,
     /// PATCH requests: (path, content type, body).
     patches: Vec<(String, String, serde_json::Value)>,
+    /// The status of the nth PATCH's answer (200 after the list).
+    patch_answers: Vec<u16>,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -95,11 +97,22 @@ async fn patched(script: &Mutex<Script>, req: Request<hyper::body::Incoming>) ->
         .to_owned();
     let body = req.into_body().collect().await.unwrap().to_bytes();
     let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    script
-        .lock()
-        .unwrap()
-        .patches
-        .push((path.clone(), content_type, body));
+    let answer = {
+        let mut s = script.lock().unwrap();
+        let n = s.patches.len();
+        s.patches.push((path.clone(), content_type, body));
+        s.patch_answers.get(n).copied().unwrap_or(200)
+    };
+    if answer != 200 {
+        return Response::builder()
+            .status(answer)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(serde_json::json!({
+                "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": "etcdserver: request timed out", "reason": "InternalError", "code": answer
+            }).to_string())).boxed())
+            .unwrap();
+    }
     // .../namespaces/NS/PLURAL/NAME/status
     let parts: Vec<&str> = path.split('/').collect();
     let object = serde_json::json!({
@@ -419,13 +432,28 @@ fn routes_cluster() -> Script {
 /// finished a plan made from the full list; returns the PATCHes it sent, by route name.
 async fn status_patches(node: &str) -> BTreeMap<String, (String, serde_json::Value)> {
     let (client, script) = fake_api_server(routes_cluster()).await;
+    status_writes(client, node, 1, &script)
+        .await
+        .into_iter()
+        .map(|(name, content_type, body)| (name, (content_type, body)))
+        .collect()
+}
+
+/// The PATCHes the agent of `node` sent once its writer has finished `plans` plans, in order:
+/// (route name, content type, body).
+async fn status_writes(
+    client: Client,
+    node: &str,
+    plans: u64,
+    script: &Mutex<Script>,
+) -> Vec<(String, String, serde_json::Value)> {
     let writer = route_status::Writer::spawn(client.clone());
     let mut done = writer.done.clone();
     let (tx, _rx) = watch::channel(None);
     tokio::spawn(run(client, KINDS, Some(node.into()), tx, Some(writer)));
-    tokio::time::timeout(Duration::from_secs(20), done.wait_for(|n| *n >= 1))
+    tokio::time::timeout(Duration::from_secs(20), done.wait_for(|n| *n >= plans))
         .await
-        .expect("the status writer finished a plan")
+        .expect("the status writer finished its plans")
         .unwrap();
     let patches = script.lock().unwrap().patches.clone();
     patches
@@ -436,9 +464,24 @@ async fn status_patches(node: &str) -> BTreeMap<String, (String, serde_json::Val
                 .and_then(|p| p.strip_suffix("/status"))
                 .unwrap_or_else(|| panic!("a status PATCH of an HTTPRoute: {path}"))
                 .to_owned();
-            (name, (content_type, body))
+            (name, content_type, body)
         })
         .collect()
+}
+
+#[tokio::test]
+async fn a_failed_status_write_is_retried_and_what_succeeded_is_not_written_again() {
+    let mut cluster = routes_cluster();
+    cluster.patch_answers = vec![500];
+    let (client, script) = fake_api_server(cluster).await;
+    let writes = status_writes(client, "n1", 2, &script).await;
+    let names: Vec<&str> = writes.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(names, ["broken", "orders-split", "broken"]);
+    assert_eq!(
+        conditions(&writes[0].2),
+        conditions(&writes[2].2),
+        "the same status, retried"
+    );
 }
 
 /// Our entry's conditions as (type, status, reason, message, observedGeneration).
