@@ -5,7 +5,8 @@
 //! here, its L4 parts (principals, namespaces, ipBlocks, ports) included, so this one verdict is
 //! the whole decision for the request.
 //!
-//! Matching (`matching.rs`): paths are matched without the query string: exact, `/api/*`
+//! Matching (`matching.rs`): paths are matched without the query string, normalized as Istio's
+//! default (`BASE`: RFC 3986 dot segments removed, encoded unreserved characters decoded): exact, `/api/*`
 //! (prefix `/api/`), `*.js` (suffix) or `*` (any); methods are case-sensitive, in the same
 //! forms; hosts are compared case-insensitively with the `Host` / `:authority` as sent (a port
 //! included: Istio's `example.com:*` idiom works); a header condition sees the header's fields
@@ -165,6 +166,15 @@ mod tests {
             ..Default::default()
         });
         assert!(get(any, "/anything"));
+
+        // Dot segments and encoded unreserved characters do not get around a path rule.
+        let admin = op(Operation {
+            not_paths: strings(&["/admin/*"]),
+            ..Default::default()
+        });
+        assert!(!get(admin.clone(), "/public/../admin/users"));
+        assert!(!get(admin.clone(), "/%61dmin/users"));
+        assert!(get(admin, "/public/admin/users"));
 
         let not = op(Operation {
             not_paths: strings(&["/admin/*", "/debug"]),

@@ -170,7 +170,8 @@ fn operation_matches(o: &Operation, c: &Connection, req: Option<&Request<'_>>) -
     let Some(req) = req else {
         return l4;
     };
-    let path = path_without_query(req.path);
+    let path = normalize_path(path_without_query(req.path));
+    let path = path.as_str();
     let host = req.host.to_ascii_lowercase();
     let hosts = |patterns: &[String]| -> Vec<String> {
         patterns.iter().map(|p| p.to_ascii_lowercase()).collect()
@@ -186,6 +187,56 @@ fn operation_matches(o: &Operation, c: &Connection, req: Option<&Request<'_>>) -
 /// Istio matches paths without the query string (Envoy's `url_path`).
 fn path_without_query(path: &str) -> &str {
     path.split(['?', '#']).next().unwrap_or(path)
+}
+
+/// The path as Istio's default normalization (`BASE`, RFC 3986) has it before policy sees it:
+/// percent-encoded unreserved characters decoded, then `.` and `..` segments removed. So
+/// `/public/../admin` and `/%61dmin` are `/admin` to a DENY on `/admin/*`, whatever the
+/// application later makes of the raw path.
+pub fn normalize_path(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                let c = (h * 16 + l) as u8;
+                if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
+                    decoded.push(c);
+                    i += 3;
+                    continue;
+                }
+            }
+        }
+        decoded.push(bytes[i]);
+        i += 1;
+    }
+    // Decoding only ever produced ASCII from ASCII: still UTF-8.
+    let decoded = String::from_utf8(decoded).unwrap_or_else(|_| path.to_owned());
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = decoded.split('/').collect();
+    for (n, seg) in segments.iter().enumerate() {
+        let last = n + 1 == segments.len();
+        match *seg {
+            "." | ".." => {
+                if *seg == ".." && out.len() > 1 {
+                    out.pop();
+                }
+                // A trailing dot segment leaves the directory: `/a/b/..` is `/a/`.
+                if last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    let joined = out.join("/");
+    if joined.starts_with('/') || !path.starts_with('/') {
+        joined
+    } else {
+        format!("/{joined}")
+    }
 }
 
 fn condition_matches(c: &Condition, conn: &Connection, req: Option<&Request<'_>>) -> bool {
@@ -247,5 +298,25 @@ mod tests {
         assert!(in_block("0.0.0.0/0", ip("192.0.2.1")));
         assert!(in_block("fd00::/8", ip("fd12::1")));
         assert!(!in_block("garbage/99", ip("10.0.0.1")));
+    }
+
+    #[test]
+    fn paths_are_normalized_as_istio_base() {
+        for (raw, normal) in [
+            ("/a/b", "/a/b"),
+            ("/a/./b", "/a/b"),
+            ("/public/../admin/x", "/admin/x"),
+            ("/../../admin", "/admin"),
+            ("/a/b/..", "/a/"),
+            ("/%61dmin/%2e%2e/admin", "/admin"),
+            ("/a%2Fb", "/a%2Fb"),
+            ("/a%zz", "/a%zz"),
+            ("/a%6", "/a%6"),
+            ("//a", "//a"),
+            ("/", "/"),
+            ("*", "*"),
+        ] {
+            assert_eq!(normalize_path(raw), normal, "{raw}");
+        }
     }
 }

@@ -132,6 +132,12 @@ fn path(v: &str) -> Result<(), String> {
             "{v:?}: a path starts with `/` (or `*` for a suffix match)"
         ));
     }
+    let normal = crate::policy::matching::normalize_path(v);
+    if v.starts_with('/') && normal != v {
+        return Err(format!(
+            "{v:?} would never match: requests are matched after normalization; write {normal:?}"
+        ));
+    }
     if v.contains('?') {
         return Err(format!(
             "{v:?}: paths are matched without the query string; remove `?...`"
@@ -194,6 +200,8 @@ mod tests {
         assert!(m.contains("starts with `/`"), "{m}");
         let (_, m) = op("paths", "/users/{*}/profile");
         assert!(m.contains("templates"), "{m}");
+        let (_, m) = op("paths", "/static/../admin");
+        assert!(m.contains("\"/admin\""), "{m}");
         let (_, m) = op("paths", "/search?q=x");
         assert!(m.contains("query"), "{m}");
         let (f, m) = op("hosts", "*.shop.*");
