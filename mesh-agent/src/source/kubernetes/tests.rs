@@ -460,10 +460,11 @@ async fn status_writes(
         .into_iter()
         .map(|(path, content_type, body)| {
             let name = path
-                .strip_prefix("/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/")
+                .strip_prefix("/apis/gateway.networking.k8s.io/v1/namespaces/shop/")
                 .and_then(|p| p.strip_suffix("/status"))
-                .unwrap_or_else(|| panic!("a status PATCH of an HTTPRoute: {path}"))
-                .to_owned();
+                .unwrap_or_else(|| panic!("a status PATCH of a route: {path}"))
+                .replace("httproutes/", "")
+                .replace("grpcroutes/", "grpc:");
             (name, content_type, body)
         })
         .collect()
@@ -515,11 +516,12 @@ fn conditions(body: &serde_json::Value) -> Vec<(String, String, String, String, 
         .collect()
 }
 
-/// What the agent's own parser says of the route named `name` in the recorded list: None when
-/// accepted, else "field: message". (Whether a mesh route is accepted is the route model's
+/// What the agent's own parser says of route `name` of `list` (a recorded list of `kind`):
+/// None when it is not the mesh's (no status is owed), Some(None) when accepted, else
+/// Some(Some("field: message")). (Whether a mesh route is accepted is the route model's
 /// business; the status must say what the parser says.)
-fn parser_verdict(name: &str) -> Option<String> {
-    let list: serde_json::Value = serde_json::from_str(HTTP_ROUTES).unwrap();
+fn parser_verdict(list: &str, kind: &str, name: &str) -> Option<Option<String>> {
+    let list: serde_json::Value = serde_json::from_str(list).unwrap();
     let mut route = list["items"]
         .as_array()
         .unwrap()
@@ -528,15 +530,17 @@ fn parser_verdict(name: &str) -> Option<String> {
         .unwrap()
         .clone();
     route["apiVersion"] = "gateway.networking.k8s.io/v1".into();
-    route["kind"] = "HTTPRoute".into();
+    route["kind"] = kind.into();
     match crate::source::parse::parse_document(yaml_serde::to_value(&route).unwrap()) {
+        Ok(crate::source::parse::Parsed::Object(_)) => Some(None),
         Ok(_) => None,
-        Err((field, message)) => Some(format!("{field}: {message}")),
+        Err((field, message)) => Some(Some(format!("{field}: {message}"))),
     }
 }
 
 fn accepted_condition(name: &str, generation: i64) -> (String, String, String, String, i64) {
-    let (status, reason, message) = match parser_verdict(name) {
+    let verdict = parser_verdict(HTTP_ROUTES, "HTTPRoute", name).expect("a mesh route");
+    let (status, reason, message) = match verdict {
         None => ("True", "Accepted", "accepted by weft.dev/mesh".to_owned()),
         Some(refusal) => ("False", "UnsupportedValue", refusal),
     };
@@ -559,11 +563,27 @@ async fn route_status_is_written_once_by_its_owner_with_the_parsers_verdict() {
         ["broken", "orders-split"],
         "n1 writes exactly the routes it owns"
     );
+    // The GRPCRoute is watched and goes through the same parser: it is owed a status unless
+    // the parser says it is not the mesh's.
+    let grpc = parser_verdict(GRPC_ROUTES, "GRPCRoute", "orders-grpc");
+    let mut n2_owns = vec!["grpc:orders-grpc", "orders-canary"];
+    if grpc.is_none() {
+        n2_owns.remove(0);
+    }
     assert_eq!(
         n2.keys().collect::<Vec<_>>(),
-        ["orders-canary"],
+        n2_owns,
         "n2 writes exactly the routes it owns"
     );
+    if let Some(verdict) = grpc {
+        let c = conditions(&n2["grpc:orders-grpc"].1);
+        assert_eq!(
+            c[0].1,
+            if verdict.is_none() { "True" } else { "False" },
+            "{c:?}"
+        );
+        assert_eq!(c[1].1, "True", "{c:?}");
+    }
 
     // A refused route: Accepted=False with the parser's field and message.
     let (content_type, broken) = &n1["broken"];
