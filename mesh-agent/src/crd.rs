@@ -119,6 +119,7 @@ mod examples {
                 "PeerAuthentication: applied",
                 "MeshConfig: applied",
                 "AuthorizationPolicy: applied",
+                "AuthorizationPolicy: applied",
                 "ServiceEntry: applied"
             ]
         );

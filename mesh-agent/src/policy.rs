@@ -9,6 +9,16 @@
 //! selector: the whole namespace), or when they are in the root namespace without a selector
 //! (mesh-wide). A plaintext connection has no principal and no namespace: it only matches rules
 //! that ask for neither. Every verdict names the policy that decided it, or says why none did.
+//!
+//! Rules with HTTP fields (`to.operation` methods / paths / hosts and their `not*`, `when` on
+//! `request.headers[...]`) are L7 rules. A pod that some L7 rule applies to
+//! (`l7::has_l7_rules`) gets its requests decided one by one by `l7::authorize` in its node's
+//! L7 pool (DENY before ALLOW, as above, with every field evaluated). Where traffic is decided
+//! at L4 instead (`evaluate`: a port that does not speak HTTP, or no pool), an L7 rule cannot
+//! be evaluated, and Weft does exactly what ztunnel does: in an ALLOW policy such a rule
+//! matches nothing (it allows nothing at L4); in a DENY policy it is enforced without its HTTP
+//! fields, so it denies (more than asked, never less). The verdict's reason then says "L7 rule
+//! cannot be evaluated on non-HTTP traffic", and `meshctl explain` shows it.
 
 pub mod l7;
 pub mod matching;
@@ -91,27 +101,55 @@ pub fn admit(state: &State, pod: &Pod, conn: &Connection) -> Verdict {
     plaintext_refusal(state, pod, conn).unwrap_or_else(|| evaluate(state, pod, conn))
 }
 
-/// Decides `conn` to `pod` by AuthorizationPolicy.
+/// Why a verdict involved a rule that needs HTTP on traffic decided at L4.
+pub const L7_UNEVALUATED: &str = "L7 rule cannot be evaluated on non-HTTP traffic";
+
+/// Decides `conn` to `pod` by AuthorizationPolicy, at L4 (the whole connection).
 pub fn evaluate(state: &State, pod: &Pod, conn: &Connection) -> Verdict {
-    let applicable: Vec<&AuthorizationPolicy> = state
+    decide(state, pod, conn, matching::Traffic::Tcp)
+}
+
+/// The policies that apply to `pod`, in the state's (namespace, name) order.
+pub(crate) fn applicable<'s>(
+    state: &'s State,
+    pod: &'s Pod,
+) -> impl Iterator<Item = &'s AuthorizationPolicy> + 's {
+    state
         .authorization_policies
         .values()
-        .filter(|p| applies(p, pod))
-        .collect();
-    let name = |p: &AuthorizationPolicy| format!("{}/{}", p.namespace, p.name);
+        .filter(move |p| applies(p, pod))
+}
+
+fn name(p: &AuthorizationPolicy) -> String {
+    format!("{}/{}", p.namespace, p.name)
+}
+
+/// DENY before ALLOW, over `traffic` (a connection at L4, or one request).
+pub(crate) fn decide(
+    state: &State,
+    pod: &Pod,
+    conn: &Connection,
+    traffic: matching::Traffic<'_>,
+) -> Verdict {
+    let applicable: Vec<&AuthorizationPolicy> = applicable(state, pod).collect();
     let first_match = |action: Action| {
         applicable.iter().find_map(|p| {
-            let rule = (p.spec.action == action)
-                .then(|| matching::matching_rule(&p.spec, conn))
+            let m = (p.spec.action == action)
+                .then(|| matching::first_match(&p.spec, conn, traffic))
                 .flatten()?;
-            Some((p, rule))
+            Some((p, m))
         })
     };
-    if let Some((deny, rule)) = first_match(Action::Deny) {
+    if let Some((deny, m)) = first_match(Action::Deny) {
+        let why = if m.l7_unevaluated {
+            format!(" ({L7_UNEVALUATED}: it is enforced without its HTTP fields)")
+        } else {
+            String::new()
+        };
         return Verdict {
             allowed: false,
             policy: Some(name(deny)),
-            reason: format!("rule {rule} of the DENY policy matched"),
+            reason: format!("rule {} of the DENY policy matched{why}", m.rule),
         };
     }
     let allows: Vec<_> = applicable
@@ -125,29 +163,49 @@ pub fn evaluate(state: &State, pod: &Pod, conn: &Connection) -> Verdict {
             reason: "no ALLOW policy applies to this workload".into(),
         };
     }
-    match first_match(Action::Allow) {
-        Some((p, rule)) => Verdict {
+    if let Some((p, m)) = first_match(Action::Allow) {
+        return Verdict {
             allowed: true,
             policy: Some(name(p)),
-            reason: format!("rule {rule} of the ALLOW policy matched"),
-        },
-        None => Verdict {
-            allowed: false,
-            policy: None,
-            reason: format!(
-                "ALLOW policies apply ({}) and none matched",
-                allows
+            reason: format!("rule {} of the ALLOW policy matched", m.rule),
+        };
+    }
+    let mut reason = format!(
+        "ALLOW policies apply ({}) and none matched",
+        allows
+            .iter()
+            .map(|p| name(p))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if matches!(traffic, matching::Traffic::Tcp) {
+        let skipped: Vec<String> = allows
+            .iter()
+            .flat_map(|p| {
+                p.spec
+                    .rules
                     .iter()
-                    .map(|p| name(p))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        },
+                    .enumerate()
+                    .filter(|(_, r)| matching::rule_has_l7(r))
+                    .map(|(i, _)| format!("rule {i} of {}", name(p)))
+            })
+            .collect();
+        if !skipped.is_empty() {
+            reason.push_str(&format!(
+                "; {L7_UNEVALUATED}, so it allows nothing here: {}",
+                skipped.join(", ")
+            ));
+        }
+    }
+    Verdict {
+        allowed: false,
+        policy: None,
+        reason,
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{
         crd::{
@@ -157,7 +215,7 @@ mod tests {
         state::PodKey,
     };
 
-    fn pod() -> Pod {
+    pub(crate) fn pod() -> Pod {
         Pod {
             key: PodKey {
                 namespace: "shop".into(),
@@ -174,7 +232,7 @@ mod tests {
         }
     }
 
-    fn conn(principal: Option<&str>, ip: &str, port: u16) -> Connection {
+    pub(crate) fn conn(principal: Option<&str>, ip: &str, port: u16) -> Connection {
         Connection {
             principal: principal.map(str::to_owned),
             source_ip: ip.parse().unwrap(),
@@ -182,10 +240,10 @@ mod tests {
         }
     }
 
-    const WEB: &str = "cluster.local/ns/shop/sa/web";
+    pub(crate) const WEB: &str = "cluster.local/ns/shop/sa/web";
     const ADMIN: &str = "cluster.local/ns/ops/sa/admin";
 
-    fn policy(
+    pub(crate) fn policy(
         ns: &str,
         name: &str,
         action: Action,
@@ -208,11 +266,11 @@ mod tests {
     fn from(source: Source) -> Rule {
         Rule {
             from: vec![From { source }],
-            to: vec![],
+            ..Default::default()
         }
     }
 
-    fn state(policies: Vec<AuthorizationPolicy>) -> State {
+    pub(crate) fn state(policies: Vec<AuthorizationPolicy>) -> State {
         let mut s = State::default();
         for p in policies {
             s.authorization_policies
@@ -296,6 +354,7 @@ mod tests {
                         ..Default::default()
                     },
                 }],
+                ..Default::default()
             }],
         );
         assert!(decide(vec![port.clone()], &conn(Some(ADMIN), "10.1.0.2", 5432)).allowed);

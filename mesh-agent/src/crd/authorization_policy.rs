@@ -1,6 +1,7 @@
 //! AuthorizationPolicy, as Istio's: DENY wins; a workload with no ALLOW policy allows all; with
 //! any ALLOW policy, only matching traffic. Decided by `crate::policy` on every inbound
-//! connection.
+//! connection, and per request (`crate::policy::l7`) when a rule has HTTP fields (methods,
+//! paths, hosts, `request.headers[...]` conditions).
 
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -36,7 +37,8 @@ pub enum Action {
     Deny,
 }
 
-/// Matches when every present part matches (any `from` entry and any `to` entry).
+/// Matches when every present part matches (any `from` entry, any `to` entry and every `when`
+/// condition).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
@@ -44,6 +46,23 @@ pub struct Rule {
     pub from: Vec<From>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub to: Vec<To>,
+    /// Further conditions, all of which must hold (Istio's `when`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub when: Vec<Condition>,
+}
+
+/// One `when` condition, as Istio's: `key` names an attribute (`request.headers[NAME]`,
+/// `source.ip`, `source.namespace`, `source.principal`, `destination.port`); the condition
+/// holds when the attribute matches one of `values` (if given) and none of `notValues`.
+/// Values use the same exact / `prefix*` / `*suffix` / `*` forms as the other fields.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Condition {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_values: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -86,6 +105,38 @@ pub struct Operation {
     pub ports: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_ports: Vec<String>,
+    /// HTTP methods (`GET`), case-sensitive. HTTP only, like the fields below.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_methods: Vec<String>,
+    /// Request paths without the query: exact, `/api/*` (prefix), `*.js` (suffix) or `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_paths: Vec<String>,
+    /// The request's host (`:authority` / `Host`), case-insensitive, as sent (with a port if the
+    /// client sent one: list `example.com:*` too to match any port).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_hosts: Vec<String>,
+}
+
+impl Operation {
+    /// Whether this operation asks for anything only HTTP carries.
+    pub fn has_l7(&self) -> bool {
+        [
+            &self.methods,
+            &self.not_methods,
+            &self.paths,
+            &self.not_paths,
+            &self.hosts,
+            &self.not_hosts,
+        ]
+        .iter()
+        .any(|v| !v.is_empty())
+    }
 }
 
 #[cfg(test)]
@@ -112,8 +163,16 @@ mod tests {
                     to: vec![To {
                         operation: Operation {
                             ports: vec!["5432".into()],
+                            methods: vec!["DELETE".into()],
+                            paths: vec!["/admin/*".into()],
+                            not_hosts: vec!["*.internal".into()],
                             ..Default::default()
                         },
+                    }],
+                    when: vec![Condition {
+                        key: "request.headers[x-client]".into(),
+                        values: vec!["iphone".into()],
+                        not_values: vec![],
                     }],
                 }],
             },

@@ -10,7 +10,10 @@
 //! that much per pod, not by whole Pod objects.
 //!
 //! Weft's own CRDs are optional: a kind whose CRD is not installed (404) counts as empty, with a
-//! warning, and is retried.
+//! warning, and is retried; so are the Gateway API's route kinds.
+//!
+//! HTTPRoutes and GRPCRoutes bound to Services get their `status` written by exactly one agent
+//! (`route_status`: rendezvous hashing over the Nodes that run an agent).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -32,8 +35,10 @@ use super::{
     ConfigError, Loaded,
 };
 
+pub mod route_status;
+
 /// A kind the agent watches.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Kind {
     pub group: &'static str,
     pub version: &'static str,
@@ -126,6 +131,13 @@ pub const KINDS: &[Kind] = &[
         "v1",
         "HTTPRoute",
         "httproutes",
+        true,
+    ),
+    kind(
+        "gateway.networking.k8s.io",
+        "v1",
+        "GRPCRoute",
+        "grpcroutes",
         true,
     ),
 ];
@@ -281,9 +293,14 @@ fn parse(value: &serde_json::Value) -> Result<(Parsed, yaml_serde::Value), (Stri
     Ok((parse_document(yaml.clone())?, yaml))
 }
 
-/// What the agent needs of a pod on another node: who it is, where, and its address.
+/// What the agent needs of a pod on another node: who it is, where, and its address; of an
+/// agent pod, also its conditions (the route-status owner is chosen among Ready agents).
 fn trim_pod(pod: &serde_json::Value) -> serde_json::Value {
     let meta = &pod["metadata"];
+    let mut status = serde_json::json!({"podIP": pod["status"]["podIP"]});
+    if route_status::is_agent_pod(pod) {
+        status["conditions"] = pod["status"]["conditions"].clone();
+    }
     serde_json::json!({
         "metadata": {
             "name": meta["name"],
@@ -295,7 +312,7 @@ fn trim_pod(pod: &serde_json::Value) -> serde_json::Value {
             "nodeName": pod["spec"]["nodeName"],
             "serviceAccountName": pod["spec"]["serviceAccountName"],
         },
-        "status": {"podIP": pod["status"]["podIP"]},
+        "status": status,
     })
 }
 
@@ -311,6 +328,21 @@ pub async fn watch_kinds(
     kinds: &'static [Kind],
     node: Option<String>,
     tx: watch::Sender<Option<Loaded>>,
+) {
+    // An agent (not the CA) writes the status of the routes it owns.
+    let writer = node
+        .as_ref()
+        .map(|_| route_status::Writer::spawn(client.clone()));
+    run(client, kinds, node, tx, writer).await
+}
+
+/// `watch_kinds`, with the route-status writer given (tests watch its progress).
+async fn run(
+    client: Client,
+    kinds: &'static [Kind],
+    node: Option<String>,
+    tx: watch::Sender<Option<Loaded>>,
+    writer: Option<route_status::Writer>,
 ) {
     let (events, mut rx) = mpsc::channel(1024);
     for (i, k) in kinds.iter().enumerate() {
@@ -354,12 +386,19 @@ pub async fn watch_kinds(
             // Parsing every object is work in proportion to the cluster: off the runtime.
             let job = tokio::task::spawn_blocking(move || {
                 let loaded = store.build();
-                (store, loaded)
+                let writes = store
+                    .node
+                    .as_deref()
+                    .map(|n| route_status::plan(&store, &loaded.state, n));
+                (store, loaded, writes)
             });
-            let Ok((back, loaded)) = job.await else {
+            let Ok((back, loaded, writes)) = job.await else {
                 return;
             };
             store = back;
+            if let (Some(w), Some(writes)) = (&writer, writes) {
+                w.plans.send_replace(writes);
+            }
             for e in &loaded.errors {
                 warn!(object = %e.file.display(), field = %e.field, "rejected: {}", e.message);
             }

@@ -100,7 +100,8 @@ pub struct NamespaceObject {
 }
 
 /// What the schema cannot say of an AuthorizationPolicy: ipBlocks are addresses or CIDRs, ports
-/// are port numbers.
+/// are port numbers, paths / hosts / methods have a form Istio gives a meaning, `when` keys are
+/// ones the agent evaluates (`policy::l7::check`).
 pub fn check_authorization_policy(ap: &crd::AuthorizationPolicy) -> Result<(), (String, String)> {
     let cidr = |b: &str| crate::policy::matching::parse_block(b).is_some();
     for (r, rule) in ap.spec.rules.iter().enumerate() {
@@ -133,6 +134,12 @@ pub fn check_authorization_policy(ap: &crd::AuthorizationPolicy) -> Result<(), (
                     ));
                 }
             }
+            crate::policy::l7::check::operation(&to.operation)
+                .map_err(|(f, m)| (format!("spec.rules[{r}].to[{t}].operation.{f}"), m))?;
+        }
+        for (w, c) in rule.when.iter().enumerate() {
+            crate::policy::l7::check::condition(c)
+                .map_err(|(f, m)| (format!("spec.rules[{r}].when[{w}]{f}"), m))?;
         }
     }
     Ok(())

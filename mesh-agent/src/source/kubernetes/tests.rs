@@ -1,9 +1,10 @@
 //! The Kubernetes source against a fake API server that replays responses recorded from a
 //! cluster (testdata/kube/): lists, a watch stream with ADDED, MODIFIED, BOOKMARK and a
-//! `410 Gone` that forces a relist, and a 404 for a CRD that is not installed.
+//! `410 Gone` that forces a relist, and a 404 for a CRD that is not installed. It also takes
+//! status PATCHes (route status) and records them.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     convert::Infallible,
     sync::{Arc, Mutex},
     time::Duration,
@@ -38,6 +39,10 @@ struct Script {
     watches: HashMap<&'static str, Vec<&'static str>>,
     /// Requests seen: (path, watch?).
     seen: Vec<(String, bool)>,
+    /// PATCH requests: (path, content type, body).
+    patches: Vec<(String, String, serde_json::Value)>,
+    /// The status of the nth PATCH's answer (200 after the list).
+    patch_answers: Vec<u16>,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -80,6 +85,48 @@ fn respond(script: &Mutex<Script>, req: &Request<hyper::body::Incoming>) -> Resp
         .unwrap()
 }
 
+/// Records a PATCH and answers as the API server does, with the object (here: its identity
+/// and a new resourceVersion).
+async fn patched(script: &Mutex<Script>, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let answer = {
+        let mut s = script.lock().unwrap();
+        let n = s.patches.len();
+        s.patches.push((path.clone(), content_type, body));
+        s.patch_answers.get(n).copied().unwrap_or(200)
+    };
+    if answer != 200 {
+        return Response::builder()
+            .status(answer)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(serde_json::json!({
+                "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": "etcdserver: request timed out", "reason": "InternalError", "code": answer
+            }).to_string())).boxed())
+            .unwrap();
+    }
+    // .../namespaces/NS/PLURAL/NAME/status
+    let parts: Vec<&str> = path.split('/').collect();
+    let object = serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"namespace": parts[parts.len() - 4], "name": parts[parts.len() - 2], "resourceVersion": "999"},
+    });
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(object.to_string())).boxed())
+        .unwrap()
+}
+
 async fn fake_api_server(script: Script) -> (Client, Arc<Mutex<Script>>) {
     let script = Arc::new(Mutex::new(script));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -90,9 +137,14 @@ async fn fake_api_server(script: Script) -> (Client, Arc<Mutex<Script>>) {
             let (tcp, _) = listener.accept().await.unwrap();
             let script = served.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let resp = respond(&script, &req);
-                    async move { Ok::<_, Infallible>(resp) }
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let script = script.clone();
+                    async move {
+                        if req.method() == hyper::Method::PATCH {
+                            return Ok::<_, Infallible>(patched(&script, req).await);
+                        }
+                        Ok(respond(&script, &req))
+                    }
                 });
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), svc)
@@ -289,6 +341,11 @@ fn the_index_follows_watch_events_and_keeps_last_good_objects() {
 
 /// The (group, resource) pairs a manifest's ClusterRoles grant get, list and watch on.
 fn watchable(manifest: &str) -> std::collections::BTreeSet<(String, String)> {
+    granted(manifest, &["get", "list", "watch"])
+}
+
+/// The (group, resource) pairs a manifest's ClusterRoles grant all of `wanted` on.
+fn granted(manifest: &str, wanted: &[&str]) -> std::collections::BTreeSet<(String, String)> {
     use serde::Deserialize as _;
     let mut granted = std::collections::BTreeSet::new();
     for doc in yaml_serde::Deserializer::from_str(manifest) {
@@ -303,7 +360,7 @@ fn watchable(manifest: &str) -> std::collections::BTreeSet<(String, String)> {
                 .flatten()
                 .filter_map(|v| v.as_str())
                 .collect();
-            if !["get", "list", "watch"].iter().all(|v| verbs.contains(v)) {
+            if !wanted.iter().all(|v| verbs.contains(v)) {
                 continue;
             }
             for g in rule["apiGroups"].as_array().into_iter().flatten() {
@@ -336,4 +393,286 @@ fn every_watched_kind_is_granted_by_the_shipped_rbac() {
             );
         }
     }
+}
+
+const ROUTE_NODES: &str = include_str!("../../../testdata/kube/routes-nodes-list.json");
+const ROUTE_NAMESPACES: &str = include_str!("../../../testdata/kube/routes-namespaces-list.json");
+const ROUTE_PODS: &str = include_str!("../../../testdata/kube/routes-pods-list.json");
+const ROUTE_SERVICES: &str = include_str!("../../../testdata/kube/routes-services-list.json");
+const NO_SLICES: &str = include_str!("../../../testdata/kube/endpointslices-empty-list.json");
+const HTTP_ROUTES: &str = include_str!("../../../testdata/kube/httproutes-list.json");
+const GRPC_ROUTES: &str = include_str!("../../../testdata/kube/grpcroutes-list.json");
+
+/// Three nodes; Ready agents on n1 and n2 (n3's is not Ready); Services orders and orders-v1;
+/// four HTTPRoutes (testdata/kube/httproutes-list.json). Weft's CRDs are not installed.
+fn routes_cluster() -> Script {
+    let mut s = Script::default();
+    s.lists.insert("/api/v1/nodes", vec![(200, ROUTE_NODES)]);
+    s.lists
+        .insert("/api/v1/namespaces", vec![(200, ROUTE_NAMESPACES)]);
+    s.lists.insert("/api/v1/pods", vec![(200, ROUTE_PODS)]);
+    s.lists
+        .insert("/api/v1/services", vec![(200, ROUTE_SERVICES)]);
+    s.lists.insert(
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        vec![(200, NO_SLICES)],
+    );
+    s.lists.insert(
+        "/apis/gateway.networking.k8s.io/v1/httproutes",
+        vec![(200, HTTP_ROUTES)],
+    );
+    s.lists.insert(
+        "/apis/gateway.networking.k8s.io/v1/grpcroutes",
+        vec![(200, GRPC_ROUTES)],
+    );
+    s
+}
+
+/// Runs the agent of `node` against its own fake API server until its status writer has
+/// finished a plan made from the full list; returns the PATCHes it sent, by route name.
+async fn status_patches(node: &str) -> BTreeMap<String, (String, serde_json::Value)> {
+    let (client, script) = fake_api_server(routes_cluster()).await;
+    status_writes(client, node, 1, &script)
+        .await
+        .into_iter()
+        .map(|(name, content_type, body)| (name, (content_type, body)))
+        .collect()
+}
+
+/// The PATCHes the agent of `node` sent once its writer has finished `plans` plans, in order:
+/// (route name, content type, body).
+async fn status_writes(
+    client: Client,
+    node: &str,
+    plans: u64,
+    script: &Mutex<Script>,
+) -> Vec<(String, String, serde_json::Value)> {
+    let writer = route_status::Writer::spawn(client.clone());
+    let mut done = writer.done.clone();
+    let (tx, _rx) = watch::channel(None);
+    tokio::spawn(run(client, KINDS, Some(node.into()), tx, Some(writer)));
+    tokio::time::timeout(Duration::from_secs(20), done.wait_for(|n| *n >= plans))
+        .await
+        .expect("the status writer finished its plans")
+        .unwrap();
+    let patches = script.lock().unwrap().patches.clone();
+    patches
+        .into_iter()
+        .map(|(path, content_type, body)| {
+            let name = path
+                .strip_prefix("/apis/gateway.networking.k8s.io/v1/namespaces/shop/")
+                .and_then(|p| p.strip_suffix("/status"))
+                .unwrap_or_else(|| panic!("a status PATCH of a route: {path}"))
+                .replace("httproutes/", "")
+                .replace("grpcroutes/", "grpc:");
+            (name, content_type, body)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_failed_status_write_is_retried_and_what_succeeded_is_not_written_again() {
+    let mut cluster = routes_cluster();
+    cluster.patch_answers = vec![500];
+    let (client, script) = fake_api_server(cluster).await;
+    let writes = status_writes(client, "n1", 2, &script).await;
+    let names: Vec<&str> = writes.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(names, ["broken", "orders-split", "broken"]);
+    assert_eq!(
+        conditions(&writes[0].2),
+        conditions(&writes[2].2),
+        "the same status, retried"
+    );
+}
+
+/// Our entry's conditions as (type, status, reason, message, observedGeneration).
+fn conditions(body: &serde_json::Value) -> Vec<(String, String, String, String, i64)> {
+    let ours: Vec<_> = body["status"]["parents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["controllerName"] == route_status::CONTROLLER_NAME)
+        .collect();
+    assert_eq!(ours.len(), 1, "one entry per Service parent: {body}");
+    ours[0]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert!(
+                c["lastTransitionTime"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with('Z')),
+                "{c}"
+            );
+            (
+                c["type"].as_str().unwrap().to_owned(),
+                c["status"].as_str().unwrap().to_owned(),
+                c["reason"].as_str().unwrap().to_owned(),
+                c["message"].as_str().unwrap().to_owned(),
+                c["observedGeneration"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// What the agent's own parser says of route `name` of `list` (a recorded list of `kind`):
+/// None when it is not the mesh's (no status is owed), Some(None) when accepted, else
+/// Some(Some("field: message")). (Whether a mesh route is accepted is the route model's
+/// business; the status must say what the parser says.)
+fn parser_verdict(list: &str, kind: &str, name: &str) -> Option<Option<String>> {
+    let list: serde_json::Value = serde_json::from_str(list).unwrap();
+    let mut route = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["metadata"]["name"] == name)
+        .unwrap()
+        .clone();
+    route["apiVersion"] = "gateway.networking.k8s.io/v1".into();
+    route["kind"] = kind.into();
+    match crate::source::parse::parse_document(yaml_serde::to_value(&route).unwrap()) {
+        Ok(crate::source::parse::Parsed::Object(_)) => Some(None),
+        Ok(_) => None,
+        Err((field, message)) => Some(Some(format!("{field}: {message}"))),
+    }
+}
+
+fn accepted_condition(name: &str, generation: i64) -> (String, String, String, String, i64) {
+    let verdict = parser_verdict(HTTP_ROUTES, "HTTPRoute", name).expect("a mesh route");
+    let (status, reason, message) = match verdict {
+        None => ("True", "Accepted", "accepted by weft.dev/mesh".to_owned()),
+        Some(refusal) => ("False", "UnsupportedValue", refusal),
+    };
+    (
+        "Accepted".into(),
+        status.into(),
+        reason.into(),
+        message,
+        generation,
+    )
+}
+
+#[tokio::test]
+async fn route_status_is_written_once_by_its_owner_with_the_parsers_verdict() {
+    let (n1, n2) = tokio::join!(status_patches("n1"), status_patches("n2"));
+    // Owners by rendezvous over the Ready agents' nodes (n1, n2): n3's agent is not Ready, or
+    // orders-split and broken would be n3's. The Gateway's route is not the mesh's.
+    assert_eq!(
+        n1.keys().collect::<Vec<_>>(),
+        ["broken", "orders-split"],
+        "n1 writes exactly the routes it owns"
+    );
+    // The GRPCRoute is watched and goes through the same parser: it is owed a status unless
+    // the parser says it is not the mesh's.
+    let grpc = parser_verdict(GRPC_ROUTES, "GRPCRoute", "orders-grpc");
+    let mut n2_owns = vec!["grpc:orders-grpc", "orders-canary"];
+    if grpc.is_none() {
+        n2_owns.remove(0);
+    }
+    assert_eq!(
+        n2.keys().collect::<Vec<_>>(),
+        n2_owns,
+        "n2 writes exactly the routes it owns"
+    );
+    if let Some(verdict) = grpc {
+        let c = conditions(&n2["grpc:orders-grpc"].1);
+        assert_eq!(
+            c[0].1,
+            if verdict.is_none() { "True" } else { "False" },
+            "{c:?}"
+        );
+        assert_eq!(c[1].1, "True", "{c:?}");
+    }
+
+    // A refused route: Accepted=False with the parser's field and message.
+    let (content_type, broken) = &n1["broken"];
+    assert_eq!(content_type, "application/merge-patch+json");
+    assert_eq!(
+        broken["metadata"]["resourceVersion"], "263",
+        "conditional on the version seen"
+    );
+    let c = conditions(broken);
+    assert_eq!(c[0].0, "Accepted");
+    assert_eq!(
+        (c[0].1.as_str(), c[0].2.as_str()),
+        ("False", "UnsupportedValue")
+    );
+    assert!(
+        c[0].3.starts_with("spec.parentRefs[0].port: ") && c[0].3.contains("eighty"),
+        "{c:?}"
+    );
+    assert_eq!(
+        c[1],
+        (
+            "ResolvedRefs".into(),
+            "True".into(),
+            "ResolvedRefs".into(),
+            "every backendRef resolves to a Service port".into(),
+            3
+        )
+    );
+
+    // A backend that does not exist: ResolvedRefs=False, BackendNotFound, naming it.
+    let c = conditions(&n2["orders-canary"].1);
+    assert_eq!(c[0], accepted_condition("orders-canary", 1));
+    assert_eq!(
+        c[1],
+        (
+            "ResolvedRefs".into(),
+            "False".into(),
+            "BackendNotFound".into(),
+            "spec.rules[0].backendRefs[1]: Service shop/orders-v2 not found".into(),
+            1
+        )
+    );
+
+    // Everything resolves; another controller's entry is kept as it was.
+    let body = &n1["orders-split"].1;
+    let c = conditions(body);
+    assert_eq!(c[0], accepted_condition("orders-split", 2));
+    assert_eq!(c[1].1, "True");
+    let parents = body["status"]["parents"].as_array().unwrap();
+    assert_eq!(parents.len(), 2, "{body}");
+    assert_eq!(parents[0]["controllerName"], "example.com/other-mesh");
+    let ours = &parents[1];
+    assert_eq!(
+        ours["parentRef"],
+        serde_json::json!({"group": "", "kind": "Service", "name": "orders", "port": 80})
+    );
+}
+
+/// The agent may write exactly the status of the route kinds it watches, and the DaemonSet's
+/// pods carry the label the status owner is chosen by.
+#[test]
+fn the_shipped_rbac_lets_the_agent_write_route_status_and_agents_are_found_by_label() {
+    let rbac = include_str!("../../../../deploy/kubernetes/agent-rbac.yaml");
+    let writable = granted(rbac, &["patch"]);
+    for plural in ["httproutes", "grpcroutes"] {
+        assert!(KINDS.iter().any(|k| k.plural == plural));
+        let status = (
+            "gateway.networking.k8s.io".to_string(),
+            format!("{plural}/status"),
+        );
+        assert!(
+            writable.contains(&status),
+            "{status:?} not granted: {writable:?}"
+        );
+    }
+    assert_eq!(
+        writable.len(),
+        2,
+        "the agent writes nothing else: {writable:?}"
+    );
+    let daemonset: serde_json::Value =
+        yaml_serde::from_str(include_str!("../../../../deploy/kubernetes/agent.yaml")).unwrap();
+    let (key, value) = route_status::AGENT_POD_LABEL;
+    assert_eq!(
+        daemonset["spec"]["template"]["metadata"]["labels"][key],
+        value
+    );
+    assert_eq!(
+        daemonset["metadata"]["namespace"],
+        crate::config::SYSTEM_NAMESPACE
+    );
 }
