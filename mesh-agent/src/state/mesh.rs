@@ -101,6 +101,16 @@ impl OtlpTarget {
     }
 }
 
+impl From<std::net::SocketAddr> for OtlpTarget {
+    fn from(addr: std::net::SocketAddr) -> Self {
+        Self {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            path: OTLP_TRACES_PATH.to_owned(),
+        }
+    }
+}
+
 impl std::str::FromStr for OtlpTarget {
     type Err = String;
 
