@@ -10,6 +10,7 @@ pub mod ca;
 pub mod features;
 pub mod fixture;
 pub mod netns;
+pub mod otlp;
 pub mod peer;
 pub mod probe;
 pub mod topology;
