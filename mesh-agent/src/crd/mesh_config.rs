@@ -36,6 +36,7 @@ pub struct TracingSpec {
     /// Percent (0-100) of requests arriving without a sampling decision whose trace is
     /// recorded; default 1. A decision the request carries (W3C flags, B3 sampled) is kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 100.0))]
     pub sampling: Option<f64>,
 }
 
