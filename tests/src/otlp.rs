@@ -89,6 +89,8 @@ struct Shared {
     errors: Mutex<Vec<String>>,
     /// What to answer export requests with (200 unless a test says otherwise).
     status: AtomicU16,
+    /// Close each connection after one answer (no keep-alive).
+    one_shot: std::sync::atomic::AtomicBool,
 }
 
 /// The running stand-in; stops when dropped.
@@ -162,6 +164,12 @@ impl Collector {
         self.shared.status.store(status, Ordering::SeqCst);
     }
 
+    /// Closes every later connection after its first answer, as a collector with keep-alive
+    /// off (or a short idle timeout) does.
+    pub fn close_after_each_answer(&self) {
+        self.shared.one_shot.store(true, Ordering::SeqCst);
+    }
+
     /// Waits until at least `n` spans have arrived; returns all of them.
     pub fn wait_for_spans(&self, n: usize, timeout: Duration) -> Vec<ReceivedSpan> {
         eventually(&format!("{n} spans at the collector"), timeout, || {
@@ -198,12 +206,14 @@ impl Drop for Collector {
 async fn accept(listener: tokio::net::TcpListener, state: Arc<Shared>) {
     while let Ok((tcp, _)) = listener.accept().await {
         let state = state.clone();
+        let keep_alive = !state.one_shot.load(Ordering::SeqCst);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, std::convert::Infallible>(handle(req, &state).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(keep_alive)
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
         });

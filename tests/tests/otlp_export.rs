@@ -195,6 +195,23 @@ fn a_failing_collector_costs_counted_spans_and_export_resumes() {
 }
 
 #[test]
+fn a_collector_that_closes_connections_loses_nothing() {
+    let collector = Collector::start("127.0.0.1:0".parse().unwrap());
+    collector.close_after_each_answer();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let _in_rt = rt.enter();
+    let exporter = Exporter::start(collector.addr(), fast());
+    for n in 1..=3 {
+        exporter.record(span("web"));
+        collector.wait_for_spans(n, WAIT);
+    }
+    eventually("three exported", WAIT, || {
+        (exporter.exported() == 3).then_some(())
+    });
+    assert_eq!((exporter.dropped(), exporter.failed_exports()), (0, 0));
+}
+
+#[test]
 fn the_stand_in_serves_inside_a_network_namespace() {
     let mut topo = Topology::new();
     let node = topo.node("n1");

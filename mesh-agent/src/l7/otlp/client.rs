@@ -74,10 +74,20 @@ impl Client {
     async fn post(&mut self, body: Bytes) -> Result<u64, ExportError> {
         // Taken out: put back only when the exchange completed, so a connection left in an
         // unknown state (an error, a timeout mid-request) is never reused.
-        let mut conn = match self.conn.take() {
-            Some(c) if !c.sender.is_closed() => c,
-            _ => self.connect().await?,
-        };
+        if let Some(kept) = self.conn.take().filter(|c| !c.sender.is_closed()) {
+            match self.exchange(kept, body.clone()).await {
+                // The collector closed the idle connection as we sent: once more, on a new one.
+                Err(ExportError::Http(e)) => {
+                    tracing::debug!(collector = %self.target, error = %e, "kept connection failed")
+                }
+                other => return other,
+            }
+        }
+        let fresh = self.connect().await?;
+        self.exchange(fresh, body).await
+    }
+
+    async fn exchange(&mut self, mut conn: Conn, body: Bytes) -> Result<u64, ExportError> {
         conn.sender.ready().await?;
         let req = http::Request::post(self.target.path.as_str())
             .header(http::header::HOST, self.target.authority())
