@@ -7,6 +7,7 @@ use std::{net::SocketAddr, time::SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::{Span, SpanId, SpanKind, TraceId};
+use crate::metrics::http::RequestRecord;
 
 /// Attribute values longer than this are cut (at a character boundary): a path is the
 /// client's to choose, a span's size is not.
@@ -63,6 +64,58 @@ pub struct SpanAttrs {
     pub connection_id: Option<String>,
 }
 
+impl SpanAttrs {
+    /// The span attributes of a finished request, from the record the worker reports to its
+    /// agent: the resource is the source workload for a client span, the destination's for a
+    /// server span; `node` and `pod` are where the span was recorded (the source pod for a
+    /// client span, the destination pod for a server span). Set `protocol_version` and, for
+    /// a server span, `peer` (the caller) on the result when known.
+    pub fn from_record(r: &RequestRecord, kind: SpanKind, node: &str, pod: &str) -> Self {
+        let known = |v: &str| (!v.is_empty() && v != "unknown").then(|| v.to_owned());
+        let (service, namespace, peer_service) = match kind {
+            SpanKind::Client => (
+                &r.source_canonical_service,
+                &r.source_workload_namespace,
+                known(&r.destination_service),
+            ),
+            SpanKind::Server => (
+                &r.destination_canonical_service,
+                &r.destination_workload_namespace,
+                known(&r.source_canonical_service),
+            ),
+        };
+        Self {
+            resource: Resource {
+                service_name: service.clone(),
+                namespace: namespace.clone(),
+                pod: pod.to_owned(),
+                node: node.to_owned(),
+            },
+            method: r.method.clone(),
+            authority: r.authority.clone(),
+            path: r.path.split('?').next().unwrap_or_default().to_owned(),
+            protocol_version: String::new(),
+            status_code: (r.response_code != 0).then_some(r.response_code),
+            grpc_status: r.grpc_response_status,
+            peer: match kind {
+                SpanKind::Client => r.endpoint.as_deref().and_then(|e| e.parse().ok()),
+                SpanKind::Server => None,
+            },
+            peer_service,
+            source_principal: known(&r.source_principal),
+            destination_principal: known(&r.destination_principal),
+            response_flags: r.response_flags.clone(),
+            route: r.route.clone(),
+            route_rule: r.route_rule,
+            retries: r.retries,
+            request_bytes: r.request_bytes,
+            response_bytes: r.response_bytes,
+            user_agent: None,
+            connection_id: r.connection_id.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttrValue {
     Str(String),
@@ -97,7 +150,12 @@ pub(super) fn finish(span: Span, a: SpanAttrs, end: SystemTime) -> SpanRecord {
     let (host, port) = split_authority(&a.authority);
     let name = format!("{} {}", cut(&a.method), cut(host));
     let mut attrs: Vec<(&'static str, AttrValue)> = Vec::with_capacity(20);
-    let mut put = |k: &'static str, v: &str| attrs.push((k, AttrValue::Str(cut(v).to_owned())));
+    // Empty means unknown: left out rather than sent as "".
+    let mut put = |k: &'static str, v: &str| {
+        if !v.is_empty() {
+            attrs.push((k, AttrValue::Str(cut(v).to_owned())))
+        }
+    };
     put("http.request.method", &a.method);
     put("url.path", &a.path);
     put("url.scheme", "http");

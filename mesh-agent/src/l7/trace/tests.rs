@@ -560,3 +560,56 @@ fn attribute_values_are_bounded() {
         path.len()
     );
 }
+
+#[test]
+fn span_attributes_come_from_the_request_record() {
+    use crate::metrics::http::RequestRecord;
+    let r = RequestRecord {
+        source_canonical_service: "web".into(),
+        source_workload_namespace: "shop".into(),
+        source_principal: "cluster.local/ns/shop/sa/web".into(),
+        destination_canonical_service: "orders".into(),
+        destination_workload_namespace: "shop".into(),
+        destination_principal: "unknown".into(),
+        destination_service: "orders.shop.svc.cluster.local".into(),
+        method: "PUT".into(),
+        authority: "orders.shop.svc.cluster.local".into(),
+        path: "/v1/orders?id=7".into(),
+        response_code: 0,
+        response_flags: "UF".into(),
+        endpoint: Some("10.2.0.7:8080".into()),
+        retries: 1,
+        ..Default::default()
+    };
+    let client = SpanAttrs::from_record(&r, SpanKind::Client, "n1", "web-0");
+    assert_eq!(
+        (
+            client.resource.service_name.as_str(),
+            client.resource.pod.as_str(),
+            client.resource.node.as_str()
+        ),
+        ("web", "web-0", "n1")
+    );
+    assert_eq!(client.path, "/v1/orders", "no query");
+    assert_eq!(client.status_code, None, "0: no response");
+    assert_eq!(client.peer, Some("10.2.0.7:8080".parse().unwrap()));
+    assert_eq!(
+        client.peer_service.as_deref(),
+        Some("orders.shop.svc.cluster.local")
+    );
+    assert_eq!(client.destination_principal, None, "unknown is left out");
+    let server = SpanAttrs::from_record(&r, SpanKind::Server, "n2", "orders-0");
+    assert_eq!(server.resource.service_name, "orders");
+    assert_eq!(server.peer_service.as_deref(), Some("web"));
+    assert_eq!(server.peer, None);
+    let now = SystemTime::now();
+    let done = Span::start(&HeaderMap::new(), SpanKind::Client, 100.0, now)
+        .finish(client, now)
+        .unwrap();
+    assert_eq!(done.status, SpanStatus::Error("UF".into()));
+    assert!(
+        attr(&done, "network.protocol.version").is_none(),
+        "unknown: left out"
+    );
+    assert_eq!(attr(&done, "server.port"), None, "no port in the authority");
+}
