@@ -7,12 +7,14 @@
 //! wrote), so a trace shows app → client span → server span → app:
 //!
 //! ```ignore
-//! let span = trace::Span::start(req.headers(), SpanKind::Client, sampling_percent, SystemTime::now());
+//! // ctx.tracer: otlp::Tracer, updated from each snapshot's `state.mesh.tracing`.
+//! let span = trace::Span::start(req.headers(), SpanKind::Client, ctx.tracer.sampling_percent(), SystemTime::now());
 //! span.inject(outgoing.headers_mut());          // traceparent (+ B3 when the request came with B3)
 //! record.trace_id = Some(span.trace_id_hex());  // the access log's trace id
-//! // ... forward, get the response ...
+//! // ... forward, get the response, fill `record` ...
+//! let attrs = SpanAttrs::from_record(&record, SpanKind::Client, &ctx.node, &pod.name);
 //! if let Some(done) = span.finish(attrs, SystemTime::now()) {
-//!     exporter.record(done);                    // never blocks (otlp::Exporter)
+//!     ctx.tracer.record(done);                  // never blocks
 //! }
 //! ```
 //!
