@@ -10,7 +10,7 @@ pub mod services;
 pub mod workloads;
 
 pub use egress::ServiceEntry;
-pub use mesh::{MeshConfig, OutboundMode, TunnelProtocol};
+pub use mesh::{MeshConfig, OtlpTarget, OutboundMode, Tracing, TunnelProtocol};
 pub use peer_auth::{MtlsMode, PeerAuthentication};
 pub use services::{Resolved, Service, ServiceKey};
 pub use workloads::{Enrollment, Namespace, Node, Pod, PodKey, State};

@@ -11,6 +11,7 @@ pub mod features;
 pub mod fixture;
 pub mod http;
 pub mod netns;
+pub mod otlp;
 pub mod peer;
 pub mod probe;
 pub mod topology;

@@ -17,8 +17,8 @@ use crate::{
     config::{CGROUP_ANNOTATION, NETNS_ANNOTATION},
     crd,
     state::{
-        mesh::{MESH_CONFIG_NAME, MESH_CONFIG_NAMESPACE},
-        MeshConfig, Namespace, Node, PeerAuthentication, Pod, PodKey, ServiceEntry, State,
+        mesh::{DEFAULT_SAMPLING_PERCENT, MESH_CONFIG_NAME, MESH_CONFIG_NAMESPACE},
+        MeshConfig, Namespace, Node, PeerAuthentication, Pod, PodKey, ServiceEntry, State, Tracing,
     },
 };
 
@@ -216,7 +216,22 @@ pub fn check_mesh_config(mc: &crd::MeshConfig) -> Result<(), (String, String)> {
             ),
         ));
     }
+    mesh_tracing(mc)?;
     Ok(())
+}
+
+/// MeshConfig `tracing` as the state holds it; a bad address or rate names its field.
+pub fn mesh_tracing(mc: &crd::MeshConfig) -> Result<Option<Tracing>, (String, String)> {
+    let Some(t) = &mc.spec.tracing else {
+        return Ok(None);
+    };
+    let otlp = t
+        .otlp
+        .parse()
+        .map_err(|e| ("spec.tracing.otlp".to_string(), e))?;
+    let sampling = Tracing::check_sampling(t.sampling.unwrap_or(DEFAULT_SAMPLING_PERCENT))
+        .map_err(|e| ("spec.tracing.sampling".to_string(), e))?;
+    Ok(Some(Tracing { otlp, sampling }))
 }
 
 /// One parsed document.
@@ -293,6 +308,8 @@ impl Object {
             }
             Object::MeshConfig(mc) => {
                 state.mesh = MeshConfig {
+                    // Checked when parsed (check_mesh_config), so a bad one never gets here.
+                    tracing: mesh_tracing(&mc).ok().flatten(),
                     tunnel: mc.spec.tunnel,
                     outbound: mc.spec.outbound_traffic_policy.mode,
                 }

@@ -119,3 +119,91 @@ fn typed<T: DeserializeOwned>(value: yaml_serde::Value) -> Result<T, (String, St
         (field, e.into_inner().to_string())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{State, Tracing};
+
+    fn mesh_config(spec: &str) -> Result<Parsed, (String, String)> {
+        let text = format!(
+            "apiVersion: weft.dev/v1alpha1\nkind: MeshConfig\n\
+             metadata: {{name: default, namespace: weft-system}}\nspec: {spec}\n"
+        );
+        parse_document(yaml_serde::from_str(&text).expect("yaml"))
+    }
+
+    fn applied(spec: &str) -> State {
+        let mut state = State::default();
+        match mesh_config(spec) {
+            Ok(Parsed::Object(o)) => o.apply(&mut state),
+            Ok(_) => panic!("{spec}: not an object"),
+            Err(e) => panic!("{spec}: {e:?}"),
+        }
+        state
+    }
+
+    #[test]
+    fn mesh_config_tracing_becomes_state() {
+        assert_eq!(applied("{tunnel: h2}").mesh.tracing, None);
+        let t = applied("{tracing: {otlp: '10.0.0.9:4318', sampling: 100}}")
+            .mesh
+            .tracing
+            .expect("tracing");
+        assert_eq!(t.otlp.to_string(), "http://10.0.0.9:4318/v1/traces");
+        assert_eq!(t.sampling, 100.0);
+        let t: Tracing = applied("{tracing: {otlp: 'http://collector.obs:9411/api/traces'}}")
+            .mesh
+            .tracing
+            .expect("tracing");
+        assert_eq!(
+            (t.otlp.host.as_str(), t.otlp.port, t.otlp.path.as_str()),
+            ("collector.obs", 9411, "/api/traces")
+        );
+        assert_eq!(t.sampling, crate::state::mesh::DEFAULT_SAMPLING_PERCENT);
+        // The state a worker receives as JSON reads back equal.
+        let state = applied("{tracing: {otlp: 'collector:4318', sampling: 0.5}}");
+        let json = serde_json::to_string(&state.mesh).expect("json");
+        let back: crate::state::MeshConfig = serde_json::from_str(&json).expect("back");
+        assert_eq!(back, state.mesh);
+    }
+
+    #[test]
+    fn mesh_config_tracing_mistakes_name_their_field() {
+        for (spec, field, words) in [
+            (
+                "{tracing: {otlp: 'https://c:4318'}}",
+                "spec.tracing.otlp",
+                "https",
+            ),
+            ("{tracing: {otlp: ''}}", "spec.tracing.otlp", "HOST:PORT"),
+            (
+                "{tracing: {otlp: 'c:4318', sampling: 101}}",
+                "spec.tracing.sampling",
+                "0 to 100",
+            ),
+            (
+                "{tracing: {otlp: 'c:4318', sampling: -1}}",
+                "spec.tracing.sampling",
+                "0 to 100",
+            ),
+            (
+                "{tracing: {otlp: 'c:4318', sampling: lots}}",
+                "spec.tracing.sampling",
+                "f64",
+            ),
+            (
+                "{tracing: {otlp: 'c:4318', rate: 5}}",
+                "spec.tracing.rate",
+                "unknown field",
+            ),
+            ("{tracing: {sampling: 5}}", "spec.tracing", "otlp"),
+        ] {
+            let (f, msg) = mesh_config(spec)
+                .err()
+                .unwrap_or_else(|| panic!("{spec} accepted"));
+            assert_eq!(f, field, "{spec}: {msg}");
+            assert!(msg.contains(words), "{spec}: {msg}");
+        }
+    }
+}
