@@ -25,6 +25,8 @@ pub struct Context {
     pub next_endpoint: AtomicUsize,
     /// Where finished requests go (to the agent, for metrics and the access log).
     pub reports: tokio::sync::mpsc::Sender<RequestRecord>,
+    /// Spans of this worker's requests, exported over OTLP as MeshConfig says.
+    pub tracer: super::otlp::Tracer,
 }
 
 impl Context {
@@ -45,6 +47,7 @@ impl Context {
             budget: Default::default(),
             next_endpoint: AtomicUsize::new(0),
             reports,
+            tracer: super::otlp::Tracer::new(super::otlp::Limits::default()),
         }
     }
 

@@ -15,7 +15,7 @@ use std::{
         atomic::{AtomicU64, Ordering::Relaxed},
         Arc,
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use bytes::Bytes;
@@ -29,8 +29,9 @@ use super::{
     context::Context,
     filters::{self, RequestAction},
     handoff::{Handoff, Protocol, Side},
-    report::{self, add_flag, Reported},
+    report::{self, add_flag, Reported, Traced},
     request, route,
+    trace::{Span, SpanKind},
     upstream::{Body, Failed, Key, Version, Via},
 };
 use crate::{
@@ -65,8 +66,23 @@ pub struct Conn {
 pub async fn handle(conn: Arc<Conn>, req: hyper::Request<Incoming>) -> http::Response<Body> {
     let started = Instant::now();
     let state = conn.ctx.state.load_full();
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let mut rec = report::begin(&state, &conn.h, &parts);
+    let kind = match conn.h.side {
+        Side::Outbound => SpanKind::Client,
+        Side::Inbound => SpanKind::Server,
+    };
+    let tracer = &conn.ctx.tracer;
+    let span = Span::start(
+        &parts.headers,
+        kind,
+        tracer.sampling_percent(),
+        SystemTime::now(),
+    );
+    // Every copy of the request sent on carries this hop's span as its parent.
+    span.inject(&mut parts.headers);
+    rec.trace_id = Some(span.trace_id_hex());
+    let version = parts.version;
     let request_bytes = Arc::new(AtomicU64::new(0));
     let body = report::count_request(body.map_err(Into::into).boxed(), request_bytes.clone());
     let req = http::Request::from_parts(parts, body);
@@ -74,7 +90,14 @@ pub async fn handle(conn: Arc<Conn>, req: hyper::Request<Incoming>) -> http::Res
         Side::Outbound => outbound(&conn, &state, req, &mut rec).await,
         Side::Inbound => inbound(&conn, &state, req, &mut rec).await,
     };
-    Reported::wrap(resp, rec, conn.ctx.clone(), started, request_bytes)
+    let traced = Traced {
+        span,
+        kind,
+        peer: (kind == SpanKind::Server).then(|| SocketAddr::new(conn.h.source_ip, 0)),
+        pod: conn.h.pod.name.clone(),
+        version,
+    };
+    Reported::wrap(resp, rec, conn.ctx.clone(), started, request_bytes, traced)
 }
 
 /// A response the worker makes itself, with its flag.

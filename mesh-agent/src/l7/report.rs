@@ -20,6 +20,7 @@ use hyper::body::{Body as _, Frame, SizeHint};
 use super::{
     context::Context,
     handoff::{Handoff, Protocol, Side},
+    trace::{Span, SpanAttrs, SpanKind},
     upstream::{Body, BoxError},
 };
 use crate::{
@@ -142,6 +143,7 @@ pub fn count_request(body: Body, counter: Arc<AtomicU64>) -> Body {
 /// is dropped unfinished) is reported with flag DC.
 pub struct Reported {
     inner: Body,
+    traced: Option<Traced>,
     record: Option<RequestRecord>,
     ctx: Arc<Context>,
     started: Instant,
@@ -156,6 +158,7 @@ impl Reported {
         ctx: Arc<Context>,
         started: Instant,
         request_bytes: Arc<AtomicU64>,
+        traced: Traced,
     ) -> http::Response<Body> {
         let (parts, inner) = resp.into_parts();
         record.response_code = parts.status.as_u16();
@@ -164,6 +167,7 @@ impl Reported {
         }
         let body = Reported {
             inner,
+            traced: Some(traced),
             record: Some(record),
             ctx,
             started,
@@ -181,8 +185,31 @@ impl Reported {
         if let Some(flag) = flag {
             add_flag(&mut r, flag);
         }
+        if let Some(t) = self.traced.take() {
+            let mut attrs = SpanAttrs::from_record(&r, t.kind, &self.ctx.node, &t.pod);
+            attrs.protocol_version = match t.version {
+                http::Version::HTTP_2 => "2",
+                _ => "1.1",
+            }
+            .into();
+            attrs.peer = t.peer.or(attrs.peer);
+            if let Some(done) = t.span.finish(attrs, SystemTime::now()) {
+                self.ctx.tracer.record(done);
+            }
+        }
         self.ctx.report(r);
     }
+}
+
+/// The span of one request, finished with its record.
+pub struct Traced {
+    pub span: Span,
+    pub kind: SpanKind,
+    /// The caller (server spans).
+    pub peer: Option<std::net::SocketAddr>,
+    /// The local pod's name.
+    pub pod: String,
+    pub version: http::Version,
 }
 
 /// Adds an Envoy response flag to a record (`-` is none; several are comma-separated).

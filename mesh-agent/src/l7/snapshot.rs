@@ -101,6 +101,7 @@ impl Snapshot {
         }
         ctx.certs.retain(|id| wanted.contains(id));
         prune_pools(ctx, &state);
+        ctx.tracer.update(state.mesh.tracing.as_ref());
         ctx.state.store(state);
         errors
     }

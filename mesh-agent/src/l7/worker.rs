@@ -143,7 +143,7 @@ fn accept(
 ) -> Result<(), HandoffError> {
     let n = fds.len();
     let [stream, netns]: [OwnedFd; 2] = fds.try_into().map_err(|_| HandoffError::Fds(n))?;
-    let stream = tcp_stream(stream).map_err(HandoffError::Stream)?;
+    let stream = downstream(stream).map_err(HandoffError::Stream)?;
     let netns = Netns::from_fd(netns).map_err(HandoffError::Netns)?;
     debug!(connection = %h.id, pod = %h.pod, dst = %h.dst, "connection handed over");
     let span = info_span!("connection", id = %h.id, pod = %h.pod, dst = %h.dst);
@@ -152,7 +152,10 @@ fn accept(
     counters.connections.fetch_add(1, Relaxed);
     tokio::spawn(
         async move {
-            server::serve(ctx, stream, netns, h).await;
+            match stream {
+                Downstream::Tcp(s) => server::serve(ctx, s, netns, h).await,
+                Downstream::Unix(s) => server::serve(ctx, s, netns, h).await,
+            }
             counters.connections.fetch_sub(1, Relaxed);
         }
         .instrument(span),
@@ -160,19 +163,35 @@ fn accept(
     Ok(())
 }
 
-/// A passed descriptor as a tokio TcpStream, refusing anything but a TCP socket.
-fn tcp_stream(fd: OwnedFd) -> std::io::Result<tokio::net::TcpStream> {
+/// A handed-over connection: the client's TCP socket, or (a tunneled connection to a local
+/// pod) the worker's end of the socket pair the agent relays the tunnel stream into.
+enum Downstream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+/// A passed descriptor as a tokio stream, refusing anything but a stream socket (TCP or Unix).
+fn downstream(fd: OwnedFd) -> std::io::Result<Downstream> {
     let sock = socket2::Socket::from(fd);
-    let is_inet = sock.local_addr()?.as_socket().is_some();
-    if !is_inet || sock.r#type()? != socket2::Type::STREAM {
+    if sock.r#type()? != socket2::Type::STREAM {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            "not a TCP socket",
+            "not a stream socket",
         ));
     }
-    let std: std::net::TcpStream = sock.into();
-    std.set_nonblocking(true)?;
-    tokio::net::TcpStream::from_std(std)
+    sock.set_nonblocking(true)?;
+    if sock.local_addr()?.as_socket().is_some() {
+        let std: std::net::TcpStream = sock.into();
+        return tokio::net::TcpStream::from_std(std).map(Downstream::Tcp);
+    }
+    if sock.local_addr()?.is_unix() {
+        let std: std::os::unix::net::UnixStream = sock.into();
+        return tokio::net::UnixStream::from_std(std).map(Downstream::Unix);
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        "neither a TCP nor a Unix stream socket",
+    ))
 }
 
 /// The agent's socket, inherited as `fd`.
