@@ -127,15 +127,45 @@ pub fn authority(parts: &http::request::Parts) -> Option<String> {
     })
 }
 
-/// Counts a request body's bytes as they pass.
+/// Counts a request body's bytes as they pass, keeping its size hint (which says whether the
+/// request is small enough to buffer for retries).
 pub fn count_request(body: Body, counter: Arc<AtomicU64>) -> Body {
-    body.map_frame(move |f| {
-        if let Some(d) = f.data_ref() {
-            counter.fetch_add(d.len() as u64, Relaxed);
-        }
-        f
-    })
+    Counted {
+        inner: body,
+        counter,
+    }
     .boxed()
+}
+
+struct Counted {
+    inner: Body,
+    counter: Arc<AtomicU64>,
+}
+
+impl hyper::body::Body for Counted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r {
+            if let Some(d) = f.data_ref() {
+                self.counter.fetch_add(d.len() as u64, Relaxed);
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A response body that reports its request when it ends: bytes counted, gRPC status read from

@@ -1,8 +1,8 @@
 //! `weft-probe http-serve`: an HTTP application (HTTP/1.1 and h2c, told apart by the preface)
 //! that answers every request with a JSON report of what it received, so L7 tests can assert
 //! on what the mesh delivered. Behaviour on request:
-//!   /status/NNN             answers NNN
-//!   /delay/MS               answers after MS milliseconds
+//!   .../status/NNN          answers NNN
+//!   .../delay/MS            answers after MS milliseconds
 //!   x-fail-key K, x-fail-times N, x-fail-status S
 //!                           the first N requests with key K are answered S, then 200
 //!   Upgrade: weft-echo      101, then echoes the upgraded bytes
@@ -87,10 +87,15 @@ async fn answer(
     });
     let path = req.uri().path().to_owned();
     let mut status = 200u16;
-    if let Some(s) = path.strip_prefix("/status/") {
+    // Anywhere in the path, so a route's prefix can come first (`/slow/delay/5000`).
+    let after = |key: &str| {
+        path.split_once(key)
+            .map(|(_, rest)| rest.split('/').next().unwrap_or_default().to_owned())
+    };
+    if let Some(s) = after("/status/") {
         status = s.parse().unwrap_or(400);
     }
-    if let Some(ms) = path.strip_prefix("/delay/") {
+    if let Some(ms) = after("/delay/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
     }
     if let (Some(key), Some(times)) = (header(&req, "x-fail-key"), header(&req, "x-fail-times")) {
