@@ -4,10 +4,7 @@
 //! collector stand-in on n1, which decodes the real protobuf; the chain app → client → server
 //! → app must hold, with the app's trace id, and B3 callers must get B3 back.
 //!
-//! IGNORED until the L7 pool's worker (issue 11: plan hand-off, server, forward, inbound)
-//! lands: it needs the agents to hand these connections to `mesh-agent l7` workers that call
-//! `l7::trace::Span` and `l7::otlp::Tracer`. Run as root:
-//! `cargo test -p weft-tests --test l7_tracing -- --ignored`.
+//! Run as root (`cargo xtask test`).
 
 use std::{
     net::SocketAddr,
@@ -111,7 +108,6 @@ fn header<'a>(echoed: &'a str, name: &str) -> Option<&'a str> {
 }
 
 #[test]
-#[ignore = "needs the L7 pool worker (issue 11); run with --ignored once it lands"]
 fn a_trace_crosses_both_nodes_pools_as_a_parent_child_chain() {
     if !features::require(
         "a_trace_crosses_both_nodes_pools_as_a_parent_child_chain",
@@ -126,6 +122,27 @@ fn a_trace_crosses_both_nodes_pools_as_a_parent_child_chain() {
         COLLECTOR.parse().unwrap(),
     ));
     trace_echo(&m.server);
+    // The label reaches both agents' state: wait until the Service has its endpoint.
+    weft_tests::eventually("n1 sees orders' endpoint", Duration::from_secs(10), || {
+        let dump = m.a1.config_dump();
+        let pods = dump["state"]["pods"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        pods.iter()
+            .any(|p| p["labels"]["app"] == "orders")
+            .then_some(())
+    });
+    weft_tests::eventually("n2 sees orders' endpoint", Duration::from_secs(10), || {
+        let dump = m.a2.config_dump();
+        let pods = dump["state"]["pods"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        pods.iter()
+            .any(|p| p["labels"]["app"] == "orders")
+            .then_some(())
+    });
 
     // W3C from the app: kept trace id, a new span per hop.
     let tp = format!("traceparent: 00-{APP_TRACE}-{APP_SPAN}-01");
