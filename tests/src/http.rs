@@ -82,10 +82,7 @@ fn parse(out: &str, err: &str) -> Response {
     let mut headers = BTreeMap::new();
     let mut rest = out;
     // Skip interim responses (100 Continue): the last head is the answer.
-    loop {
-        let Some((head, body)) = rest.split_once("\r\n\r\n") else {
-            break;
-        };
+    while let Some((head, body)) = rest.split_once("\r\n\r\n") {
         let mut lines = head.lines();
         let code = lines
             .next()

@@ -704,6 +704,7 @@ weft_http_metric_samples_dropped_total 0
                 cluster_ips: Vec::new(),
                 ports: Vec::new(),
                 selector: None,
+                labels: Default::default(),
             };
             state.services.insert(key, service);
         }

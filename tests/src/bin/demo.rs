@@ -2,6 +2,9 @@
 //! real agents. It walks through what Weft does, one step at a time, shows what crosses the wire,
 //! and cleans up after itself (also on Ctrl-C).
 
+#[path = "demo/l7.rs"]
+mod l7;
+
 use std::net::{Ipv4Addr, SocketAddr};
 
 use weft_tests::{pattern, probe, topology, wire, Agent, Ca, Client, ConnectResult, Topology};
@@ -62,6 +65,8 @@ fn run(topo: &mut Topology) {
     let batch = topo.pod(&a, "legacy", "batch");
     let orders = topo.pod(&b, "backend", "orders");
     let ledger = topo.pod(&a, "legacy", "ledger");
+    let orders_v1 = topo.pod(&b, "backend", "orders-v1");
+    let orders_v2 = topo.pod(&b, "backend", "orders-v2");
     for p in [&web, &batch, &orders, &ledger] {
         println!(
             "   pod {}/{} on {} with IP {}",
@@ -242,6 +247,14 @@ fn run(topo: &mut Topology) {
     for line in out.lines() {
         println!("   {line}");
     }
+
+    step(
+        9,
+        "L7: a canary by weight and by header, retries, request metrics, a trace, an L7 policy",
+    );
+    // Step 7's policy admits only namespace backend: lift it for this act.
+    topo.apply("policy", "");
+    l7::act(topo, &web, &orders_v1, &orders_v2, &agent_a);
 }
 
 fn peer(p: &serde_json::Value) -> String {
