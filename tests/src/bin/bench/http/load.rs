@@ -150,9 +150,13 @@ impl Client {
     }
 
     fn request(&self) -> Request<Body> {
-        Request::post(self.uri.clone())
-            .header("host", &self.host)
-            .header("content-type", "application/octet-stream")
+        let mut req = Request::post(self.uri.clone());
+        // HTTP/2 carries the authority in the URI (:authority); a Host header besides it is
+        // what nginx answers 400.
+        if matches!(self.conns, Conns::H1 { .. }) {
+            req = req.header("host", &self.host);
+        }
+        req.header("content-type", "application/octet-stream")
             .body(Full::new(self.body.clone()))
             .expect("static request")
     }
