@@ -150,10 +150,7 @@ fn setup() -> (Bench, Vec<Case>) {
     m.a2.wait_enrolled(&web);
     m.a2.wait_certificates();
     wait_service(&m.a1, "web");
-    let servers = [&m.plain, &m.server, &web]
-        .into_iter()
-        .map(|pod| serve(pod))
-        .collect();
+    let servers = [&m.plain, &m.server, &web].into_iter().map(serve).collect();
     let workers = procs::l7_workers(m.a1.pid().expect("agent n1")).len();
     let nginx = nginx::Nginx::start(
         &m.topo.dir.join("nginx"),
