@@ -35,15 +35,9 @@ enum Command {
     Codegen,
     /// A local two-node topology with pods and agents; shows what the mesh captured.
     Demo,
-    /// Connect latency and throughput with and without Weft, as ratios measured in one run.
-    Bench {
-        /// Connections per measurement.
-        #[arg(long, default_value_t = 2000)]
-        connections: usize,
-        /// Idle relayed connections held open for the memory phase (0 skips it).
-        #[arg(long, default_value_t = 10_000)]
-        memory_connections: usize,
-    },
+    /// Connect latency, throughput and HTTP request cost with and without Weft (and nginx as
+    /// the L7 reference), as ratios measured in one run.
+    Bench(run::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -57,9 +51,6 @@ fn main() -> Result<()> {
         Command::Lint => run::lint(),
         Command::Codegen => run::codegen(false),
         Command::Demo => run::demo(),
-        Command::Bench {
-            connections,
-            memory_connections,
-        } => run::bench(connections, memory_connections),
+        Command::Bench(args) => run::bench(&args),
     }
 }

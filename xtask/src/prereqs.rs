@@ -161,6 +161,17 @@ pub fn tools() -> Result<()> {
     apt_install(&missing)
 }
 
+/// nginx (Debian's package) for the bench's HTTP phase: the reverse proxy it measures the L7
+/// pool against. Only the binary is used (the bench runs it with its own configuration); where
+/// no policy-rc.d forbids it, the package also starts the system's nginx service on :80.
+pub fn nginx() -> Result<()> {
+    let found = |cmd: &str| succeeds(Command::new(cmd).arg("-v"));
+    if found("nginx") || found("/usr/sbin/nginx") {
+        return Ok(());
+    }
+    apt_install(&["nginx"]).context("the bench's HTTP phase needs nginx")
+}
+
 /// kubernetes-validate (PyPI; carries the Kubernetes schemas, works offline) for `lint`.
 pub fn kubernetes_validate() -> Result<()> {
     if succeeds(Command::new("kubernetes-validate").arg("--version")) {

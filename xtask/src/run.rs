@@ -254,17 +254,64 @@ pub fn demo() -> Result<()> {
     tool("demo", false, &[])
 }
 
-pub fn bench(connections: usize, memory_connections: usize) -> Result<()> {
-    tool(
-        "bench",
-        true,
-        &[
-            "--connections".into(),
-            connections.to_string(),
-            "--memory-connections".into(),
-            memory_connections.to_string(),
-        ],
-    )
+/// The bench's phases, in the order it runs them.
+const BENCH_PHASES: [&str; 4] = ["hook", "cross", "memory", "http"];
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Connections per measurement (hook and cross phases).
+    #[arg(long, default_value_t = 2000)]
+    connections: usize,
+    /// Idle relayed connections held open for the memory phase (0 skips it).
+    #[arg(long, default_value_t = 10_000)]
+    memory_connections: usize,
+    /// Run only these phases (comma-separated); all of them without it.
+    #[arg(long, value_delimiter = ',', value_parser = BENCH_PHASES)]
+    only: Vec<String>,
+    /// HTTP phase: rounds over all cases; the table reports medians of rounds.
+    #[arg(long, default_value_t = 3)]
+    http_rounds: usize,
+    /// HTTP phase: requests per second of the fixed-rate latency measurement.
+    #[arg(long, default_value_t = 500)]
+    http_rate: u64,
+    /// HTTP phase: connections (HTTP/1.1) or streams (HTTP/2) in flight for the max rate.
+    #[arg(long, default_value_t = 16)]
+    http_concurrency: usize,
+    /// HTTP phase: seconds of each fixed-rate latency measurement.
+    #[arg(long, default_value_t = 3)]
+    http_latency_secs: u64,
+    /// HTTP phase: seconds of each max-rate measurement.
+    #[arg(long, default_value_t = 2)]
+    http_rps_secs: u64,
+}
+
+impl BenchArgs {
+    fn runs(&self, phase: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p == phase)
+    }
+
+    fn to_args(&self) -> Vec<String> {
+        let mut a = vec![
+            ("--connections", self.connections.to_string()),
+            ("--memory-connections", self.memory_connections.to_string()),
+            ("--http-rounds", self.http_rounds.to_string()),
+            ("--http-rate", self.http_rate.to_string()),
+            ("--http-concurrency", self.http_concurrency.to_string()),
+            ("--http-latency-secs", self.http_latency_secs.to_string()),
+            ("--http-rps-secs", self.http_rps_secs.to_string()),
+        ];
+        if !self.only.is_empty() {
+            a.push(("--only", self.only.join(",")));
+        }
+        a.into_iter().flat_map(|(k, v)| [k.to_owned(), v]).collect()
+    }
+}
+
+pub fn bench(args: &BenchArgs) -> Result<()> {
+    if args.runs("http") {
+        prereqs::nginx()?;
+    }
+    tool("bench", true, &args.to_args())
 }
 
 #[cfg(test)]

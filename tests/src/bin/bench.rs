@@ -9,9 +9,18 @@
 //!    streams, the agents' CPU seconds per GB moved and peak RSS.
 //! 3. Memory (`memory`): each agent's RSS idle, with `--memory-connections` (default 10 000;
 //!    0 skips) idle relayed connections, and after they close.
+//! 4. HTTP (`http`): direct vs Weft L4 vs the Weft L7 pool vs nginx as a reverse proxy,
+//!    HTTP/1.1 and HTTP/2, latency at a fixed rate and the maximum rate (see bench/http.rs);
+//!    `--http-rounds`, `--http-rate`, `--http-concurrency`, `--http-latency-secs`,
+//!    `--http-rps-secs`.
 //!
-//! Rounds alternate between paths. Prints tables and writes target/bench/bench.json.
+//! `--only PHASE[,PHASE...]` (hook, cross, memory, http) runs just those. Rounds alternate
+//! between paths. Prints tables and writes target/bench/bench.json (bench-PHASES.json with
+//! `--only`). `weft-bench http-serve` and `http-load` are the HTTP phase's server and client,
+//! which the bench starts inside pods.
 
+#[path = "bench/http.rs"]
+mod http;
 #[path = "bench/memory.rs"]
 mod memory;
 
@@ -29,26 +38,75 @@ const RR_COUNT: u64 = 3000;
 /// How long each path opens new connections.
 const CONN_SECS: u64 = 3;
 
+const PHASES: [&str; 4] = ["hook", "cross", "memory", "http"];
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("http-serve") => {
+            return http::server::serve(args.get(2).and_then(|p| p.parse().ok()).expect("port"))
+        }
+        Some("http-load") => return http::load::run(&http::load::Spec::from_args(&args[2..])),
+        _ => {}
+    }
     let flag = |name: &str, default: usize| -> usize {
         args.iter()
             .position(|a| a == name)
             .and_then(|i| args.get(i + 1)?.parse().ok())
             .unwrap_or(default)
     };
+    let only = phases(&args);
+    let run = |phase: &str| only.iter().any(|p| p == phase);
     let connections = flag("--connections", 2000);
     let idle_connections = flag("--memory-connections", 10_000);
-    let hook = hook_cost(connections);
-    let mesh = cross_node(connections);
-    let mem = (idle_connections > 0).then(|| memory::memory(idle_connections));
-    let out = json!({"hook": hook, "cross_node": mesh, "memory": mem});
+    let http_opts = http::Options {
+        rounds: flag("--http-rounds", 3).max(1),
+        rate: flag("--http-rate", 500).max(1) as u64,
+        concurrency: flag("--http-concurrency", 16).max(1),
+        latency_secs: flag("--http-latency-secs", 3).max(1) as u64,
+        rps_secs: flag("--http-rps-secs", 2).max(1) as u64,
+    };
+    let hook = run("hook").then(|| hook_cost(connections));
+    let mesh = run("cross").then(|| cross_node(connections));
+    let mem = (run("memory") && idle_connections > 0).then(|| memory::memory(idle_connections));
+    let web = run("http").then(|| http::http(&http_opts));
+    let out = json!({"hook": hook, "cross_node": mesh, "memory": mem, "http": web});
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     let _ = std::fs::create_dir_all(&dir);
-    let path = dir.join("bench.json");
+    let name = if only.len() == PHASES.len() {
+        "bench.json".to_owned()
+    } else {
+        format!("bench-{}.json", only.join("-"))
+    };
+    let path = dir.join(name);
     std::fs::write(&path, serde_json::to_string_pretty(&out).expect("json"))
         .expect("write bench json");
     println!("\nwritten to {}", path.display());
+}
+
+/// The phases `--only` names (all of them without it); an unknown name ends the run.
+fn phases(args: &[String]) -> Vec<String> {
+    let Some(list) = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+    else {
+        return PHASES.map(str::to_owned).to_vec();
+    };
+    let names: Vec<String> = list.split(',').map(|s| s.trim().to_owned()).collect();
+    if let Some(bad) = names.iter().find(|n| !PHASES.contains(&n.as_str())) {
+        eprintln!(
+            "--only: unknown phase {bad:?}; the phases are {}",
+            PHASES.join(", ")
+        );
+        std::process::exit(2);
+    }
+    // In the bench's own order, whatever order they were named in.
+    PHASES
+        .iter()
+        .filter(|p| names.iter().any(|n| n == *p))
+        .map(|p| p.to_string())
+        .collect()
 }
 
 /// Latency samples for each path, `connections` per path over interleaved rounds.
