@@ -115,12 +115,27 @@ fn url(path: &str) -> String {
     format!("http://{FRONTEND}{path}")
 }
 
-/// The request lines of an agent's access log (one per request its pool handled).
-fn requests(a: &Agent) -> Vec<Value> {
-    a.access_log()
-        .into_iter()
-        .filter(|l| l.get("method").is_some())
-        .collect()
+/// The request lines of an agent's access log (one per request its pool handled), once `ready`
+/// says they are all there: a worker reports a request when its response has ended, so the
+/// line may follow the client's answer by a moment.
+fn requests(a: &Agent, ready: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    weft_tests::eventually(
+        "the request lines",
+        std::time::Duration::from_secs(10),
+        || {
+            let lines: Vec<Value> = a
+                .access_log()
+                .into_iter()
+                .filter(|l| l.get("method").is_some())
+                .collect();
+            ready(&lines).then_some(lines)
+        },
+    )
+}
+
+fn has(lines: &[Value], key: &str, value: impl Into<Value>) -> bool {
+    let value = value.into();
+    lines.iter().any(|l| l[key] == value)
 }
 
 #[test]
@@ -171,8 +186,7 @@ fn a_weighted_canary_and_a_header_match_route_each_request_and_the_wire_is_tls()
         "a request header crossed the wire in the clear"
     );
     // The source pool reported each request, with the route and the backend chosen.
-    let lines = requests(&m.a1);
-    assert!(lines.len() >= 110, "{} request lines", lines.len());
+    let lines = requests(&m.a1, |l| l.len() >= 110);
     let iphone = lines
         .iter()
         .find(|l| l["route"]["rule"] == 0)
@@ -256,7 +270,9 @@ fn retries_hide_a_flaky_backend_and_a_request_timeout_answers_504() {
     // Three failures, two retries: the last 503 reaches the client, flagged URX.
     let r = flaky("b", "3");
     assert_eq!(r.status, 503, "{r:?}");
-    let lines = requests(&m.a1);
+    let lines = requests(&m.a1, |l| {
+        has(l, "response_code", 200) && has(l, "response_code", 503)
+    });
     let hidden = lines
         .iter()
         .find(|l| l["response_code"] == 200)
@@ -281,7 +297,7 @@ fn retries_hide_a_flaky_backend_and_a_request_timeout_answers_504() {
         started.elapsed() < std::time::Duration::from_secs(4),
         "the timeout did not cut the request"
     );
-    let lines = requests(&m.a1);
+    let lines = requests(&m.a1, |l| has(l, "response_code", 504));
     let timed_out = lines
         .iter()
         .find(|l| l["response_code"] == 504)
@@ -319,7 +335,7 @@ fn an_l7_policy_denies_delete_with_envoys_403_on_the_destination_and_lets_get_th
     let del = curl(&m.client, &["-X", "DELETE", &pod_url]);
     assert_eq!(del.status, 403, "{del:?}");
     assert_eq!(del.body.trim(), "RBAC: access denied");
-    let lines = requests(&m.a2);
+    let lines = requests(&m.a2, |l| has(l, "method", "DELETE"));
     let denied = lines
         .iter()
         .find(|l| l["method"] == "DELETE")
@@ -367,7 +383,7 @@ spec:
         r.body.contains("grpc-status: 5"),
         "the trailers arrive: {r:?}"
     );
-    let lines = requests(&m.a1);
+    let lines = requests(&m.a1, |l| has(l, "path", "/orders.Orders/Get"));
     let g = lines
         .iter()
         .find(|l| l["path"] == "/orders.Orders/Get")
@@ -394,7 +410,7 @@ spec:
     let r = curl(&m.client, &["http://10.96.0.23/"]);
     assert_eq!((r.status, r.server().as_str()), (200, "orders-v1"), "{r:?}");
     assert!(
-        requests(&m.a1).is_empty(),
+        requests(&m.a1, |_| true).is_empty(),
         "no request went through the pool"
     );
     let (_, out) =
@@ -404,9 +420,10 @@ spec:
     let addr: SocketAddr = format!("{FRONTEND}:80").parse().unwrap();
     let answer = http::send_raw(&m.client, addr, "\\x16\\x03\\x01garbage\\r\\n\\r\\n");
     assert!(!answer.contains("200"), "garbage got an answer: {answer:?}");
-    let log = m.a1.log();
-    assert!(
-        log.contains("are not HTTP"),
-        "the pool says why it closed the connection:\n{log}"
+    // The worker logs it as the connection closes: the line may follow the close by a moment.
+    weft_tests::eventually(
+        "the pool to say why it closed the connection",
+        std::time::Duration::from_secs(10),
+        || m.a1.log().contains("are not HTTP").then_some(()),
     );
 }

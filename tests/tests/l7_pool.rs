@@ -1,7 +1,7 @@
 //! The L7 pool's process machinery with real processes and real descriptors: the test drives
 //! `L7Pool` through the library, the workers are the real `mesh-agent l7` binary (or, to
-//! misbehave on purpose, a script standing in for it). The placeholder server answers every
-//! request 503 naming its worker's pid, which is what these tests read.
+//! misbehave on purpose, a script standing in for it). A worker names itself (its pid, header
+//! `x-weft-l7-worker`) on every response it makes itself, which is what these tests read.
 
 use std::{
     fs::File,
@@ -83,13 +83,17 @@ impl Pool {
         let (client, handed) = self.hand();
         handed.expect("handed to a worker");
         let answer = request(client);
-        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-        let pid = answer
-            .rsplit("weft l7 worker ")
-            .next()
-            .and_then(|p| p.trim().parse().ok());
-        pid.unwrap_or_else(|| panic!("no worker pid in the answer:\n{answer}"))
+        assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
+        worker_pid(&answer).unwrap_or_else(|| panic!("no worker pid in the answer:\n{answer}"))
     }
+}
+
+/// The worker that answered: every response a worker makes itself names it.
+fn worker_pid(answer: &str) -> Option<u32> {
+    answer
+        .lines()
+        .find_map(|l| l.strip_prefix("x-weft-l7-worker: "))
+        .and_then(|p| p.trim().parse().ok())
 }
 
 fn connection() -> (TcpStream, TcpStream) {
@@ -462,10 +466,7 @@ fn a_worker_skips_an_undecodable_message_fails_closed_before_its_snapshot_and_qu
     send(&body, &[accepted.as_fd(), netns.as_fd()]);
     drop(accepted);
     let answer = request(client);
-    assert!(
-        answer.contains(&format!("weft l7 worker {}", worker.id())),
-        "{answer}"
-    );
+    assert_eq!(worker_pid(&answer), Some(worker.id()), "{answer}");
 
     // A header that cannot be a frame: the stream is out of step, the worker quits.
     (&raw).write_all(&[0xff, 0xff, 0xff, 0xff, 0]).unwrap();

@@ -50,6 +50,8 @@ use crate::{
 /// Request bodies up to this size are buffered so the request can be retried (or mirrored);
 /// larger ones stream through and are not retried (said in the access log).
 pub const MAX_BUFFERED_BODY: u64 = 64 * 1024;
+/// The header naming the worker (its pid) on responses a worker makes itself.
+pub const WORKER_HEADER: &str = "x-weft-l7-worker";
 /// How long a mirrored request may take before it is dropped.
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -112,10 +114,13 @@ pub fn local(
     }
     let mut resp = http::Response::new(full(Bytes::from(format!("{body}\n"))));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
+    let headers = resp.headers_mut();
+    headers.insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain"),
     );
+    // Which worker answered, for whoever debugs it (the upstream never made this response).
+    headers.insert(WORKER_HEADER, http::HeaderValue::from(std::process::id()));
     resp
 }
 

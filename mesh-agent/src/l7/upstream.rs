@@ -107,11 +107,7 @@ impl Upstreams {
             Some(s) => s,
             None => self.connect(ctx, netns, key, id, false).await?,
         };
-        let failed = |e: hyper::Error| Failed {
-            before_request: e.is_canceled(),
-            error: format!("upstream {}: {e}", key.endpoint),
-            flags: flags::UPSTREAM_RESET,
-        };
+        let failed = |e| request_failed(key, e);
         match sender {
             Sender::H2(mut s) => {
                 let resp = s.send_request(req).await.map_err(failed);
@@ -150,11 +146,9 @@ impl Upstreams {
                 before_request: true,
             });
         };
-        s.send_request(req).await.map_err(|e| Failed {
-            before_request: e.is_canceled(),
-            error: format!("upstream {}: {e}", key.endpoint),
-            flags: flags::UPSTREAM_RESET,
-        })
+        s.send_request(req)
+            .await
+            .map_err(|e| request_failed(key, e))
     }
 
     fn take(&self, key: &Key) -> Option<Sender> {
@@ -270,6 +264,15 @@ impl Upstreams {
                 Ok(Sender::H2(sender))
             }
         }
+    }
+}
+
+/// A request that got no response: canceled before it was sent (safe to retry) or cut.
+fn request_failed(key: &Key, e: hyper::Error) -> Failed {
+    Failed {
+        before_request: e.is_canceled(),
+        error: format!("upstream {}: {e}", key.endpoint),
+        flags: flags::UPSTREAM_RESET,
     }
 }
 

@@ -77,17 +77,7 @@ async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
             }
             Err(f) => {
                 info!(error = %f.error, "onward connect failed; reset");
-                let state = shared.state.load();
-                let record = Record::new(
-                    id,
-                    Reporter::Source,
-                    Peer::at(&state, ctx.ip, None),
-                    Peer::at(&state, orig.ip(), None),
-                    orig,
-                    plan.service,
-                    "tcp",
-                );
-                record.refused(shared, f.flags, None, f.error.to_string());
+                refused(&ctx, orig, &plan, id).refused(shared, f.flags, None, f.error.to_string());
                 reset(down)
             }
         }
@@ -118,7 +108,7 @@ fn hand_to_l7(
         service: plan.service.clone(),
         protocol: to.protocol,
     };
-    let refused = match (&shared.l7, down.into_std()) {
+    let reason = match (&shared.l7, down.into_std()) {
         (Some(hand), Ok(std)) => match hand(std.into(), &ctx.netns, handoff) {
             Ok(()) => {
                 debug!(
@@ -132,9 +122,19 @@ fn hand_to_l7(
         (None, _) => "this agent runs no L7 pool".to_string(),
         (_, Err(e)) => format!("cannot detach the socket: {e}"),
     };
-    warn!(reason = %refused, "connection needs L7 but no worker took it; refused");
-    let state = shared.state.load();
-    let record = Record::new(
+    debug!(reason = %reason, "connection needs L7 but no worker took it; refused");
+    refused(ctx, orig, plan, id).refused(
+        shared,
+        crate::metrics::flags::NO_HEALTHY_UPSTREAM,
+        None,
+        format!("L7 pool: {reason}"),
+    );
+}
+
+/// The record of a connection refused before any onward leg.
+fn refused(ctx: &PodContext, orig: SocketAddr, plan: &Plan, id: ConnectionId) -> Record {
+    let state = ctx.shared.state.load();
+    Record::new(
         id,
         Reporter::Source,
         Peer::at(&state, ctx.ip, None),
@@ -142,11 +142,5 @@ fn hand_to_l7(
         orig,
         plan.service.clone(),
         "tcp",
-    );
-    record.refused(
-        shared,
-        crate::metrics::flags::NO_HEALTHY_UPSTREAM,
-        None,
-        format!("L7 pool: {refused}"),
-    );
+    )
 }

@@ -146,7 +146,7 @@ async fn admit(
         return match l7::pair(ctx, target, source, to.protocol, id) {
             Ok(up) => Ok(Delivery {
                 target,
-                up: AppLeg::L7(up),
+                up: AppLeg::Right(up),
                 record,
                 watch: None,
             }),
@@ -177,7 +177,7 @@ async fn admit(
     match super::connect_to_app(ctx, target).await {
         Ok(up) => Ok(Delivery {
             target,
-            up: AppLeg::App(up),
+            up: AppLeg::Left(up),
             record,
             watch: Some(watch),
         }),

@@ -8,17 +8,12 @@
 //! copy is in the benchmark).
 
 use std::{
-    io,
     net::{IpAddr, SocketAddr},
     os::fd::OwnedFd,
-    pin::Pin,
-    task::{Context, Poll},
 };
 
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{TcpStream, UnixStream},
-};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_util::either::Either;
 
 use crate::{
     l7::handoff::{Handoff, Protocol, Side},
@@ -26,11 +21,9 @@ use crate::{
     tunnel::traceparent::ConnectionId,
 };
 
-/// What an inbound connection is delivered to: the application, or a worker of the pool.
-pub enum AppLeg {
-    App(TcpStream),
-    L7(UnixStream),
-}
+/// What an inbound connection is delivered to: the application (TCP), or a worker of the
+/// pool (the agent's end of a socket pair).
+pub type AppLeg = Either<TcpStream, UnixStream>;
 
 /// Gives `fd` (the connection, or the worker's end of a socket pair) to the pool.
 fn hand(
@@ -97,51 +90,11 @@ impl Reset for UnixStream {
     }
 }
 
-impl Reset for AppLeg {
+impl<A: Reset, B: Reset> Reset for Either<A, B> {
     fn reset(&mut self) {
         match self {
-            AppLeg::App(s) => s.reset(),
-            AppLeg::L7(s) => s.reset(),
-        }
-    }
-}
-
-impl AsyncRead for AppLeg {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            AppLeg::App(s) => Pin::new(s).poll_read(cx, buf),
-            AppLeg::L7(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for AppLeg {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            AppLeg::App(s) => Pin::new(s).poll_write(cx, buf),
-            AppLeg::L7(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            AppLeg::App(s) => Pin::new(s).poll_flush(cx),
-            AppLeg::L7(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            AppLeg::App(s) => Pin::new(s).poll_shutdown(cx),
-            AppLeg::L7(s) => Pin::new(s).poll_shutdown(cx),
+            Either::Left(s) => s.reset(),
+            Either::Right(s) => s.reset(),
         }
     }
 }
