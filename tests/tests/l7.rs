@@ -230,6 +230,43 @@ fn a_weighted_canary_and_a_header_match_route_each_request_and_the_wire_is_tls()
         ok_v2 >= 12,
         "istio_requests_total for orders-v2: {ok_v2}\n{metrics}"
     );
+    // Explain renders the same routing the worker did, for a request given by hand.
+    let (_, out) = m.a1.meshctl(&[
+        "explain",
+        "--from",
+        "mesh/client",
+        "--to",
+        "10.96.0.20:80",
+        "--http",
+        "GET /orders/1",
+        "-H",
+        "x-client: iphone",
+    ]);
+    assert!(
+        out.contains("GET /orders/1 matches HTTPRoute mesh/orders rule 0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("backend mesh/orders-v2:80 weight 1 (100% of requests)"),
+        "{out}"
+    );
+    let (_, out) = m.a1.meshctl(&[
+        "explain",
+        "--from",
+        "mesh/client",
+        "--to",
+        "10.96.0.20:80",
+        "--http",
+        "GET /",
+    ]);
+    assert!(
+        out.contains("matches HTTPRoute mesh/orders rule 1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("backend mesh/orders-v1:80 weight 90 (90% of requests)"),
+        "{out}"
+    );
 }
 
 const RETRY: &str = "\

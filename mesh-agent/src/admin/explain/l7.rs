@@ -117,9 +117,13 @@ pub fn route_step(
                 format!("{request} matches no rule: answered 404 (flag NR)"),
             );
         };
+        let kind = match r.route.kind {
+            crate::state::routes::RouteKind::Http => "HTTPRoute",
+            crate::state::routes::RouteKind::Grpc => "GRPCRoute",
+        };
         lines.push(format!(
-            "{request} matches {:?} {}/{} rule {}",
-            r.route.kind, r.route.namespace, r.route.name, r.rule_index
+            "{request} matches {kind} {}/{} rule {}",
+            r.route.namespace, r.route.name, r.rule_index
         ));
         let b = r
             .rule
