@@ -174,7 +174,6 @@ pub fn act(topo: &mut Topology, web: &Pod, v1: &Pod, v2: &Pod, agent_a: &Agent) 
             label(line, "response_flags")
         );
     }
-    topo.apply("l7-policy", READ_ONLY);
     println!(
         "   AuthorizationPolicy orders-api-read-only: DENY DELETE (enforced on node-b, per request)"
     );
