@@ -3,8 +3,7 @@
 //! and CEL rules say, so file mode refuses what the API server would) and compiled into a
 //! `state::routes::Route`. Routes attached only to Gateways are not the mesh's and are left
 //! alone. The pieces GRPCRoute shares (the route object and its rules' limits, parentRefs,
-//! backendRefs, header filters, mirrors) live
-//! in `route_parts`.
+//! backendRefs, header filters, mirrors) live in `route_parts`.
 
 use serde::{de::IgnoredAny, Deserialize};
 
