@@ -7,7 +7,7 @@ use serde::{de::IgnoredAny, Deserialize};
 use super::route_parts::{
     at, at_most, each, foreign_config, header_matches, missing_config, pattern, shared_filter,
     BackendRef, HeaderFilterObject, MirrorObject, NameValueMatch, Refusal, RouteObject, RuleObject,
-    SharedFilters, MAX_BACKENDS, MAX_FILTERS,
+    SharedFilters, MAX_FILTERS,
 };
 use crate::state::routes::{
     Backend, Filter, GrpcMethodMatch, RouteKind, RouteMatch, RouteRule, Timeouts, ValueMatch,
@@ -60,18 +60,14 @@ pub struct GrpcFilter {
 
 pub type GrpcBackendRef = BackendRef<GrpcFilter>;
 
+/// Any method of any service.
 fn any_call() -> RouteMatch {
-    RouteMatch {
-        path: None,
-        method: None,
-        headers: Vec::new(),
-        query: Vec::new(),
-        grpc: None,
-    }
+    RouteMatch::default()
 }
 
 impl RuleObject for GrpcRule {
     const KIND: RouteKind = RouteKind::Grpc;
+    const MAX_MATCHES: usize = MAX_GRPC_MATCHES;
 
     fn match_all() -> RouteMatch {
         any_call()
@@ -81,19 +77,11 @@ impl RuleObject for GrpcRule {
         self.matches.len()
     }
 
+    fn backend_count(&self) -> usize {
+        self.backend_refs.len()
+    }
+
     fn compile(self, ns: &str, field: &str) -> Result<RouteRule, Refusal> {
-        at_most(
-            &format!("{field}.matches"),
-            self.matches.len(),
-            MAX_GRPC_MATCHES,
-            "matches",
-        )?;
-        at_most(
-            &format!("{field}.backendRefs"),
-            self.backend_refs.len(),
-            MAX_BACKENDS,
-            "backendRefs",
-        )?;
         let mut matches = each(self.matches, &format!("{field}.matches"), |m, at_i| {
             let grpc = m
                 .method

@@ -13,8 +13,7 @@ mod tests;
 use super::route_parts::{
     at, at_most, check_path, each, foreign_config, header_matches, missing_config, parse_duration,
     pattern, shared_filter, BackendRef as BackendRefOf, HeaderFilterObject, MirrorObject,
-    NameValueMatch, Refusal, RouteObject, RuleObject, SharedFilters, MAX_BACKENDS, MAX_FILTERS,
-    MAX_MATCHES,
+    NameValueMatch, Refusal, RouteObject, RuleObject, SharedFilters, MAX_FILTERS, MAX_MATCHES,
 };
 use crate::state::routes::{
     Backend, Filter, PathMatch, PathModifier, QueryMatch, Redirect, Retry, RouteKind, RouteMatch,
@@ -122,15 +121,13 @@ const METHODS: &[&str] = &[
 fn default_match() -> RouteMatch {
     RouteMatch {
         path: Some(PathMatch::Prefix("/".into())),
-        method: None,
-        headers: Vec::new(),
-        query: Vec::new(),
-        grpc: None,
+        ..RouteMatch::default()
     }
 }
 
 impl RuleObject for Rule {
     const KIND: RouteKind = RouteKind::Http;
+    const MAX_MATCHES: usize = MAX_MATCHES;
 
     fn match_all() -> RouteMatch {
         default_match()
@@ -140,6 +137,10 @@ impl RuleObject for Rule {
         self.matches.len()
     }
 
+    fn backend_count(&self) -> usize {
+        self.backend_refs.len()
+    }
+
     fn compile(self, ns: &str, field: &str) -> Result<RouteRule, Refusal> {
         rule(ns, self, field)
     }
@@ -147,13 +148,6 @@ impl RuleObject for Rule {
 
 fn rule(ns: &str, r: Rule, field: &str) -> Result<RouteRule, Refusal> {
     let (matches_at, backends_at) = (format!("{field}.matches"), format!("{field}.backendRefs"));
-    at_most(&matches_at, r.matches.len(), MAX_MATCHES, "matches")?;
-    at_most(
-        &backends_at,
-        r.backend_refs.len(),
-        MAX_BACKENDS,
-        "backendRefs",
-    )?;
     let mut matches = each(r.matches, &matches_at, route_match)?;
     if matches.is_empty() {
         matches.push(default_match());

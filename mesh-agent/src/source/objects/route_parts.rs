@@ -91,10 +91,14 @@ impl<R> Default for RouteSpec<R> {
 /// A rule of an HTTPRoute or GRPCRoute: what differs between the two route kinds.
 pub trait RuleObject: Sized {
     const KIND: RouteKind;
+    /// The CRD's limit of matches per rule.
+    const MAX_MATCHES: usize;
     /// What a route without rules matches (the CRD's default rule).
     fn match_all() -> RouteMatch;
     /// The rule's own matches (an empty list counts as one match).
     fn match_count(&self) -> usize;
+    fn backend_count(&self) -> usize;
+    /// The rule, its list lengths already checked.
     fn compile(self, ns: &str, field: &str) -> Result<RouteRule, Refusal>;
 }
 
@@ -121,7 +125,22 @@ impl<R: RuleObject> RouteObject<R> {
                 format!("at most {MAX_TOTAL_MATCHES} matches across all rules, not {total}"),
             ));
         }
-        let mut rules = each(rules, "spec.rules", |r, field| r.compile(&namespace, field))?;
+        let mut rules = each(rules, "spec.rules", |r, field| {
+            let (matches, backends) = (r.match_count(), r.backend_count());
+            at_most(
+                &format!("{field}.matches"),
+                matches,
+                R::MAX_MATCHES,
+                "matches",
+            )?;
+            at_most(
+                &format!("{field}.backendRefs"),
+                backends,
+                MAX_BACKENDS,
+                "backendRefs",
+            )?;
+            r.compile(&namespace, field)
+        })?;
         if rules.is_empty() {
             rules.push(RouteRule {
                 backends: Vec::new(),
