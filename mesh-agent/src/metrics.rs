@@ -72,10 +72,10 @@ pub enum Reporter {
     Destination,
 }
 
-/// The label set of Istio's TCP metrics. Values Istio would not know are `unknown`.
+/// The labels Istio's TCP and HTTP metrics share: who talked to whom. Values Istio would not
+/// know are `unknown`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TcpLabels {
-    pub reporter: Reporter,
+pub struct Peers {
     pub source_workload: String,
     pub source_canonical_service: String,
     pub source_workload_namespace: String,
@@ -87,21 +87,12 @@ pub struct TcpLabels {
     pub destination_service: String,
     pub destination_service_name: String,
     pub destination_service_namespace: String,
-    pub response_flags: &'static str,
-    /// `mutual_tls` or `none`.
-    pub connection_security_policy: &'static str,
 }
 
-impl TcpLabels {
-    fn pairs(&self) -> [(&'static str, &str); 15] {
+impl Peers {
+    /// In Istio's label order (they follow `reporter`).
+    fn pairs(&self) -> [(&'static str, &str); 11] {
         [
-            (
-                "reporter",
-                match self.reporter {
-                    Reporter::Source => "source",
-                    Reporter::Destination => "destination",
-                },
-            ),
             ("source_workload", &self.source_workload),
             ("source_canonical_service", &self.source_canonical_service),
             ("source_workload_namespace", &self.source_workload_namespace),
@@ -122,13 +113,52 @@ impl TcpLabels {
                 "destination_service_namespace",
                 &self.destination_service_namespace,
             ),
+        ]
+    }
+
+    /// Whether the workloads and the Service named are all still in the state.
+    fn present_in(&self, present: &Present) -> bool {
+        present.names_all(
+            (&self.source_workload_namespace, &self.source_workload),
+            (
+                &self.destination_workload_namespace,
+                &self.destination_workload,
+            ),
+            (
+                &self.destination_service_namespace,
+                &self.destination_service_name,
+            ),
+        )
+    }
+}
+
+/// The label set of Istio's TCP metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TcpLabels {
+    pub reporter: Reporter,
+    pub peers: Peers,
+    pub response_flags: &'static str,
+    /// `mutual_tls` or `none`.
+    pub connection_security_policy: &'static str,
+}
+
+impl TcpLabels {
+    fn pairs(&self) -> Vec<(&'static str, &str)> {
+        let reporter = match self.reporter {
+            Reporter::Source => "source",
+            Reporter::Destination => "destination",
+        };
+        let mut pairs = vec![("reporter", reporter)];
+        pairs.extend(self.peers.pairs());
+        pairs.extend([
             ("request_protocol", "tcp"),
             ("response_flags", self.response_flags),
             (
                 "connection_security_policy",
                 self.connection_security_policy,
             ),
-        ]
+        ]);
+        pairs
     }
 }
 
@@ -190,17 +220,7 @@ impl Metrics {
         let mut tcp = self.tcp.lock().expect("metrics lock");
         let before = tcp.len();
         // Under the lock no new holder can appear: `tcp()` takes it to hand out a series.
-        tcp.retain(|l, c| {
-            Arc::strong_count(c) > 1
-                || present.names_all(
-                    (&l.source_workload_namespace, &l.source_workload),
-                    (&l.destination_workload_namespace, &l.destination_workload),
-                    (
-                        &l.destination_service_namespace,
-                        &l.destination_service_name,
-                    ),
-                )
-        });
+        tcp.retain(|l, c| Arc::strong_count(c) > 1 || l.peers.present_in(&present));
         let tcp_dropped = before - tcp.len();
         drop(tcp);
         tcp_dropped + self.http.prune(&present)
@@ -269,7 +289,7 @@ impl Metrics {
             .lock()
             .expect("metrics lock")
             .iter()
-            .map(|(l, c)| (label_text(l), c.clone()))
+            .map(|(l, c)| (label_text(&l.pairs()), c.clone()))
             .collect();
         series.sort_by(|a, b| a.0.cmp(&b.0));
         let mut out = String::new();
@@ -380,8 +400,9 @@ impl<'a> Present<'a> {
     }
 }
 
-fn label_text(l: &TcpLabels) -> String {
-    l.pairs()
+/// `k="v",...`, values escaped: what stands between a series' braces.
+fn label_text(pairs: &[(&str, &str)]) -> String {
+    pairs
         .iter()
         .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
         .collect::<Vec<_>>()
@@ -402,17 +423,19 @@ mod tests {
     fn labels(flags: &'static str) -> TcpLabels {
         TcpLabels {
             reporter: Reporter::Destination,
-            source_workload: "client".into(),
-            source_canonical_service: "client".into(),
-            source_workload_namespace: "shop".into(),
-            source_principal: "spiffe://cluster.local/ns/shop/sa/client".into(),
-            destination_workload: "db".into(),
-            destination_canonical_service: "db".into(),
-            destination_workload_namespace: "shop".into(),
-            destination_principal: "spiffe://cluster.local/ns/shop/sa/db".into(),
-            destination_service: "db.shop.svc.cluster.local".into(),
-            destination_service_name: "db".into(),
-            destination_service_namespace: "shop".into(),
+            peers: Peers {
+                source_workload: "client".into(),
+                source_canonical_service: "client".into(),
+                source_workload_namespace: "shop".into(),
+                source_principal: "spiffe://cluster.local/ns/shop/sa/client".into(),
+                destination_workload: "db".into(),
+                destination_canonical_service: "db".into(),
+                destination_workload_namespace: "shop".into(),
+                destination_principal: "spiffe://cluster.local/ns/shop/sa/db".into(),
+                destination_service: "db.shop.svc.cluster.local".into(),
+                destination_service_name: "db".into(),
+                destination_service_namespace: "shop".into(),
+            },
             response_flags: flags,
             connection_security_policy: "mutual_tls",
         }
@@ -457,26 +480,24 @@ mod tests {
     fn prune_drops_idle_series_of_departed_workloads_and_keeps_held_ones() {
         use crate::state::{Pod, PodKey};
         let m = Metrics::default();
-        let departed = TcpLabels {
-            destination_workload: "db-old".into(),
-            ..labels(flags::NONE)
-        };
-        let held = TcpLabels {
-            destination_workload: "db-held".into(),
-            ..labels(flags::NONE)
-        };
+        let mut departed = labels(flags::NONE);
+        departed.peers.destination_workload = "db-old".into();
+        let mut held = labels(flags::NONE);
+        held.peers.destination_workload = "db-held".into();
         let open = m.tcp(held);
         m.tcp(departed).opened.fetch_add(1, Relaxed);
         m.tcp(labels(flags::NONE));
         // Passthrough: no destination workload or Service that could leave.
-        m.tcp(TcpLabels {
+        let mut passthrough = labels(flags::NONE);
+        passthrough.peers = Peers {
             destination_workload: UNKNOWN.into(),
             destination_workload_namespace: UNKNOWN.into(),
             destination_service: "PassthroughCluster".into(),
             destination_service_name: "PassthroughCluster".into(),
             destination_service_namespace: UNKNOWN.into(),
-            ..labels(flags::NONE)
-        });
+            ..passthrough.peers
+        };
+        m.tcp(passthrough);
         let mut state = State::default();
         for name in ["client", "db"] {
             let key = PodKey {

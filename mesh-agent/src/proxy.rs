@@ -67,24 +67,9 @@ pub struct Mtls {
 }
 
 impl Mtls {
-    /// Forgets the pooled tunnel connections `state` has no use for any more: those from an
-    /// identity no pod of `node` has, and those to an address whose pod is gone or now has
-    /// another identity. Called on every state change, so the pools stay flat under churn.
+    /// Forgets the pooled tunnel connections `state` has no use for any more (`tunnel::prune`).
     pub fn prune_pools(&self, state: &State, node: &str, trust_domain: &str) {
-        let identity = |p: &crate::state::Pod| {
-            Identity::new(trust_domain, &p.key.namespace, &p.service_account)
-        };
-        let local: std::collections::HashSet<Identity> =
-            state.enrolled_pods(node).map(identity).collect();
-        let keep = |source: &Identity, destination: &Identity, addr: std::net::SocketAddr| {
-            local.contains(source)
-                && state
-                    .pod_by_ip(addr.ip())
-                    .is_some_and(|p| identity(p) == *destination)
-        };
-        self.pool.retain(keep);
-        self.quic
-            .retain(keep, |addr| state.pod_by_ip(addr.ip()).is_some());
+        tunnel::prune(&self.pool, &self.quic, state, node, trust_domain);
     }
 
     /// The pools' sizes, for /config_dump.

@@ -88,6 +88,32 @@ impl TunnelRefused {
     }
 }
 
+/// Forgets the pooled tunnel connections `state` has no use for any more: those from an
+/// identity no pod of `node` has, and those to an address whose pod is gone or now has another
+/// identity. Called on every state change (by the agent and by each L7 worker for its own
+/// pools), so the pools stay flat under churn.
+pub fn prune(
+    pool: &Pool,
+    quic: &quic::QuicPool,
+    state: &crate::state::State,
+    node: &str,
+    trust_domain: &str,
+) {
+    use crate::identity::Identity;
+    let identity =
+        |p: &crate::state::Pod| Identity::new(trust_domain, &p.key.namespace, &p.service_account);
+    let local: std::collections::HashSet<Identity> =
+        state.enrolled_pods(node).map(identity).collect();
+    let keep = |source: &Identity, destination: &Identity, addr: std::net::SocketAddr| {
+        local.contains(source)
+            && state
+                .pod_by_ip(addr.ip())
+                .is_some_and(|p| identity(p) == *destination)
+    };
+    pool.retain(keep);
+    quic.retain(keep, |addr| state.pod_by_ip(addr.ip()).is_some());
+}
+
 /// How many tunnel connections the client pools hold, for /config_dump: they must follow the
 /// state (pods and identities that leave take their connections with them).
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]

@@ -9,6 +9,7 @@ use super::context::Context;
 use crate::{
     identity::{CertManager, Identity},
     state::State,
+    tunnel,
 };
 
 /// One workload certificate and its key, as the agent holds them.
@@ -100,29 +101,12 @@ impl Snapshot {
             wanted.insert(id);
         }
         ctx.certs.retain(|id| wanted.contains(id));
-        prune_pools(ctx, &state);
+        // The worker's own pools, pruned as the agent prunes its.
+        tunnel::prune(&ctx.pool, &ctx.quic, &state, &ctx.node, &ctx.trust_domain);
         ctx.tracer.update(state.mesh.tracing.as_ref());
         ctx.state.store(state);
         errors
     }
-}
-
-/// Drops pooled upstream connections whose source left this node or whose destination is no
-/// longer where it was (the agent prunes its own pools the same way).
-fn prune_pools(ctx: &Context, state: &State) {
-    let identity = |p: &crate::state::Pod| {
-        Identity::new(&ctx.trust_domain, &p.key.namespace, &p.service_account)
-    };
-    let local: HashSet<Identity> = state.enrolled_pods(&ctx.node).map(identity).collect();
-    let keep = |source: &Identity, destination: &Identity, addr: std::net::SocketAddr| {
-        local.contains(source)
-            && state
-                .pod_by_ip(addr.ip())
-                .is_some_and(|p| identity(p) == *destination)
-    };
-    ctx.pool.retain(keep);
-    ctx.quic
-        .retain(keep, |addr| state.pod_by_ip(addr.ip()).is_some());
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{escape, flags, Present, Reporter, UNKNOWN};
+use super::{flags, label_text, Peers, Present, Reporter, UNKNOWN};
 
 /// One finished request, as an L7 worker reports it to its agent. Values Istio would not know
 /// are `unknown`; the agent turns this into metric samples and one access-log line.
@@ -98,17 +98,7 @@ pub const MAX_LABEL_VALUE: usize = 512;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HttpLabels {
     pub reporter: &'static str,
-    pub source_workload: String,
-    pub source_canonical_service: String,
-    pub source_workload_namespace: String,
-    pub source_principal: String,
-    pub destination_workload: String,
-    pub destination_canonical_service: String,
-    pub destination_workload_namespace: String,
-    pub destination_principal: String,
-    pub destination_service: String,
-    pub destination_service_name: String,
-    pub destination_service_namespace: String,
+    pub peers: Peers,
     /// `http` or `grpc`.
     pub request_protocol: &'static str,
     pub response_flags: String,
@@ -146,17 +136,19 @@ impl HttpLabels {
                 Some(Reporter::Destination) => "destination",
                 None => UNKNOWN,
             },
-            source_workload: known(&r.source_workload),
-            source_canonical_service: known(&r.source_canonical_service),
-            source_workload_namespace: known(&r.source_workload_namespace),
-            source_principal: known(&r.source_principal),
-            destination_workload: known(&r.destination_workload),
-            destination_canonical_service: known(&r.destination_canonical_service),
-            destination_workload_namespace: known(&r.destination_workload_namespace),
-            destination_principal: known(&r.destination_principal),
-            destination_service: known(&r.destination_service),
-            destination_service_name: known(&r.destination_service_name),
-            destination_service_namespace: known(&r.destination_service_namespace),
+            peers: Peers {
+                source_workload: known(&r.source_workload),
+                source_canonical_service: known(&r.source_canonical_service),
+                source_workload_namespace: known(&r.source_workload_namespace),
+                source_principal: known(&r.source_principal),
+                destination_workload: known(&r.destination_workload),
+                destination_canonical_service: known(&r.destination_canonical_service),
+                destination_workload_namespace: known(&r.destination_workload_namespace),
+                destination_principal: known(&r.destination_principal),
+                destination_service: known(&r.destination_service),
+                destination_service_name: known(&r.destination_service_name),
+                destination_service_namespace: known(&r.destination_service_namespace),
+            },
             request_protocol: if grpc { "grpc" } else { "http" },
             response_flags: if r.response_flags.is_empty() {
                 flags::NONE.into()
@@ -175,28 +167,9 @@ impl HttpLabels {
     /// `k="v",...` in Istio's label order.
     fn text(&self) -> String {
         let code = self.response_code.to_string();
-        let pairs: [(&str, &str); 17] = [
-            ("reporter", self.reporter),
-            ("source_workload", &self.source_workload),
-            ("source_canonical_service", &self.source_canonical_service),
-            ("source_workload_namespace", &self.source_workload_namespace),
-            ("source_principal", &self.source_principal),
-            ("destination_workload", &self.destination_workload),
-            (
-                "destination_canonical_service",
-                &self.destination_canonical_service,
-            ),
-            (
-                "destination_workload_namespace",
-                &self.destination_workload_namespace,
-            ),
-            ("destination_principal", &self.destination_principal),
-            ("destination_service", &self.destination_service),
-            ("destination_service_name", &self.destination_service_name),
-            (
-                "destination_service_namespace",
-                &self.destination_service_namespace,
-            ),
+        let mut pairs = vec![("reporter", self.reporter)];
+        pairs.extend(self.peers.pairs());
+        pairs.extend([
             ("request_protocol", self.request_protocol),
             ("response_flags", &self.response_flags),
             (
@@ -205,12 +178,8 @@ impl HttpLabels {
             ),
             ("response_code", &code),
             ("grpc_response_status", &self.grpc_response_status),
-        ];
-        pairs
-            .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-            .collect::<Vec<_>>()
-            .join(",")
+        ]);
+        label_text(&pairs)
     }
 }
 
@@ -312,16 +281,7 @@ impl Requests {
     pub(super) fn prune(&self, present: &Present) -> usize {
         let mut series = self.series.lock().expect("metrics lock");
         let before = series.len();
-        series.retain(|l, _| {
-            present.names_all(
-                (&l.source_workload_namespace, &l.source_workload),
-                (&l.destination_workload_namespace, &l.destination_workload),
-                (
-                    &l.destination_service_namespace,
-                    &l.destination_service_name,
-                ),
-            )
-        });
+        series.retain(|l, _| l.peers.present_in(present));
         before - series.len()
     }
 

@@ -359,15 +359,7 @@ mod tests {
         assert!(authorize(&st, &pod(), &c, &req("POST", "/orders/1")).allowed);
         // STRICT refuses plaintext before any policy.
         let mut st = state(vec![allow_reads]);
-        st.peer_authentications.insert(
-            ("shop".into(), "strict".into()),
-            crate::state::PeerAuthentication {
-                namespace: "shop".into(),
-                name: "strict".into(),
-                selector: None,
-                mode: crate::state::MtlsMode::Strict,
-            },
-        );
+        st.set_namespace_mtls("shop", "strict", crate::state::MtlsMode::Strict);
         let plain = conn(None, "10.1.0.2", 8080);
         let v = authorize(&st, &pod(), &plain, &req("GET", "/"));
         assert!(!v.allowed && v.reason.contains("STRICT"), "{v:?}");

@@ -149,15 +149,7 @@ mod tests {
         );
         state.authorization_policies.clear();
         assert_eq!(live.recheck(&state), 0, "PERMISSIVE keeps it");
-        state.peer_authentications.insert(
-            ("shop".into(), "strict".into()),
-            crate::state::PeerAuthentication {
-                namespace: "shop".into(),
-                name: "strict".into(),
-                selector: None,
-                mode: crate::state::MtlsMode::Strict,
-            },
-        );
+        state.set_namespace_mtls("shop", "strict", crate::state::MtlsMode::Strict);
         assert_eq!(live.recheck(&state), 1);
         let v = plain.closed.try_recv().expect("closed");
         assert_eq!(v.policy.as_deref(), Some("shop/strict"));

@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::Shared;
 use crate::{
     identity::Identity,
-    metrics::{access_log::rfc3339, flags, Reporter, TcpLabels, UNKNOWN},
+    metrics::{access_log::rfc3339, flags, Peers, Reporter, TcpLabels, UNKNOWN},
     state::{PodKey, ServiceKey, State},
     tunnel::traceparent::ConnectionId,
 };
@@ -180,17 +180,19 @@ impl Record {
         };
         TcpLabels {
             reporter: self.reporter,
-            source_workload: self.src.workload(),
-            source_canonical_service: self.src.canonical(),
-            source_workload_namespace: self.src.namespace(),
-            source_principal: self.src.principal(),
-            destination_workload: self.dst.workload(),
-            destination_canonical_service: self.dst.canonical(),
-            destination_workload_namespace: self.dst.namespace(),
-            destination_principal: self.dst.principal(),
-            destination_service: svc,
-            destination_service_name: svc_name,
-            destination_service_namespace: svc_ns,
+            peers: Peers {
+                source_workload: self.src.workload(),
+                source_canonical_service: self.src.canonical(),
+                source_workload_namespace: self.src.namespace(),
+                source_principal: self.src.principal(),
+                destination_workload: self.dst.workload(),
+                destination_canonical_service: self.dst.canonical(),
+                destination_workload_namespace: self.dst.namespace(),
+                destination_principal: self.dst.principal(),
+                destination_service: svc,
+                destination_service_name: svc_name,
+                destination_service_namespace: svc_ns,
+            },
             response_flags,
             connection_security_policy: self.security(),
         }

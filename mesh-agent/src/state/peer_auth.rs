@@ -58,6 +58,20 @@ impl State {
             None => (MtlsMode::Permissive, None),
         }
     }
+
+    /// Test helper: a namespace-wide PeerAuthentication `ns/name` of `mode`.
+    #[cfg(test)]
+    pub fn set_namespace_mtls(&mut self, ns: &str, name: &str, mode: MtlsMode) {
+        self.peer_authentications.insert(
+            (ns.into(), name.into()),
+            PeerAuthentication {
+                namespace: ns.into(),
+                name: name.into(),
+                selector: None,
+                mode,
+            },
+        );
+    }
 }
 
 #[cfg(test)]

@@ -108,8 +108,8 @@ pub struct Retry {
 /// Retries when `retry.attempts` is not given (Envoy's default).
 pub const DEFAULT_RETRY_ATTEMPTS: u32 = 1;
 
-/// One entry of `matches`: every condition in it must hold.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One entry of `matches`: every condition in it must hold (the default: any request).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RouteMatch {
     /// HTTPRoute: always set (default PathPrefix `/`). GRPCRoute: None.
     pub path: Option<PathMatch>,

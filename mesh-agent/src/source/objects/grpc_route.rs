@@ -4,39 +4,19 @@
 
 use serde::{de::IgnoredAny, Deserialize};
 
-use super::{
-    route_parts::{
-        at, backend, header_matches, header_modifier, mesh_parents, mirror, pattern,
-        BackendObjectRef, HeaderFilterObject, MirrorObject, NameValueMatch, ParentRef, Refusal,
-        MAX_BACKENDS, MAX_FILTERS, MAX_RULES, MAX_TOTAL_MATCHES,
-    },
-    Meta,
+use super::route_parts::{
+    at, at_most, each, foreign_config, header_matches, missing_config, pattern, shared_filter,
+    BackendRef, HeaderFilterObject, MirrorObject, NameValueMatch, Refusal, RouteObject, RuleObject,
+    SharedFilters, MAX_FILTERS,
 };
 use crate::state::routes::{
-    Backend, Filter, GrpcMethodMatch, Route, RouteKind, RouteMatch, RouteRule, Timeouts, ValueMatch,
+    Backend, Filter, GrpcMethodMatch, RouteKind, RouteMatch, RouteRule, Timeouts, ValueMatch,
 };
 
 /// The CRD's limit of matches per GRPCRoute rule.
 const MAX_GRPC_MATCHES: usize = 8;
 
-#[derive(Debug, Deserialize)]
-pub struct GrpcRouteObject {
-    pub metadata: Meta,
-    #[serde(default)]
-    pub spec: GrpcRouteSpec,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct GrpcRouteSpec {
-    #[serde(default)]
-    pub parent_refs: Vec<ParentRef>,
-    /// GAMMA: not used for matching; accepted.
-    #[serde(default)]
-    pub hostnames: Vec<String>,
-    #[serde(default)]
-    pub rules: Vec<GrpcRule>,
-}
+pub type GrpcRouteObject = RouteObject<GrpcRule>;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -78,122 +58,59 @@ pub struct GrpcFilter {
     pub extension_ref: Option<IgnoredAny>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct GrpcBackendRef {
-    pub group: Option<String>,
-    pub kind: Option<String>,
-    pub name: String,
-    pub namespace: Option<String>,
-    pub port: Option<u16>,
-    pub weight: Option<u32>,
-    #[serde(default)]
-    pub filters: Vec<GrpcFilter>,
-}
+pub type GrpcBackendRef = BackendRef<GrpcFilter>;
 
-impl GrpcRouteObject {
-    /// The route the mesh routes by; None for a route that is only a Gateway's.
-    pub fn into_route(self) -> Result<Option<Route>, Refusal> {
-        let namespace = self
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let parents = mesh_parents(&namespace, &self.spec.parent_refs)?;
-        if parents.is_empty() {
-            return Ok(None);
-        }
-        if self.spec.rules.len() > MAX_RULES {
-            return Err(at("spec.rules", format!("at most {MAX_RULES} rules")));
-        }
-        let total: usize = self.spec.rules.iter().map(|r| r.matches.len().max(1)).sum();
-        if total > MAX_TOTAL_MATCHES {
-            return Err(at(
-                "spec.rules",
-                format!("at most {MAX_TOTAL_MATCHES} matches across all rules, not {total}"),
-            ));
-        }
-        let mut rules = self
-            .spec
-            .rules
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| rule(&namespace, r, &format!("spec.rules[{i}]")))
-            .collect::<Result<Vec<_>, _>>()?;
-        if rules.is_empty() {
-            rules.push(RouteRule {
-                backends: Vec::new(),
-                timeouts: Timeouts::default(),
-                retry: None,
-                matches: vec![any_call()],
-                filters: Vec::new(),
-            });
-        }
-        Ok(Some(Route {
-            kind: RouteKind::Grpc,
-            namespace,
-            name: self.metadata.name,
-            created: self.metadata.creation_timestamp,
-            parents,
-            rules,
-        }))
-    }
-}
-
+/// Any method of any service.
 fn any_call() -> RouteMatch {
-    RouteMatch {
-        path: None,
-        method: None,
-        headers: Vec::new(),
-        query: Vec::new(),
-        grpc: None,
-    }
+    RouteMatch::default()
 }
 
-fn rule(ns: &str, r: GrpcRule, field: &str) -> Result<RouteRule, Refusal> {
-    if r.matches.len() > MAX_GRPC_MATCHES {
-        return Err(at(
-            format!("{field}.matches"),
-            format!("at most {MAX_GRPC_MATCHES} matches"),
-        ));
+impl RuleObject for GrpcRule {
+    const KIND: RouteKind = RouteKind::Grpc;
+    const MAX_MATCHES: usize = MAX_GRPC_MATCHES;
+
+    fn match_all() -> RouteMatch {
+        any_call()
     }
-    if r.backend_refs.len() > MAX_BACKENDS {
-        return Err(at(
-            format!("{field}.backendRefs"),
-            format!("at most {MAX_BACKENDS} backendRefs"),
-        ));
+
+    fn match_count(&self) -> usize {
+        self.matches.len()
     }
-    let mut matches = Vec::new();
-    for (i, m) in r.matches.into_iter().enumerate() {
-        let at_i = format!("{field}.matches[{i}]");
-        let grpc = m
-            .method
-            .map(|mm| method_match(mm, &format!("{at_i}.method")))
-            .transpose()?;
-        let headers = header_matches(m.headers, &format!("{at_i}.headers"))?;
-        matches.push(RouteMatch {
-            grpc,
-            headers,
-            ..any_call()
-        });
+
+    fn backend_count(&self) -> usize {
+        self.backend_refs.len()
     }
-    if matches.is_empty() {
-        matches.push(any_call());
+
+    fn compile(self, ns: &str, field: &str) -> Result<RouteRule, Refusal> {
+        let mut matches = each(self.matches, &format!("{field}.matches"), |m, at_i| {
+            let grpc = m
+                .method
+                .map(|mm| method_match(mm, &format!("{at_i}.method")))
+                .transpose()?;
+            let headers = header_matches(m.headers, &format!("{at_i}.headers"))?;
+            Ok(RouteMatch {
+                grpc,
+                headers,
+                ..any_call()
+            })
+        })?;
+        if matches.is_empty() {
+            matches.push(any_call());
+        }
+        let filters = filters(ns, self.filters, &format!("{field}.filters"))?;
+        let backends = each(
+            self.backend_refs,
+            &format!("{field}.backendRefs"),
+            |b, f| backend_ref(ns, b, f),
+        )?;
+        Ok(RouteRule {
+            backends,
+            timeouts: Timeouts::default(),
+            retry: None,
+            matches,
+            filters,
+        })
     }
-    let filters = filters(ns, r.filters, &format!("{field}.filters"))?;
-    let backends = r
-        .backend_refs
-        .into_iter()
-        .enumerate()
-        .map(|(i, b)| backend_ref(ns, b, &format!("{field}.backendRefs[{i}]")))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(RouteRule {
-        backends,
-        timeouts: Timeouts::default(),
-        retry: None,
-        matches,
-        filters,
-    })
 }
 
 fn method_match(m: MethodObject, field: &str) -> Result<GrpcMethodMatch, Refusal> {
@@ -250,60 +167,11 @@ fn valid_method(s: &str) -> bool {
 }
 
 fn filters(ns: &str, list: Vec<GrpcFilter>, field: &str) -> Result<Vec<Filter>, Refusal> {
-    if list.len() > MAX_FILTERS {
-        return Err(at(field, format!("at most {MAX_FILTERS} filters")));
-    }
+    at_most(field, list.len(), MAX_FILTERS, "filters")?;
     let mut out: Vec<Filter> = Vec::new();
     for (i, f) in list.into_iter().enumerate() {
         let at_i = format!("{field}[{i}]");
-        let given = [
-            ("RequestHeaderModifier", f.request_header_modifier.is_some()),
-            (
-                "ResponseHeaderModifier",
-                f.response_header_modifier.is_some(),
-            ),
-            ("RequestMirror", f.request_mirror.is_some()),
-            ("ExtensionRef", f.extension_ref.is_some()),
-        ];
-        if let Some((other, _)) = given.iter().find(|(k, set)| *set && *k != f.kind) {
-            return Err(at(
-                &at_i,
-                format!("a {other} configuration in a filter of type {}", f.kind),
-            ));
-        }
-        let missing = || {
-            at(
-                &at_i,
-                format!("a filter of type {} needs its configuration", f.kind),
-            )
-        };
-        let filter = match f.kind.as_str() {
-            "RequestHeaderModifier" => Filter::RequestHeaderModifier(header_modifier(
-                f.request_header_modifier.as_ref().ok_or_else(missing)?,
-                &format!("{at_i}.requestHeaderModifier"),
-            )?),
-            "ResponseHeaderModifier" => Filter::ResponseHeaderModifier(header_modifier(
-                f.response_header_modifier.as_ref().ok_or_else(missing)?,
-                &format!("{at_i}.responseHeaderModifier"),
-            )?),
-            "RequestMirror" => Filter::RequestMirror(mirror(
-                ns,
-                f.request_mirror.as_ref().ok_or_else(missing)?,
-                &format!("{at_i}.requestMirror"),
-            )?),
-            "ExtensionRef" => {
-                return Err(at(
-                    format!("{at_i}.type"),
-                    "ExtensionRef filters are not supported by this agent; refusing the route rather than skipping the filter",
-                ))
-            }
-            other => {
-                return Err(at(
-                    format!("{at_i}.type"),
-                    format!("{other:?}: a GRPCRoute filter is RequestHeaderModifier, ResponseHeaderModifier or RequestMirror"),
-                ))
-            }
-        };
+        let filter = filter(ns, &f, &at_i)?;
         let repeated = out.iter().any(|o| {
             std::mem::discriminant(o) == std::mem::discriminant(&filter)
                 && !matches!(o, Filter::RequestMirror(_))
@@ -319,15 +187,43 @@ fn filters(ns: &str, list: Vec<GrpcFilter>, field: &str) -> Result<Vec<Filter>, 
     Ok(out)
 }
 
-fn backend_ref(ns: &str, b: GrpcBackendRef, field: &str) -> Result<Backend, Refusal> {
-    let target = BackendObjectRef {
-        group: b.group,
-        kind: b.kind,
-        name: b.name,
-        namespace: b.namespace,
-        port: b.port,
+fn filter(ns: &str, f: &GrpcFilter, field: &str) -> Result<Filter, Refusal> {
+    let given = [
+        ("RequestHeaderModifier", f.request_header_modifier.is_some()),
+        (
+            "ResponseHeaderModifier",
+            f.response_header_modifier.is_some(),
+        ),
+        ("RequestMirror", f.request_mirror.is_some()),
+        ("ExtensionRef", f.extension_ref.is_some()),
+    ];
+    if let Some((_, message)) = foreign_config(&f.kind, &given) {
+        return Err(at(field, message));
+    }
+    let shared = SharedFilters {
+        request_header_modifier: f.request_header_modifier.as_ref(),
+        response_header_modifier: f.response_header_modifier.as_ref(),
+        request_mirror: f.request_mirror.as_ref(),
     };
-    let mut out = backend(ns, &target, b.weight, field)?;
-    out.filters = filters(ns, b.filters, &format!("{field}.filters"))?;
+    if let Some(filter) = shared_filter(ns, &f.kind, shared, field, || {
+        missing_config(field, &f.kind)
+    })? {
+        return Ok(filter);
+    }
+    Err(match f.kind.as_str() {
+        "ExtensionRef" => at(
+            format!("{field}.type"),
+            "ExtensionRef filters are not supported by this agent; refusing the route rather than skipping the filter",
+        ),
+        other => at(
+            format!("{field}.type"),
+            format!("{other:?}: a GRPCRoute filter is RequestHeaderModifier, ResponseHeaderModifier or RequestMirror"),
+        ),
+    })
+}
+
+fn backend_ref(ns: &str, b: GrpcBackendRef, field: &str) -> Result<Backend, Refusal> {
+    let (mut out, filter_objects) = b.backend(ns, field)?;
+    out.filters = filters(ns, filter_objects, &format!("{field}.filters"))?;
     Ok(out)
 }

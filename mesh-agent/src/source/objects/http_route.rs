@@ -2,46 +2,25 @@
 //! `parentRefs[].kind: Service`) are the mesh's: checked field by field (what the CRD's schema
 //! and CEL rules say, so file mode refuses what the API server would) and compiled into a
 //! `state::routes::Route`. Routes attached only to Gateways are not the mesh's and are left
-//! alone. The pieces GRPCRoute shares (parentRefs, backendRefs, header filters, mirrors) live
-//! in `route_parts`.
+//! alone. The pieces GRPCRoute shares (the route object and its rules' limits, parentRefs,
+//! backendRefs, header filters, mirrors) live in `route_parts`.
 
 use serde::{de::IgnoredAny, Deserialize};
 
 #[cfg(test)]
 mod tests;
 
-use super::{
-    route_parts::{
-        at, backend, check_path, header_matches, header_modifier, mesh_parents, mirror,
-        parse_duration, pattern, BackendObjectRef, HeaderFilterObject, MirrorObject,
-        NameValueMatch, ParentRef, Refusal, MAX_BACKENDS, MAX_FILTERS, MAX_MATCHES, MAX_RULES,
-        MAX_TOTAL_MATCHES,
-    },
-    Meta,
+use super::route_parts::{
+    at, at_most, check_path, each, foreign_config, header_matches, missing_config, parse_duration,
+    pattern, shared_filter, BackendRef as BackendRefOf, HeaderFilterObject, MirrorObject,
+    NameValueMatch, Refusal, RouteObject, RuleObject, SharedFilters, MAX_FILTERS, MAX_MATCHES,
 };
 use crate::state::routes::{
-    Backend, Filter, PathMatch, PathModifier, QueryMatch, Redirect, Retry, Route, RouteKind,
-    RouteMatch, RouteRule, Timeouts, DEFAULT_RETRY_ATTEMPTS,
+    Backend, Filter, PathMatch, PathModifier, QueryMatch, Redirect, Retry, RouteKind, RouteMatch,
+    RouteRule, Timeouts, DEFAULT_RETRY_ATTEMPTS,
 };
 
-#[derive(Debug, Deserialize)]
-pub struct HttpRouteObject {
-    pub metadata: Meta,
-    #[serde(default)]
-    pub spec: HttpRouteSpec,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HttpRouteSpec {
-    #[serde(default)]
-    pub parent_refs: Vec<ParentRef>,
-    /// GAMMA: implementations SHOULD NOT infer anything from hostnames; accepted, unused.
-    #[serde(default)]
-    pub hostnames: Vec<String>,
-    #[serde(default)]
-    pub rules: Vec<Rule>,
-}
+pub type HttpRouteObject = RouteObject<Rule>;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -117,19 +96,7 @@ pub struct PathModifierObject {
     pub replace_prefix_match: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct BackendRef {
-    // Not a flattened BackendObjectRef: serde cannot deny unknown fields through flatten.
-    pub group: Option<String>,
-    pub kind: Option<String>,
-    pub name: String,
-    pub namespace: Option<String>,
-    pub port: Option<u16>,
-    pub weight: Option<u32>,
-    #[serde(default)]
-    pub filters: Vec<HttpFilter>,
-}
+pub type BackendRef = BackendRefOf<HttpFilter>;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -151,93 +118,37 @@ const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
 
-impl HttpRouteObject {
-    /// The route the mesh routes by; None for a route that is only a Gateway's.
-    pub fn into_route(self) -> Result<Option<Route>, Refusal> {
-        let namespace = self
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let parents = mesh_parents(&namespace, &self.spec.parent_refs)?;
-        if parents.is_empty() {
-            return Ok(None);
-        }
-        let rules = &self.spec.rules;
-        if rules.len() > MAX_RULES {
-            return Err(at("spec.rules", format!("at most {MAX_RULES} rules")));
-        }
-        let total: usize = rules.iter().map(|r| r.matches.len().max(1)).sum();
-        if total > MAX_TOTAL_MATCHES {
-            return Err(at(
-                "spec.rules",
-                format!("at most {MAX_TOTAL_MATCHES} matches across all rules, not {total}"),
-            ));
-        }
-        let rules = self
-            .spec
-            .rules
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| rule(&namespace, r, &format!("spec.rules[{i}]")))
-            .collect::<Result<Vec<_>, _>>()?;
-        // A route without rules gets the CRD's default: one rule matching everything, with no
-        // backend (so 500, as the spec says of a rule that has none).
-        let rules = if rules.is_empty() {
-            vec![default_rule()]
-        } else {
-            rules
-        };
-        Ok(Some(Route {
-            kind: RouteKind::Http,
-            namespace,
-            name: self.metadata.name,
-            created: self.metadata.creation_timestamp,
-            parents,
-            rules,
-        }))
-    }
-}
-
-fn default_rule() -> RouteRule {
-    RouteRule {
-        backends: Vec::new(),
-        timeouts: Timeouts::default(),
-        retry: None,
-        matches: vec![default_match()],
-        filters: Vec::new(),
-    }
-}
-
 fn default_match() -> RouteMatch {
     RouteMatch {
         path: Some(PathMatch::Prefix("/".into())),
-        method: None,
-        headers: Vec::new(),
-        query: Vec::new(),
-        grpc: None,
+        ..RouteMatch::default()
+    }
+}
+
+impl RuleObject for Rule {
+    const KIND: RouteKind = RouteKind::Http;
+    const MAX_MATCHES: usize = MAX_MATCHES;
+
+    fn match_all() -> RouteMatch {
+        default_match()
+    }
+
+    fn match_count(&self) -> usize {
+        self.matches.len()
+    }
+
+    fn backend_count(&self) -> usize {
+        self.backend_refs.len()
+    }
+
+    fn compile(self, ns: &str, field: &str) -> Result<RouteRule, Refusal> {
+        rule(ns, self, field)
     }
 }
 
 fn rule(ns: &str, r: Rule, field: &str) -> Result<RouteRule, Refusal> {
-    if r.matches.len() > MAX_MATCHES {
-        return Err(at(
-            format!("{field}.matches"),
-            format!("at most {MAX_MATCHES} matches"),
-        ));
-    }
-    if r.backend_refs.len() > MAX_BACKENDS {
-        return Err(at(
-            format!("{field}.backendRefs"),
-            format!("at most {MAX_BACKENDS} backendRefs"),
-        ));
-    }
-    let mut matches = r
-        .matches
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| route_match(m, &format!("{field}.matches[{i}]")))
-        .collect::<Result<Vec<_>, _>>()?;
+    let (matches_at, backends_at) = (format!("{field}.matches"), format!("{field}.backendRefs"));
+    let mut matches = each(r.matches, &matches_at, route_match)?;
     if matches.is_empty() {
         matches.push(default_match());
     }
@@ -249,16 +160,13 @@ fn rule(ns: &str, r: Rule, field: &str) -> Result<RouteRule, Refusal> {
         .any(|f| matches!(f, Filter::RequestRedirect(_)));
     if has_redirect && !r.backend_refs.is_empty() {
         return Err(at(
-            format!("{field}.backendRefs"),
+            backends_at,
             "a rule with a RequestRedirect filter answers itself: it has no backendRefs",
         ));
     }
-    let backends = r
-        .backend_refs
-        .into_iter()
-        .enumerate()
-        .map(|(i, b)| backend_ref(ns, b, one_prefix, &format!("{field}.backendRefs[{i}]")))
-        .collect::<Result<Vec<_>, _>>()?;
+    let backends = each(r.backend_refs, &backends_at, |b, f| {
+        backend_ref(ns, b, one_prefix, f)
+    })?;
     let timeouts = match r.timeouts {
         Some(t) => timeouts(t, &format!("{field}.timeouts"))?,
         None => Timeouts::default(),
@@ -356,9 +264,7 @@ fn filters(
     one_prefix: bool,
     field: &str,
 ) -> Result<Vec<Filter>, Refusal> {
-    if list.len() > MAX_FILTERS {
-        return Err(at(field, format!("at most {MAX_FILTERS} filters")));
-    }
+    at_most(field, list.len(), MAX_FILTERS, "filters")?;
     let mut out = Vec::with_capacity(list.len());
     for (i, f) in list.into_iter().enumerate() {
         let at_i = format!("{field}[{i}]");
@@ -409,32 +315,19 @@ fn filter(ns: &str, f: HttpFilter, one_prefix: bool, field: &str) -> Result<Filt
         ("ExternalAuth", f.external_auth.is_some()),
         ("ExtensionRef", f.extension_ref.is_some()),
     ];
-    if let Some((other, _)) = given.iter().find(|(k, set)| *set && *k != f.kind) {
-        return Err(at(
-            format!("{field}.{}", lower_first(other)),
-            format!("a {other} configuration in a filter of type {}", f.kind),
-        ));
+    if let Some((other, message)) = foreign_config(&f.kind, &given) {
+        return Err(at(format!("{field}.{}", lower_first(other)), message));
     }
-    let missing = || {
-        at(
-            format!("{field}.{}", lower_first(&f.kind)),
-            format!("a filter of type {} needs its configuration", f.kind),
-        )
+    let missing = || missing_config(format!("{field}.{}", lower_first(&f.kind)), &f.kind);
+    let shared = SharedFilters {
+        request_header_modifier: f.request_header_modifier.as_ref(),
+        response_header_modifier: f.response_header_modifier.as_ref(),
+        request_mirror: f.request_mirror.as_ref(),
     };
+    if let Some(filter) = shared_filter(ns, &f.kind, shared, field, missing)? {
+        return Ok(filter);
+    }
     Ok(match f.kind.as_str() {
-        "RequestHeaderModifier" => Filter::RequestHeaderModifier(header_modifier(
-            f.request_header_modifier.as_ref().ok_or_else(missing)?,
-            &format!("{field}.requestHeaderModifier"),
-        )?),
-        "ResponseHeaderModifier" => Filter::ResponseHeaderModifier(header_modifier(
-            f.response_header_modifier.as_ref().ok_or_else(missing)?,
-            &format!("{field}.responseHeaderModifier"),
-        )?),
-        "RequestMirror" => Filter::RequestMirror(mirror(
-            ns,
-            f.request_mirror.as_ref().ok_or_else(missing)?,
-            &format!("{field}.requestMirror"),
-        )?),
         "RequestRedirect" => Filter::RequestRedirect(redirect(
             f.request_redirect.as_ref().ok_or_else(missing)?,
             one_prefix,
@@ -598,15 +491,8 @@ fn check_hostname(h: &str, field: &str) -> Result<(), Refusal> {
 }
 
 fn backend_ref(ns: &str, b: BackendRef, one_prefix: bool, field: &str) -> Result<Backend, Refusal> {
-    let target = BackendObjectRef {
-        group: b.group,
-        kind: b.kind,
-        name: b.name,
-        namespace: b.namespace,
-        port: b.port,
-    };
-    let mut out = backend(ns, &target, b.weight, field)?;
-    let filters = filters(ns, b.filters, one_prefix, &format!("{field}.filters"))?;
+    let (mut out, filter_objects) = b.backend(ns, field)?;
+    let filters = filters(ns, filter_objects, one_prefix, &format!("{field}.filters"))?;
     if filters
         .iter()
         .any(|f| matches!(f, Filter::RequestRedirect(_)))

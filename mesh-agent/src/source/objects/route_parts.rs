@@ -7,8 +7,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::Meta;
 use crate::state::{
-    routes::{Backend, HeaderMatch, HeaderModifier, Mirror, Parent, Pattern, ValueMatch},
+    routes::{
+        Backend, Filter, HeaderMatch, HeaderModifier, Mirror, Parent, Pattern, Route, RouteKind,
+        RouteMatch, RouteRule, Timeouts, ValueMatch,
+    },
     ServiceKey,
 };
 
@@ -26,6 +30,135 @@ const MAX_PATTERN: usize = 1024;
 
 pub fn at(field: impl Into<String>, message: impl Into<String>) -> Refusal {
     (field.into(), message.into())
+}
+
+/// Refuses a list at `field` longer than `max` (`what`: the list's items, as the message says).
+pub fn at_most(field: &str, len: usize, max: usize, what: &str) -> Result<(), Refusal> {
+    if len > max {
+        return Err(at(field, format!("at most {max} {what}")));
+    }
+    Ok(())
+}
+
+/// Each item of the list at `field` compiled, the item's own field path `field[i]`.
+pub fn each<T, U>(
+    list: Vec<T>,
+    field: &str,
+    mut compile: impl FnMut(T, &str) -> Result<U, Refusal>,
+) -> Result<Vec<U>, Refusal> {
+    list.into_iter()
+        .enumerate()
+        .map(|(i, item)| compile(item, &format!("{field}[{i}]")))
+        .collect()
+}
+
+/// An HTTPRoute or GRPCRoute document; `R` is its kind's rule object.
+#[derive(Debug, Deserialize)]
+#[serde(bound(deserialize = "R: Deserialize<'de>"))]
+pub struct RouteObject<R> {
+    pub metadata: Meta,
+    #[serde(default)]
+    pub spec: RouteSpec<R>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    rename_all = "camelCase",
+    deny_unknown_fields,
+    bound(deserialize = "R: Deserialize<'de>")
+)]
+pub struct RouteSpec<R> {
+    #[serde(default)]
+    pub parent_refs: Vec<ParentRef>,
+    /// GAMMA: implementations SHOULD NOT infer anything from hostnames; accepted, unused.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<R>,
+}
+
+// Not derived: that would ask `R: Default`.
+impl<R> Default for RouteSpec<R> {
+    fn default() -> Self {
+        Self {
+            parent_refs: Vec::new(),
+            hostnames: Vec::new(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// A rule of an HTTPRoute or GRPCRoute: what differs between the two route kinds.
+pub trait RuleObject: Sized {
+    const KIND: RouteKind;
+    /// The CRD's limit of matches per rule.
+    const MAX_MATCHES: usize;
+    /// What a route without rules matches (the CRD's default rule).
+    fn match_all() -> RouteMatch;
+    /// The rule's own matches (an empty list counts as one match).
+    fn match_count(&self) -> usize;
+    fn backend_count(&self) -> usize;
+    /// The rule, its list lengths already checked.
+    fn compile(self, ns: &str, field: &str) -> Result<RouteRule, Refusal>;
+}
+
+impl<R: RuleObject> RouteObject<R> {
+    /// The route the mesh routes by; None for a route that is only a Gateway's. A route without
+    /// rules gets the CRD's default: one rule matching everything, with no backend (so 500, as
+    /// the spec says of a rule that has none).
+    pub fn into_route(self) -> Result<Option<Route>, Refusal> {
+        let namespace = self
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let parents = mesh_parents(&namespace, &self.spec.parent_refs)?;
+        if parents.is_empty() {
+            return Ok(None);
+        }
+        let rules = self.spec.rules;
+        at_most("spec.rules", rules.len(), MAX_RULES, "rules")?;
+        let total: usize = rules.iter().map(|r| r.match_count().max(1)).sum();
+        if total > MAX_TOTAL_MATCHES {
+            return Err(at(
+                "spec.rules",
+                format!("at most {MAX_TOTAL_MATCHES} matches across all rules, not {total}"),
+            ));
+        }
+        let mut rules = each(rules, "spec.rules", |r, field| {
+            let (matches, backends) = (r.match_count(), r.backend_count());
+            at_most(
+                &format!("{field}.matches"),
+                matches,
+                R::MAX_MATCHES,
+                "matches",
+            )?;
+            at_most(
+                &format!("{field}.backendRefs"),
+                backends,
+                MAX_BACKENDS,
+                "backendRefs",
+            )?;
+            r.compile(&namespace, field)
+        })?;
+        if rules.is_empty() {
+            rules.push(RouteRule {
+                backends: Vec::new(),
+                timeouts: Timeouts::default(),
+                retry: None,
+                matches: vec![R::match_all()],
+                filters: Vec::new(),
+            });
+        }
+        Ok(Some(Route {
+            kind: R::KIND,
+            namespace,
+            name: self.metadata.name,
+            created: self.metadata.creation_timestamp,
+            parents,
+            rules,
+        }))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,6 +234,40 @@ pub struct BackendObjectRef {
     pub name: String,
     pub namespace: Option<String>,
     pub port: Option<u16>,
+}
+
+/// A rule's backendRef; `F` is the route kind's filter object.
+#[derive(Debug, Deserialize)]
+#[serde(
+    rename_all = "camelCase",
+    deny_unknown_fields,
+    // Not serde's default bound for a defaulted field, `F: Default`: the list defaults, not F.
+    bound(deserialize = "F: Deserialize<'de>")
+)]
+pub struct BackendRef<F> {
+    // Not a flattened BackendObjectRef: serde cannot deny unknown fields through flatten.
+    pub group: Option<String>,
+    pub kind: Option<String>,
+    pub name: String,
+    pub namespace: Option<String>,
+    pub port: Option<u16>,
+    pub weight: Option<u32>,
+    #[serde(default)]
+    pub filters: Vec<F>,
+}
+
+impl<F> BackendRef<F> {
+    /// The backend, its filters left empty, and the filter objects for the route kind to compile.
+    pub fn backend(self, ns: &str, field: &str) -> Result<(Backend, Vec<F>), Refusal> {
+        let target = BackendObjectRef {
+            group: self.group,
+            kind: self.kind,
+            name: self.name,
+            namespace: self.namespace,
+            port: self.port,
+        };
+        Ok((backend(ns, &target, self.weight, field)?, self.filters))
+    }
 }
 
 /// A backendRef to a Service. Another kind is kept, marked unresolved (its share answers 500,
@@ -291,6 +458,61 @@ pub struct MirrorObject {
 pub struct FractionObject {
     pub numerator: u32,
     pub denominator: Option<u32>,
+}
+
+/// The configurations of the filter kinds both route kinds take.
+pub struct SharedFilters<'a> {
+    pub request_header_modifier: Option<&'a HeaderFilterObject>,
+    pub response_header_modifier: Option<&'a HeaderFilterObject>,
+    pub request_mirror: Option<&'a MirrorObject>,
+}
+
+/// The first configuration in `given` (type, whether set) that is not for the filter's `kind`,
+/// with the refusal's message.
+pub fn foreign_config<'a>(kind: &str, given: &[(&'a str, bool)]) -> Option<(&'a str, String)> {
+    given
+        .iter()
+        .find(|(k, set)| *set && *k != kind)
+        .map(|(other, _)| {
+            (
+                *other,
+                format!("a {other} configuration in a filter of type {kind}"),
+            )
+        })
+}
+
+pub fn missing_config(field: impl Into<String>, kind: &str) -> Refusal {
+    at(
+        field,
+        format!("a filter of type {kind} needs its configuration"),
+    )
+}
+
+/// A filter of a kind both route kinds take; None for another kind. `missing` is the refusal
+/// of a filter without its configuration.
+pub fn shared_filter(
+    ns: &str,
+    kind: &str,
+    given: SharedFilters,
+    field: &str,
+    missing: impl Fn() -> Refusal,
+) -> Result<Option<Filter>, Refusal> {
+    Ok(Some(match kind {
+        "RequestHeaderModifier" => Filter::RequestHeaderModifier(header_modifier(
+            given.request_header_modifier.ok_or_else(missing)?,
+            &format!("{field}.requestHeaderModifier"),
+        )?),
+        "ResponseHeaderModifier" => Filter::ResponseHeaderModifier(header_modifier(
+            given.response_header_modifier.ok_or_else(missing)?,
+            &format!("{field}.responseHeaderModifier"),
+        )?),
+        "RequestMirror" => Filter::RequestMirror(mirror(
+            ns,
+            given.request_mirror.ok_or_else(missing)?,
+            &format!("{field}.requestMirror"),
+        )?),
+        _ => return Ok(None),
+    }))
 }
 
 pub fn mirror(ns: &str, m: &MirrorObject, field: &str) -> Result<Mirror, Refusal> {

@@ -349,6 +349,57 @@ fn grpc_routes_parse_method_matches_and_their_filters() {
         assert!(f.starts_with(field), "{rule}: {f}");
         assert!(msg.contains(word), "{rule}: {msg}");
     }
+    // The checks GRPCRoute shares with HTTPRoute, and the exact fields it names.
+    let nine_matches = format!("{{matches: [{}]}}", ["{}"; 9].join(", "));
+    let exact = [
+        (
+            "{filters: [{type: RequestHeaderModifier}]}",
+            "spec.rules[0].filters[0]",
+            "needs its configuration",
+        ),
+        (
+            "{filters: [{type: RequestMirror, requestHeaderModifier: {}}]}",
+            "spec.rules[0].filters[0]",
+            "a RequestHeaderModifier configuration",
+        ),
+        (
+            "{filters: [{type: RequestHeaderModifier, requestHeaderModifier: {}}, {type: RequestHeaderModifier, requestHeaderModifier: {}}]}",
+            "spec.rules[0].filters[1].type",
+            "given twice",
+        ),
+        (
+            "{filters: [{type: ExtensionRef, extensionRef: {}}]}",
+            "spec.rules[0].filters[0].type",
+            "not supported",
+        ),
+        (
+            "{backendRefs: [{name: a, port: 9000, filters: [{type: ResponseHeaderModifier}]}]}",
+            "spec.rules[0].backendRefs[0].filters[0]",
+            "needs its configuration",
+        ),
+        (
+            "{backendRefs: [{name: a}]}",
+            "spec.rules[0].backendRefs[0].port",
+            "Service port",
+        ),
+        (&nine_matches, "spec.rules[0].matches", "at most 8 matches"),
+    ];
+    for (rule, field, word) in exact {
+        let (f, msg) = grpc(rule).unwrap_err();
+        assert_eq!(f, field, "{rule}: {msg}");
+        assert!(msg.contains(word), "{rule}: {msg}");
+    }
+    // No rules: the default rule matches any call and has no backend.
+    let r = parse_route(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g, namespace: shop}\n\
+         spec: {parentRefs: [{kind: Service, name: orders}]}\n",
+    )
+    .unwrap();
+    assert_eq!(r.rules.len(), 1);
+    let (rule, m) = (&r.rules[0], &r.rules[0].matches[0]);
+    assert!(
+        rule.backends.is_empty() && m.path.is_none() && m.grpc.is_none() && m.headers.is_empty()
+    );
 }
 
 #[test]
