@@ -456,11 +456,16 @@ fn destination_step(
         Decision::Connect { candidates, .. } => candidates.len(),
         Decision::Refuse(_) | Decision::HandToL7(_) => 0,
     };
-    if let Some(s) = &plan.service {
-        lines.push(format!(
+    match (&plan.service, &plan.decision) {
+        // The pool picks endpoints of the route's backends, not of the frontend.
+        (Some(s), Decision::HandToL7(_)) => {
+            lines.push(format!("{dst} is Service {s} port {}", dst.port()))
+        }
+        (Some(s), _) => lines.push(format!(
             "{dst} is Service {s} port {}: {n} ready endpoint(s)",
             dst.port()
-        ));
+        )),
+        (None, _) => {}
     }
     if let Some(note) = &plan.l7_note {
         lines.push(format!("L7 does not apply: {note}"));

@@ -87,6 +87,8 @@ pub fn act(topo: &mut Topology, web: &Pod, v1: &Pod, v2: &Pod, agent_a: &Agent) 
         "10.255.0.1:4318".parse().expect("collector address"),
     );
     topo.apply("l7", SERVICES_AND_ROUTE);
+    // The L7 policy from the start: requests then pass node-b's pool too (a span there).
+    topo.apply("l7-policy", READ_ONLY);
     println!(
         "   Services orders-api (frontend, appProtocol http), orders-v1, orders-v2 on node-b;"
     );
