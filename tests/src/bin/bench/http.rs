@@ -4,8 +4,8 @@
 //! - `direct`: a pod outside the mesh to a pod outside the mesh;
 //! - `weft L4`: enrolled pod to enrolled pod by pod IP, a port without an HTTP protocol, so
 //!   the agents carry it at L4 (mTLS HBONE over HTTP/2);
-//! - `weft L7`: enrolled pod to a Service port with `appProtocol: http` on a Service labelled
-//!   `weft.dev/l7: enabled`, so the source agent hands the connection to its L7 pool;
+//! - `weft L7`: enrolled pod to a Service port with `appProtocol: http` that an HTTPRoute
+//!   binds, so the source agent hands the connection to its L7 pool (one L7 hop);
 //! - `nginx`: the unmeshed pod through nginx as a plain reverse proxy in its own network
 //!   namespace (see `nginx.rs` for the placement): the reference for one L7 hop.
 //!
@@ -44,18 +44,27 @@ pub const BODY_BYTES: usize = 1024;
 /// The bench's HTTP servers listen here in every server pod (the echo servers have 8080).
 const HTTP_PORT: u16 = 8081;
 const SERVICE_VIP: &str = "10.96.0.80:80";
-/// The L7 case's Service: an HTTP port, L7 enabled by label, in front of pod mesh/web.
+/// The L7 case's Service: an HTTP port in front of pod mesh/web, bound by an HTTPRoute, so the
+/// source node's pool routes each request (one L7 hop, as nginx is) and the destination takes
+/// it at L4. (A `weft.dev/l7: enabled` label would send it through the destination node's
+/// pool too: two hops.)
 const SERVICE: &str = "\
 apiVersion: v1
 kind: Service
 metadata:
   name: web
   namespace: mesh
-  labels: {weft.dev/l7: enabled}
 spec:
   clusterIP: 10.96.0.80
   selector: {app: bench-web}
   ports: [{name: http, port: 80, targetPort: 8081, appProtocol: http}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: mesh}
+spec:
+  parentRefs: [{kind: Service, name: web, port: 80}]
+  rules: [{backendRefs: [{name: web, port: 80}]}]
 ";
 const WARMUP_REQUESTS: usize = 256;
 
