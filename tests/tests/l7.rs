@@ -464,3 +464,30 @@ spec:
         || m.a1.log().contains("are not HTTP").then_some(()),
     );
 }
+
+#[test]
+fn an_upgrade_passes_through_after_routing_and_carries_bytes_both_ways() {
+    if !features::require("l7 upgrade", features::CAPTURE) {
+        return;
+    }
+    let m = mesh(&[("route", CANARY)]);
+    let addr: SocketAddr = format!("{FRONTEND}:80").parse().unwrap();
+    // Routed by the header to v2, then the connection is the application's byte stream.
+    let answer = http::send_raw(
+        &m.client,
+        addr,
+        "GET /ws HTTP/1.1\\r\\nHost: orders\\r\\nConnection: Upgrade\\r\\nUpgrade: weft-echo\\r\\nx-client: iphone\\r\\n\\r\\nbytes-after-the-upgrade",
+    );
+    assert!(answer.starts_with("HTTP/1.1 101"), "{answer:?}");
+    assert!(
+        answer.ends_with("bytes-after-the-upgrade"),
+        "the upgraded stream echoes: {answer:?}"
+    );
+    let line = requests(&m.a1, |l| has(l, "path", "/ws"));
+    let ws = line
+        .iter()
+        .find(|l| l["path"] == "/ws")
+        .expect("the upgrade's line");
+    assert_eq!(ws["response_code"], 101, "{ws}");
+    assert_eq!(ws["backend"], "mesh/orders-v2:80", "{ws}");
+}
