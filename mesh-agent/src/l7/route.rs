@@ -35,7 +35,8 @@ pub struct Routed<'a> {
     pub rule: &'a RouteRule,
 }
 
-fn binds(r: &Route, service: &ServiceKey, port: u16) -> bool {
+/// Whether `r` binds `service` port `port` (a parentRef port narrows it).
+pub fn binds(r: &Route, service: &ServiceKey, port: u16) -> bool {
     r.parents
         .iter()
         .any(|p| p.service == *service && p.port.is_none_or(|pp| pp == port))

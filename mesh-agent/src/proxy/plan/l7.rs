@@ -47,11 +47,7 @@ pub fn outbound(state: &State, r: &Resolved) -> L7Verdict {
     let routes: Vec<String> = state
         .routes
         .values()
-        .filter(|rt| {
-            rt.parents
-                .iter()
-                .any(|p| p.service == r.service && p.port.is_none_or(|pp| pp == r.port))
-        })
+        .filter(|rt| crate::l7::route::binds(rt, &r.service, r.port))
         .map(|rt| format!("{}/{}", rt.namespace, rt.name))
         .collect();
     let why = if !routes.is_empty() {
