@@ -38,7 +38,16 @@ fn main() -> ExitCode {
     };
     raise_fd_limit();
     spawn_heap_trimmer();
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let runtime = match cli.command {
+        // A worker is one event loop, as an nginx worker is: the pool scales by processes, and
+        // a request's hops between tasks (downstream, upstream, tunnel) stay on one thread
+        // instead of waking another.
+        Command::L7(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Runtime::new(),
+    }
+    .expect("tokio runtime");
     let result = match cli.command {
         Command::Run(args) => {
             let mut cfg = args.into_config();

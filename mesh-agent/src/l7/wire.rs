@@ -269,6 +269,40 @@ impl FrameWriter {
         }
         Ok(())
     }
+
+    /// Writes several descriptor-less frames with as few `sendmsg` calls as the socket allows
+    /// (a worker's request records, which come many to a wake-up under load).
+    pub async fn send_all(&self, bodies: &[Bytes]) -> Result<(), WireError> {
+        let mut buf = Vec::with_capacity(bodies.iter().map(|b| HEADER + b.len()).sum());
+        for body in bodies {
+            if body.len() > MAX_FRAME {
+                return Err(WireError::Oversize { len: body.len() });
+            }
+            buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            buf.push(0);
+            buf.extend_from_slice(body);
+        }
+        let mut sent = 0;
+        while sent < buf.len() {
+            let mut ready = self.sock.writable().await?;
+            let iov = [IoSlice::new(&buf[sent..])];
+            match ready.try_io(|s| {
+                sendmsg::<()>(
+                    s.get_ref().as_raw_fd(),
+                    &iov,
+                    &[],
+                    MsgFlags::MSG_NOSIGNAL,
+                    None,
+                )
+                .map_err(io::Error::from)
+            }) {
+                Ok(Ok(n)) => sent += n,
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_would_block) => continue,
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -283,6 +317,29 @@ mod tests {
     fn pair() -> ((FrameReader, FrameWriter), (FrameReader, FrameWriter)) {
         let (a, b) = UnixStream::pair().unwrap();
         (split(a).unwrap(), split(b).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_batch_arrives_as_its_frames_in_order_after_a_frame_with_descriptors() {
+        let ((ra, wa), (mut rb, _wb)) = pair();
+        let file = tempfile::tempfile().unwrap();
+        wa.send(b"with-fd", &[file.as_fd()]).await.unwrap();
+        // Larger than a socket buffer, so the batch takes several writes.
+        let big = Bytes::from(vec![9u8; 600_000]);
+        let batch = [Bytes::from_static(b"one"), Bytes::new(), big.clone()];
+        let sender = tokio::spawn(async move { wa.send_all(&batch).await.map(|()| wa) });
+        let first = rb.next().await.unwrap().unwrap();
+        assert_eq!((&first.body[..], first.fds.len()), (&b"with-fd"[..], 1));
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let f = rb.next().await.unwrap().unwrap();
+            assert!(f.fds.is_empty(), "a batch carries no descriptors");
+            got.push(f.body);
+        }
+        assert_eq!(got, [Bytes::from_static(b"one"), Bytes::new(), big]);
+        // The socket closes when both halves of its end are gone.
+        drop((ra, sender.await.unwrap().unwrap()));
+        assert!(rb.next().await.unwrap().is_none(), "clean end of stream");
     }
 
     #[tokio::test]

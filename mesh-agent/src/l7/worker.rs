@@ -210,13 +210,18 @@ fn inherited_socket(fd: RawFd) -> anyhow::Result<UnixStream> {
     Ok(UnixStream::from(owned))
 }
 
-/// The only writer of the agent's socket.
+/// Frames one write to the agent carries at most.
+const WRITE_BATCH: usize = 256;
+
+/// The only writer of the agent's socket: what queued while it was writing goes in one write.
 async fn write_out(writer: FrameWriter, mut rx: mpsc::Receiver<Bytes>) {
-    while let Some(body) = rx.recv().await {
-        if let Err(e) = writer.send(&body, &[]).await {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        if let Err(e) = writer.send_all(&batch).await {
             warn!(error = %e, "cannot write to the agent");
             return;
         }
+        batch.clear();
     }
 }
 
