@@ -352,7 +352,9 @@ async fn send(
                 .as_ref()
                 .is_some_and(|r| r.codes.contains(&resp.status().as_u16())),
             Try::Failed(f) => f.before_request || body.as_ref().is_some_and(|b| b.is_ok()),
-            Try::TimedOut => false,
+            // GEP-1731: a try cut by backendRequest is retried (whatever the codes) when its
+            // body can be sent again; each try has its own backendRequest bound.
+            Try::TimedOut => body.as_ref().is_some_and(|b| b.is_ok()),
         };
         last = Some(result);
         if !retriable || retry.is_none() {
@@ -392,12 +394,17 @@ async fn send(
                 rec,
             )
         }
-        Some(Try::TimedOut) => local(
-            StatusCode::GATEWAY_TIMEOUT,
-            "upstream request timeout",
-            flags::UPSTREAM_TIMEOUT,
-            rec,
-        ),
+        Some(Try::TimedOut) => {
+            if exhausted {
+                add_flag(rec, flags::RETRIES_EXHAUSTED);
+            }
+            local(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream request timeout",
+                flags::UPSTREAM_TIMEOUT,
+                rec,
+            )
+        }
         None => local(
             StatusCode::SERVICE_UNAVAILABLE,
             "no try was made",

@@ -4,6 +4,10 @@
 //!
 //!   weft-probe serve --name NAME --ports P[,P...]     prints "ready" once listening
 //!   weft-probe http-serve --name NAME --ports P[,P...]  an HTTP application (see probe/http.rs)
+//!   weft-probe grpc-serve --name NAME --ports P[,P...]  a gRPC server (tonic; see probe/grpc.rs)
+//!   weft-probe grpc-call ADDR CASE ARGS...            a gRPC client call, one JSON line
+//!   weft-probe ws-serve --name NAME --ports P[,P...]    a WebSocket echo server (see probe/ws.rs)
+//!   weft-probe ws-call URL                            a WebSocket client exchange, one JSON line
 //!   weft-probe client                                 commands on stdin, one JSON line each:
 //!       connect ADDR BYTES | open ID ADDR | xfer ID BYTES | close ID
 //!   weft-probe parallel ADDR[,ADDR...] N              N simultaneous connections
@@ -15,10 +19,14 @@
 //!   weft-probe streams ADDR N BYTES                   N concurrent echo streams (bench)
 //!   weft-probe hold ADDR N                            N idle connections until a stdin line (bench)
 
+#[path = "probe/grpc.rs"]
+mod grpc;
 #[path = "probe/http.rs"]
 mod http;
 #[path = "probe/load.rs"]
 mod load;
+#[path = "probe/ws.rs"]
+mod ws;
 
 use std::{
     collections::HashMap,
@@ -39,6 +47,10 @@ fn main() {
     match arg(0) {
         "serve" => serve(&flag(&args, "--name"), &flag(&args, "--ports")),
         "http-serve" => http::serve(&flag(&args, "--name"), &flag(&args, "--ports")),
+        "grpc-serve" => grpc::serve(&flag(&args, "--name"), &flag(&args, "--ports")),
+        "grpc-call" => grpc::call(arg(1), &args[2.min(args.len())..]),
+        "ws-serve" => ws::serve(&flag(&args, "--name"), &flag(&args, "--ports")),
+        "ws-call" => ws::call(arg(1)),
         "client" => client(),
         "parallel" => println!("{}", parallel(&addrs(arg(1)), arg(2).parse().expect("N"))),
         "churn" => println!("{}", churn(addr(arg(1)), arg(2).parse().expect("N"))),

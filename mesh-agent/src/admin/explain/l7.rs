@@ -154,10 +154,15 @@ pub fn route_step(
         lines.push(match &rule.retry {
             None => "retry: none".into(),
             Some(r) => format!(
-                "retry: up to {} more tries on {:?} and connect failures{}, within the worker's retry budget",
+                "retry: up to {} more tries on {:?}{}{}, within the worker's retry budget",
                 r.attempts,
                 r.codes,
-                r.backoff.map_or(String::new(), |b| format!(", backoff {b:?}"))
+                match t.backend_request {
+                    Some(_) => ", connect failures and tries cut by backendRequest",
+                    None => " and connect failures",
+                },
+                r.backoff
+                    .map_or(String::new(), |b| format!(", backoff {b:?}"))
             ),
         });
     }

@@ -1,6 +1,7 @@
 //! `weft-probe http-serve`: an HTTP application (HTTP/1.1 and h2c, told apart by the preface)
 //! that answers every request with a JSON report of what it received, so L7 tests can assert
-//! on what the mesh delivered. Behaviour on request:
+//! on what the mesh delivered (the request body is read whole: `body_bytes` is its length and
+//! `body_fnv` its FNV-1a 64 digest, in hex). Behaviour on request:
 //!   .../status/NNN          answers NNN
 //!   .../delay/MS            answers after MS milliseconds
 //!   x-fail-key K, x-fail-times N, x-fail-status S
@@ -76,7 +77,7 @@ async fn answer(
         .iter()
         .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or("<binary>"))))
         .collect();
-    let report = json!({
+    let mut report = json!({
         "server": &*name,
         "method": req.method().as_str(),
         "path": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
@@ -145,6 +146,21 @@ async fn answer(
             .expect("grpc");
         return Ok(resp);
     }
+    // Read as it arrives (for `Expect: 100-continue`, reading is what lets hyper send 100).
+    let (mut body_bytes, mut digest) = (0u64, super::FNV_START);
+    let mut body = req.into_body();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            status = 400;
+            break;
+        };
+        if let Some(data) = frame.data_ref() {
+            body_bytes += data.len() as u64;
+            digest = super::fnv(digest, data);
+        }
+    }
+    report["body_bytes"] = json!(body_bytes);
+    report["body_fnv"] = json!(format!("{digest:016x}"));
     let resp = hyper::Response::builder()
         .status(status)
         .header("content-type", "application/json")
