@@ -34,8 +34,6 @@ use crate::{
 pub const ECHO: &str = "10.96.0.40";
 pub const ECHO_V1: &str = "10.96.0.41";
 pub const ECHO_V2: &str = "10.96.0.42";
-pub const RECORDER: &str = "10.96.0.43";
-pub const RECORDER_ALT: &str = "10.96.0.44";
 
 const SERVICES: &str = "\
 apiVersion: v1

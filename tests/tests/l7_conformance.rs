@@ -182,6 +182,10 @@ spec:
     backendRefs: [{name: echo-v1, port: 8080}]
   - matches: [{path: {type: PathPrefix, value: /unnamed}}]
     backendRefs: [{name: echo-v2, port: 8080}]
+  - matches: [{path: {type: PathPrefix, value: /zero}}]
+    backendRefs: [{name: echo-v1, port: 80, weight: 0}, {name: echo-v2, port: 80, weight: 0}]
+  - matches: [{path: {type: PathPrefix, value: /missing}}]
+    backendRefs: [{name: gone, port: 80}]
   - backendRefs:
     - {name: echo-v1, port: 80, weight: 70}
     - {name: echo-v2, port: 80, weight: 30}
@@ -216,6 +220,12 @@ fn a_service_splits_by_path_and_by_weight_and_named_rules_route_like_any() {
         let line = request_line(&m.a1, path);
         assert_eq!(line["route"]["name"], "mesh/echo-split", "{line}");
         assert_eq!(line["route"]["rule"], rule, "{path}: {line}");
+    }
+    // HTTPRouteAllBackendsWeightZero, and a backendRef to a Service that does not exist: 500
+    // from the pool, the application never asked.
+    for path in ["/zero", "/missing"] {
+        let a = fetch(&m.client, &[&url(ECHO, path)]);
+        assert_eq!((a.status, a.server().as_str()), (500, ""), "{path}: {a:?}");
     }
     // MeshHTTPRouteWeight: 70/30, 300 requests on one keep-alive connection (the pool draws a
     // backend for each request, not each connection).
