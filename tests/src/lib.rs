@@ -9,6 +9,7 @@ pub mod agent;
 pub mod ca;
 pub mod features;
 pub mod fixture;
+pub mod gamma;
 pub mod http;
 pub mod netns;
 pub mod otlp;

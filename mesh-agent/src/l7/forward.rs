@@ -32,7 +32,7 @@ use super::{
     report::{self, add_flag, Reported, Traced},
     request, route,
     trace::{Span, SpanKind},
-    upstream::{Body, Failed, Key, Version, Via},
+    upstream::{Body, BoxError, Failed, Key, Version, Via},
 };
 use crate::{
     identity::Identity,
@@ -144,7 +144,7 @@ async fn outbound(
     };
     let port = conn.h.dst.port();
     let routes = route::routes_for(state, &conn.h.pod.namespace, &frontend, port);
-    let (mut parts, body) = req.into_parts();
+    let (mut parts, mut body) = req.into_parts();
     let (rule, chosen) = if routes.is_empty() {
         (None, None)
     } else {
@@ -188,7 +188,19 @@ async fn outbound(
     let backend = chosen.map_or((frontend, port), |b| (b.service.clone(), b.port));
     if let Some(rule) = rule {
         let targets = filters::mirrors_for(rule, chosen, rand::random::<u32>());
-        mirror(conn, state, &parts, &targets);
+        if !targets.is_empty() {
+            body = match mirror_whole(conn, state, &parts, &targets, body).await {
+                Ok(b) => b,
+                Err(e) => {
+                    return local(
+                        StatusCode::BAD_REQUEST,
+                        &format!("request body: {e}"),
+                        flags::DOWNSTREAM_RESET,
+                        rec,
+                    )
+                }
+            };
+        }
     }
     rec.backend = Some(format!("{}:{}", backend.0, backend.1));
     report::set_service(rec, Some(&backend.0));
@@ -218,14 +230,41 @@ async fn outbound(
     resp
 }
 
-/// Sends a copy of the request head (without its body: mirrors must not hold a body the real
-/// request streams) to each mirror target, answer discarded, bounded by the connect and a
-/// short response timeout. A mirror never delays or fails the real request.
+/// Mirrors the request when its body can be buffered (known length up to
+/// [`MAX_BUFFERED_BODY`]): a mirror gets the request whole or not at all, since a head whose
+/// body never comes is not a copy and leaves the mirror waiting for it. Returns the body to
+/// send on; Err: the client's body failed.
+async fn mirror_whole(
+    conn: &Arc<Conn>,
+    state: &Arc<State>,
+    parts: &http::request::Parts,
+    targets: &[&crate::state::routes::Backend],
+    body: Body,
+) -> Result<Body, BoxError> {
+    match body.size_hint().upper() {
+        Some(n) if n <= MAX_BUFFERED_BODY => {
+            let bytes = body.collect().await?.to_bytes();
+            mirror(conn, state, parts, targets, &bytes);
+            Ok(full(bytes))
+        }
+        _ => {
+            debug!(
+                "not mirrored: request body larger than {MAX_BUFFERED_BODY} bytes or of unknown length"
+            );
+            Ok(body)
+        }
+    }
+}
+
+/// Sends a copy of the request (its head and its buffered `body`) to each mirror target,
+/// answer discarded, bounded by the connect and a short response timeout. A mirror never
+/// delays or fails the real request.
 fn mirror(
     conn: &Arc<Conn>,
     state: &Arc<State>,
     parts: &http::request::Parts,
     targets: &[&crate::state::routes::Backend],
+    body: &Bytes,
 ) {
     for t in targets {
         let backend = (t.service.clone(), t.port);
@@ -238,7 +277,7 @@ fn mirror(
         let authority = report::authority(parts).unwrap_or_default();
         let Ok(req) = request::build(
             request::copy_parts(parts),
-            full(Bytes::new()),
+            full(body.clone()),
             ep.key.version,
             &authority,
             false,
