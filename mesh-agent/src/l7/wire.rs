@@ -95,6 +95,12 @@ pub enum ToAgent {
         connections: u64,
         /// Request records the worker dropped because its queue to the agent was full.
         reports_dropped: u64,
+        /// Spans the worker's exporter got accepted by the collector, and dropped; like
+        /// `reports_dropped`, totals since the worker started (the agent counts the deltas).
+        #[serde(default)]
+        spans_exported: u64,
+        #[serde(default)]
+        spans_dropped: u64,
     },
     Report(Box<RequestRecord>),
 }

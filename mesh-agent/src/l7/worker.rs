@@ -112,6 +112,8 @@ fn handle(
             seq,
             connections: counters.connections.load(Relaxed),
             reports_dropped: counters.reports_dropped.load(Relaxed),
+            spans_exported: ctx.tracer.exported(),
+            spans_dropped: ctx.tracer.dropped(),
         }),
         ToWorker::Handoff(h) => {
             if !*configured {
