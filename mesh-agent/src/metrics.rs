@@ -267,7 +267,7 @@ impl Metrics {
     /// The supervisor restarted a worker that exited or stopped answering
     /// (`weft_l7_worker_restarts_total`).
     pub fn l7_worker_restart(&self) {
-        self.bump("weft_l7_worker_restarts_total", "");
+        self.l7_workers.restarts.fetch_add(1, Relaxed);
     }
 
     fn bump(&self, family: &'static str, value: &'static str) {
@@ -321,8 +321,6 @@ impl Metrics {
         for result in [handoff::HANDED, handoff::REFUSED] {
             pool.entry(("weft_l7_handoffs_total", result)).or_default();
         }
-        pool.entry(("weft_l7_worker_restarts_total", ""))
-            .or_default();
         for (family, label, help) in L7_POOL {
             let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} counter");
             for ((_, value), n) in pool
@@ -337,7 +335,12 @@ impl Metrics {
             }
         }
         let w = &self.l7_workers;
-        let counters = [&w.spans_exported, &w.spans_dropped, &w.reports_dropped];
+        let counters = [
+            &w.restarts,
+            &w.spans_exported,
+            &w.spans_dropped,
+            &w.reports_dropped,
+        ];
         for ((family, help), counter) in L7_WORKERS.iter().zip(counters) {
             let n = counter.load(Relaxed);
             let _ = writeln!(
@@ -353,6 +356,7 @@ impl Metrics {
 /// counts from zero again) never takes a total back.
 #[derive(Debug, Default)]
 pub struct L7WorkerCounters {
+    pub restarts: AtomicU64,
     pub spans_exported: AtomicU64,
     pub spans_dropped: AtomicU64,
     /// Request records lost between a worker's requests and the agent's metrics: in the
@@ -368,7 +372,7 @@ pub fn request_finished(metrics: &Metrics, log: &AccessLog, record: &http::Reque
 }
 
 /// The L7 pool's families counted here: name, label, help.
-const L7_POOL: [(&str, Option<&str>, &str); 3] = [
+const L7_POOL: [(&str, Option<&str>, &str); 2] = [
     (
         "weft_l7_handoffs_total",
         Some("result"),
@@ -379,15 +383,14 @@ const L7_POOL: [(&str, Option<&str>, &str); 3] = [
         Some("reason"),
         "Connections that needed L7 and were closed because no worker could take them",
     ),
-    (
-        "weft_l7_worker_restarts_total",
-        None,
-        "L7 workers restarted after they exited or stopped answering",
-    ),
 ];
 
 /// The families of `L7WorkerCounters`, in its fields' order: name, help.
-const L7_WORKERS: [(&str, &str); 3] = [
+const L7_WORKERS: [(&str, &str); 4] = [
+    (
+        "weft_l7_worker_restarts_total",
+        "L7 workers restarted after they exited or stopped answering",
+    ),
     (
         "weft_l7_spans_exported_total",
         "Spans the L7 workers exported to the OTLP collector (accepted by it)",

@@ -330,6 +330,9 @@ fn the_workers_span_counts_show_on_the_agents_metrics_across_worker_restarts() {
         let now = ready_workers(&agent, 2);
         (!now.contains(&pids[0])).then_some(())
     });
+    eventually("the restart counted", WAIT, || {
+        (counter(&metrics(), "weft_l7_worker_restarts_total")? >= 1).then_some(())
+    });
     let after_restart = counter(&metrics(), "weft_l7_spans_dropped_total").unwrap();
     assert!(
         after_restart >= dropped,

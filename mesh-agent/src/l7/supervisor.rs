@@ -499,6 +499,7 @@ async fn keep_running(shared: Arc<Shared>, i: usize) {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
         shared.slots[i].restarts.fetch_add(1, Relaxed);
+        shared.cfg.counters.restarts.fetch_add(1, Relaxed);
     }
 }
 
