@@ -225,6 +225,8 @@ struct Notes {
 struct Shared {
     cfg: PoolConfig,
     slots: Vec<Slot>,
+    /// The log filter in force (`set_log`): workers start with it and follow its changes.
+    log: watch::Sender<String>,
     /// The body of the latest snapshot frame; every worker's writer sends it before anything
     /// else and again whenever it changes.
     snapshot: watch::Sender<Option<Bytes>>,
@@ -273,9 +275,11 @@ impl L7Pool {
     /// Needs a tokio runtime.
     pub fn start(cfg: PoolConfig) -> Self {
         let (reports, reports_rx) = mpsc::channel(cfg.reports.max(1));
+        let log = cfg.log.clone();
         let shared = Arc::new(Shared {
             slots: (0..cfg.workers).map(|_| Slot::default()).collect(),
             cfg,
+            log: watch::channel(log).0,
             snapshot: watch::channel(None).0,
             content: Mutex::new(Vec::new()),
             version: AtomicU64::new(0),
@@ -423,6 +427,18 @@ impl L7Pool {
         }
     }
 
+    /// A new log filter (the agent's `/logging` changed its own): sent to every worker, and
+    /// given to every worker started from now on.
+    pub fn set_log(&self, filter: &str) {
+        self.shared.log.send_if_modified(|f| {
+            let changed = f != filter;
+            if changed {
+                filter.clone_into(f);
+            }
+            changed
+        });
+    }
+
     /// The workers' request records, for metrics and the access log. Returns the receiver
     /// once; records queue (bounded, then dropped and counted) until it is taken.
     pub fn reports(&self) -> Option<mpsc::Receiver<RequestRecord>> {
@@ -508,7 +524,10 @@ async fn run_once(shared: &Arc<Shared>, i: usize) -> std::io::Result<()> {
     let slot = &shared.slots[i];
     let (ours, theirs) = UnixStream::pair()?;
     let (reader, writer) = wire::split(ours)?;
-    let proc = child::spawn(&shared.cfg, i, theirs).await?;
+    // Subscribed before the start, so a change after it reaches this worker too.
+    let mut log = shared.log.subscribe();
+    let filter = log.borrow_and_update().clone();
+    let proc = child::spawn(&shared.cfg, &filter, i, theirs).await?;
     let pid = proc.id();
     slot.pid.store(pid, Relaxed);
     slot.applied.store(0, Relaxed);
@@ -520,7 +539,7 @@ async fn run_once(shared: &Arc<Shared>, i: usize) -> std::io::Result<()> {
     *slot.queue.lock().expect("queue lock") = Some(tx);
     let (why, hung) = tokio::select! {
         why = read_loop(shared, i, reader) => (why, false),
-        why = write_loop(shared, writer, rx) => (why, false),
+        why = write_loop(shared, writer, rx, log) => (why, false),
         why = watch_health(shared, i) => (why, true),
     };
     // No new connections for it; the ones queued are dropped with the queue (closed).
@@ -597,11 +616,13 @@ async fn read_loop(shared: &Shared, i: usize, mut reader: FrameReader) -> String
     }
 }
 
-/// Writes to the worker: the latest snapshot first (and again on change), pings, hand-offs.
+/// Writes to the worker: the latest snapshot first (and again on change), log filter
+/// changes, pings, hand-offs.
 async fn write_loop(
     shared: &Shared,
     writer: FrameWriter,
     mut rx: mpsc::Receiver<Handed>,
+    mut log: watch::Receiver<String>,
 ) -> String {
     let mut snapshots = shared.snapshot.subscribe();
     snapshots.mark_changed();
@@ -611,6 +632,17 @@ async fn write_loop(
     loop {
         let sent = tokio::select! {
             biased;
+            // First: a hand-off written after a filter change is served under the new filter.
+            changed = log.changed() => {
+                if changed.is_err() {
+                    return "pool stopped".into();
+                }
+                let filter = log.borrow_and_update().clone();
+                match wire::encode(&ToWorker::Log { filter }) {
+                    Ok(b) => writer.send(&b, &[]).await,
+                    Err(e) => Err(e),
+                }
+            }
             changed = snapshots.changed() => {
                 if changed.is_err() {
                     return "pool stopped".into();

@@ -74,6 +74,11 @@ pub enum ToWorker {
     Ping {
         seq: u64,
     },
+    /// The log filter (tracing EnvFilter syntax) the agent's `/logging` set: the worker
+    /// applies it to its own logging.
+    Log {
+        filter: String,
+    },
 }
 
 /// What a worker sends its agent.
@@ -403,5 +408,15 @@ mod tests {
         let f = rb.next().await.unwrap().unwrap();
         let msg: ToWorker = serde_json::from_slice(&f.body).unwrap();
         assert!(matches!(msg, ToWorker::Ping { seq: 7 }), "{msg:?}");
+        let log = ToWorker::Log {
+            filter: "info,mesh_agent::l7=debug".into(),
+        };
+        wa.send(&encode(&log).unwrap(), &[]).await.unwrap();
+        let f = rb.next().await.unwrap().unwrap();
+        let msg: ToWorker = serde_json::from_slice(&f.body).unwrap();
+        assert!(
+            matches!(&msg, ToWorker::Log { filter } if filter == "info,mesh_agent::l7=debug"),
+            "{msg:?}"
+        );
     }
 }
