@@ -210,7 +210,7 @@ fn route_now(req: Request<Incoming>, live: &Live) -> Response<Full<Bytes>> {
             };
             json(&dump)
         }
-        "/logging" => logging(&req, live.logging.as_ref()),
+        "/logging" => logging(&req, live.logging.as_ref(), status.l7_pool.as_deref()),
         _ => text(
             StatusCode::NOT_FOUND,
             "not found: try /healthz/ready, /config_dump, /logging or /debug/explain\n".into(),
@@ -219,8 +219,13 @@ fn route_now(req: Request<Incoming>, live: &Live) -> Response<Full<Bytes>> {
 }
 
 /// `GET /logging` shows the log filter; `POST /logging?level=FILTER` sets it (a level such as
-/// `debug`, or a tracing filter such as `info,mesh_agent::proxy=debug`).
-fn logging(req: &Request<Incoming>, control: Option<&LogControl>) -> Response<Full<Bytes>> {
+/// `debug`, or a tracing filter such as `info,mesh_agent::proxy=debug`), here and in the L7
+/// workers.
+fn logging(
+    req: &Request<Incoming>,
+    control: Option<&LogControl>,
+    pool: Option<&crate::l7::L7Pool>,
+) -> Response<Full<Bytes>> {
     let Some(control) = control else {
         return text(
             StatusCode::NOT_IMPLEMENTED,
@@ -230,7 +235,14 @@ fn logging(req: &Request<Incoming>, control: Option<&LogControl>) -> Response<Fu
     let level = query_param(req, "level");
     let result = match (req.method(), level.as_deref()) {
         (&hyper::Method::GET, None) => control(None),
-        (&hyper::Method::POST, Some(level)) => control(Some(level)),
+        (&hyper::Method::POST, Some(level)) => {
+            let applied = control(Some(level));
+            // Only a filter the agent took: the workers parse it with the same code.
+            if let (Ok(_), Some(pool)) = (&applied, pool) {
+                pool.set_log(level);
+            }
+            applied
+        }
         _ => {
             return text(
                 StatusCode::BAD_REQUEST,

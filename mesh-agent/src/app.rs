@@ -35,7 +35,7 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
     let metrics = Arc::new(Metrics::default());
     let access_log = AccessLog::new(&cfg.access_log, metrics.clone())
         .with_context(|| format!("opening the access log {:?}", cfg.access_log))?;
-    let l7_pool = start_l7_pool(&cfg);
+    let l7_pool = start_l7_pool(&cfg, &metrics);
     let shared = Arc::new(Shared {
         node: cfg.node.clone(),
         trust_domain: cfg.trust_domain.clone(),
@@ -165,8 +165,9 @@ fn mtls(cfg: &AgentConfig) -> anyhow::Result<Option<Mtls>> {
     Ok(Some(Mtls { certs, pool, quic }))
 }
 
-/// The node's L7 pool, its workers running this binary (none with `--l7-workers 0`).
-fn start_l7_pool(cfg: &AgentConfig) -> Option<Arc<L7Pool>> {
+/// The node's L7 pool, its workers running this binary (none with `--l7-workers 0`); what
+/// its workers count (spans, dropped records, restarts) goes to /metrics.
+fn start_l7_pool(cfg: &AgentConfig, metrics: &Metrics) -> Option<Arc<L7Pool>> {
     if cfg.l7_workers == 0 {
         info!("L7 pool disabled (--l7-workers 0): connections that need L7 are refused");
         return None;
@@ -175,6 +176,7 @@ fn start_l7_pool(cfg: &AgentConfig) -> Option<Arc<L7Pool>> {
     pool.workers = cfg.l7_workers;
     pool.log = cfg.log.clone();
     pool.log_format = cfg.log_format;
+    pool.counters = metrics.l7_workers.clone();
     Some(Arc::new(L7Pool::start(pool)))
 }
 

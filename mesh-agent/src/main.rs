@@ -55,7 +55,7 @@ fn main() -> ExitCode {
             runtime.block_on(mesh_agent::app::run(cfg, Some(logging)))
         }
         Command::Ca(args) => runtime.block_on(mesh_agent::ca::run(args)),
-        Command::L7(args) => runtime.block_on(mesh_agent::l7::worker::run(args)),
+        Command::L7(args) => runtime.block_on(mesh_agent::l7::worker::run(args, Some(logging))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

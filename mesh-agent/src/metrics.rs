@@ -178,6 +178,8 @@ pub struct Metrics {
     http: http::Requests,
     /// The L7 pool's counters, by (family, label value): code-defined names only, so bounded.
     l7_pool: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// What the pool's supervisor counts of its workers (shared with it: `PoolConfig::counters`).
+    pub l7_workers: Arc<L7WorkerCounters>,
     /// Access-log lines dropped because the writer could not keep up.
     pub access_log_dropped: AtomicU64,
 }
@@ -265,7 +267,7 @@ impl Metrics {
     /// The supervisor restarted a worker that exited or stopped answering
     /// (`weft_l7_worker_restarts_total`).
     pub fn l7_worker_restart(&self) {
-        self.bump("weft_l7_worker_restarts_total", "");
+        self.l7_workers.restarts.fetch_add(1, Relaxed);
     }
 
     fn bump(&self, family: &'static str, value: &'static str) {
@@ -319,8 +321,6 @@ impl Metrics {
         for result in [handoff::HANDED, handoff::REFUSED] {
             pool.entry(("weft_l7_handoffs_total", result)).or_default();
         }
-        pool.entry(("weft_l7_worker_restarts_total", ""))
-            .or_default();
         for (family, label, help) in L7_POOL {
             let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} counter");
             for ((_, value), n) in pool
@@ -334,7 +334,34 @@ impl Metrics {
                 .expect("writing to a String");
             }
         }
+        let w = &self.l7_workers;
+        let counters = [
+            &w.restarts,
+            &w.spans_exported,
+            &w.spans_dropped,
+            &w.reports_dropped,
+        ];
+        for ((family, help), counter) in L7_WORKERS.iter().zip(counters) {
+            let n = counter.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "# HELP {family} {help}\n# TYPE {family} counter\n{family} {n}"
+            );
+        }
     }
+}
+
+/// Running totals over every L7 worker the pool has run: the supervisor adds what each
+/// worker's health answers say it did since the one before, so a restarted worker (which
+/// counts from zero again) never takes a total back.
+#[derive(Debug, Default)]
+pub struct L7WorkerCounters {
+    pub restarts: AtomicU64,
+    pub spans_exported: AtomicU64,
+    pub spans_dropped: AtomicU64,
+    /// Request records lost between a worker's requests and the agent's metrics: in the
+    /// worker (its queue to the agent full) or in the agent (nobody reading fast enough).
+    pub reports_dropped: AtomicU64,
 }
 
 /// What the agent does with each `RequestRecord` a worker sends: Istio's HTTP metrics
@@ -344,8 +371,8 @@ pub fn request_finished(metrics: &Metrics, log: &AccessLog, record: &http::Reque
     log.request(record);
 }
 
-/// The L7 pool's families: name, label, help.
-const L7_POOL: [(&str, Option<&str>, &str); 3] = [
+/// The L7 pool's families counted here: name, label, help.
+const L7_POOL: [(&str, Option<&str>, &str); 2] = [
     (
         "weft_l7_handoffs_total",
         Some("result"),
@@ -356,10 +383,25 @@ const L7_POOL: [(&str, Option<&str>, &str); 3] = [
         Some("reason"),
         "Connections that needed L7 and were closed because no worker could take them",
     ),
+];
+
+/// The families of `L7WorkerCounters`, in its fields' order: name, help.
+const L7_WORKERS: [(&str, &str); 4] = [
     (
         "weft_l7_worker_restarts_total",
-        None,
         "L7 workers restarted after they exited or stopped answering",
+    ),
+    (
+        "weft_l7_spans_exported_total",
+        "Spans the L7 workers exported to the OTLP collector (accepted by it)",
+    ),
+    (
+        "weft_l7_spans_dropped_total",
+        "Spans the L7 workers dropped: export queue full, export failed, or refused by the collector",
+    ),
+    (
+        "weft_l7_reports_dropped_total",
+        "Finished requests of the L7 workers neither in the istio_request* metrics nor access-logged: a queue on their way to the agent was full",
     ),
 ];
 

@@ -5,6 +5,7 @@ pub mod egress;
 pub mod l7;
 pub mod mesh;
 pub mod peer_auth;
+pub mod reference_grants;
 pub mod routes;
 pub mod services;
 pub mod workloads;

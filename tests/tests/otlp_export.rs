@@ -1,7 +1,8 @@
 //! The L7 pool's span export against the OTLP collector stand-in (tests/src/otlp.rs), which
 //! decodes the real OTLP protobuf: batches arrive whole, the parent/child chain the trace
-//! context carries survives export, and a failing collector costs only counted spans. No
-//! agent needed; the netns case needs root.
+//! context carries survives export, and a failing collector costs only counted spans. Most
+//! cases need no agent; the netns cases need root, and the last runs a real agent whose
+//! workers' span counts must show on its :15020.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -11,9 +12,11 @@ use mesh_agent::l7::{
     trace::{Resource, Span, SpanAttrs, SpanKind, SpanRecord},
 };
 use weft_tests::{
-    eventually, netns,
+    eventually, features,
+    http::curl,
+    netns,
     otlp::{assert_chain, Collector},
-    Topology,
+    Agent, Ca, Topology,
 };
 
 fn attrs(service: &str, node: &str, status: u16) -> SpanAttrs {
@@ -237,4 +240,124 @@ fn the_stand_in_serves_inside_a_network_namespace() {
     .expect("netns");
     assert_eq!(exported, 1);
     assert_eq!(collector.wait_for_spans(1, WAIT)[0].service_name, "web");
+}
+
+/// A counter without labels in Prometheus text (None when the family is not there at all).
+fn counter(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The workers' pids once every one is ready (`/config_dump` `l7_pool`).
+fn ready_workers(agent: &Agent, n: usize) -> Vec<u64> {
+    eventually("the L7 workers ready", WAIT, || {
+        let dump = agent.config_dump();
+        let workers = dump["l7_pool"]["workers"].as_array()?.clone();
+        let pids: Vec<u64> = workers
+            .iter()
+            .filter(|w| w["ready"] == true)
+            .filter_map(|w| w["pid"].as_u64())
+            .collect();
+        (pids.len() == n).then_some(pids)
+    })
+}
+
+const WEB: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: mesh, labels: {weft.dev/l7: enabled}}
+spec:
+  clusterIP: 10.96.0.30
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080, appProtocol: http}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: MeshConfig
+metadata: {name: default, namespace: weft-system}
+spec: {tracing: {otlp: '127.0.0.1:4318', sampling: 100}}
+";
+
+#[test]
+fn the_workers_span_counts_show_on_the_agents_metrics_across_worker_restarts() {
+    if !features::require(
+        "the_workers_span_counts_show_on_the_agents_metrics_across_worker_restarts",
+        features::CAPTURE,
+    ) {
+        return;
+    }
+    let mut topo = Topology::new();
+    let node = topo.node("n1");
+    topo.namespace("mesh", true);
+    let client = topo.pod(&node, "mesh", "client");
+    let web = topo.pod(&node, "mesh", "web");
+    topo.set_pod_label(&web.name, "app", "web");
+    weft_tests::http::serve(&mut topo, &web, &[8080]);
+    topo.apply("web", WEB);
+    let ca = Ca::start(&topo, &node, 15012, 3600, "cluster.local");
+    // Two workers: the totals are sums over both.
+    let agent = Agent::start_meshed(&topo, &node, &ca, &["--l7-workers", "2"]);
+    agent.wait_enrolled(&client);
+    agent.wait_enrolled(&web);
+    agent.wait_certificates();
+    let pids = ready_workers(&agent, 2);
+    let requests = |n: usize| {
+        for i in 0..n {
+            let r = curl(&client, &[&format!("http://10.96.0.30/span/{i}")]);
+            assert_eq!(r.status, 200, "{r:?}");
+        }
+    };
+    let metrics = || agent.metrics();
+    let before = metrics();
+    assert_eq!(counter(&before, "weft_l7_spans_exported_total"), Some(0));
+    assert_eq!(counter(&before, "weft_l7_spans_dropped_total"), Some(0));
+    assert_eq!(counter(&before, "weft_l7_reports_dropped_total"), Some(0));
+
+    // Nothing listens on the collector's address: the workers' spans are dropped, and counted.
+    requests(4);
+    let dropped = eventually("dropped spans on :15020", WAIT, || {
+        let n = counter(&metrics(), "weft_l7_spans_dropped_total")?;
+        (n >= 4).then_some(n)
+    });
+    assert_eq!(counter(&metrics(), "weft_l7_spans_exported_total"), Some(0));
+
+    // A worker killed and replaced starts counting from zero: the totals do not go back.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill a worker");
+    eventually("the worker replaced", WAIT, || {
+        let now = ready_workers(&agent, 2);
+        (!now.contains(&pids[0])).then_some(())
+    });
+    eventually("the restart counted", WAIT, || {
+        (counter(&metrics(), "weft_l7_worker_restarts_total")? >= 1).then_some(())
+    });
+    let after_restart = counter(&metrics(), "weft_l7_spans_dropped_total").unwrap();
+    assert!(
+        after_restart >= dropped,
+        "the dropped total went back when a worker restarted: {after_restart} < {dropped}"
+    );
+
+    // The collector comes up: what it receives is what the agent counts as exported.
+    let collector = Collector::start_in(&node.netns, "127.0.0.1:4318".parse().unwrap());
+    requests(4);
+    let exported = eventually("exported spans on :15020", Duration::from_secs(45), || {
+        let got = collector.spans().len() as u64;
+        let counted = counter(&metrics(), "weft_l7_spans_exported_total")?;
+        (got >= 4 && counted == got).then_some(counted)
+    });
+    assert_eq!(collector.errors(), Vec::<String>::new());
+    let text = metrics();
+    assert!(
+        counter(&text, "weft_l7_spans_dropped_total").unwrap() >= after_restart,
+        "dropped went back: {text}"
+    );
+    assert!(counter(&text, "weft_l7_spans_exported_total").unwrap() >= exported);
+    assert_eq!(counter(&text, "weft_l7_reports_dropped_total"), Some(0));
+    let pool = &agent.config_dump()["l7_pool"];
+    assert!(
+        pool["spans_exported"].as_u64() >= Some(exported),
+        "/config_dump says what /metrics says: {pool:#}"
+    );
 }

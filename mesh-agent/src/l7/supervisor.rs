@@ -34,7 +34,11 @@ use super::{
     snapshot::{self, Content, PushedCert},
     wire::{self, FrameReader, FrameWriter, ToAgent, ToWorker},
 };
-use crate::{cli::LogFormat, metrics::http::RequestRecord, state::State};
+use crate::{
+    cli::LogFormat,
+    metrics::{http::RequestRecord, L7WorkerCounters},
+    state::State,
+};
 
 mod child;
 
@@ -75,6 +79,8 @@ pub struct PoolConfig {
     pub queue: usize,
     /// Request records queued for `reports()`; more are dropped (counted).
     pub reports: usize,
+    /// Where the workers' totals go (the agent's `Metrics::l7_workers`, for /metrics).
+    pub counters: Arc<L7WorkerCounters>,
 }
 
 impl PoolConfig {
@@ -90,6 +96,7 @@ impl PoolConfig {
             hang_deadline: Duration::from_secs(5),
             queue: 256,
             reports: 8192,
+            counters: Arc::default(),
         }
     }
 }
@@ -138,6 +145,10 @@ pub struct PoolStatus {
     pub last_refusal: Option<String>,
     /// Request records dropped: by workers (queue to the agent full) or here (nobody reading).
     pub reports_dropped: u64,
+    /// Spans the workers exported, and dropped (queue full, export failed or refused), over
+    /// every worker the pool has run.
+    pub spans_exported: u64,
+    pub spans_dropped: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -170,10 +181,38 @@ struct Slot {
     restarts: AtomicU64,
     handed: AtomicU64,
     connections: AtomicU64,
-    reports_dropped: AtomicU64,
+    /// The running totals the current worker last reported (zero when it starts).
+    seen: Seen,
     /// Milliseconds since the pool's start when the worker last answered (or started).
     last_pong: AtomicU64,
     notes: Mutex<Notes>,
+}
+
+/// A worker's own running totals, as its last pong said.
+#[derive(Default)]
+struct Seen {
+    reports_dropped: AtomicU64,
+    spans_exported: AtomicU64,
+    spans_dropped: AtomicU64,
+}
+
+impl Seen {
+    fn reset(&self) {
+        for c in [
+            &self.reports_dropped,
+            &self.spans_exported,
+            &self.spans_dropped,
+        ] {
+            c.store(0, Relaxed);
+        }
+    }
+}
+
+/// Adds to `total` what a worker counted since it last said `seen`. Within one life a worker's
+/// totals only grow; its next life starts again from zero, with `seen` reset.
+fn add_since(total: &AtomicU64, seen: &AtomicU64, now: u64) {
+    let before = seen.swap(now, Relaxed);
+    total.fetch_add(now.saturating_sub(before), Relaxed);
 }
 
 #[derive(Default)]
@@ -186,6 +225,8 @@ struct Notes {
 struct Shared {
     cfg: PoolConfig,
     slots: Vec<Slot>,
+    /// The log filter in force (`set_log`): workers start with it and follow its changes.
+    log: watch::Sender<String>,
     /// The body of the latest snapshot frame; every worker's writer sends it before anything
     /// else and again whenever it changes.
     snapshot: watch::Sender<Option<Bytes>>,
@@ -197,7 +238,6 @@ struct Shared {
     refusals: Mutex<Refusals>,
     reports: mpsc::Sender<RequestRecord>,
     reports_rx: Mutex<Option<mpsc::Receiver<RequestRecord>>>,
-    reports_dropped: AtomicU64,
     epoch: Instant,
 }
 
@@ -235,9 +275,11 @@ impl L7Pool {
     /// Needs a tokio runtime.
     pub fn start(cfg: PoolConfig) -> Self {
         let (reports, reports_rx) = mpsc::channel(cfg.reports.max(1));
+        let log = cfg.log.clone();
         let shared = Arc::new(Shared {
             slots: (0..cfg.workers).map(|_| Slot::default()).collect(),
             cfg,
+            log: watch::channel(log).0,
             snapshot: watch::channel(None).0,
             content: Mutex::new(Vec::new()),
             version: AtomicU64::new(0),
@@ -246,7 +288,6 @@ impl L7Pool {
             refusals: Mutex::default(),
             reports,
             reports_rx: Mutex::new(Some(reports_rx)),
-            reports_dropped: AtomicU64::new(0),
             epoch: Instant::now(),
         });
         info!(workers = shared.cfg.workers, exe = %shared.cfg.exe.display(), "starting the L7 pool");
@@ -386,6 +427,18 @@ impl L7Pool {
         }
     }
 
+    /// A new log filter (the agent's `/logging` changed its own): sent to every worker, and
+    /// given to every worker started from now on.
+    pub fn set_log(&self, filter: &str) {
+        self.shared.log.send_if_modified(|f| {
+            let changed = f != filter;
+            if changed {
+                filter.clone_into(f);
+            }
+            changed
+        });
+    }
+
     /// The workers' request records, for metrics and the access log. Returns the receiver
     /// once; records queue (bounded, then dropped and counted) until it is taken.
     pub fn reports(&self) -> Option<mpsc::Receiver<RequestRecord>> {
@@ -417,6 +470,7 @@ impl L7Pool {
             })
             .collect();
         let r = s.refusals.lock().expect("refusals lock");
+        let totals = &s.cfg.counters;
         PoolStatus {
             workers,
             snapshot_version: s.version.load(Relaxed),
@@ -424,11 +478,9 @@ impl L7Pool {
             refused: r.total,
             refused_by_reason: r.by_reason.clone(),
             last_refusal: r.last.clone(),
-            reports_dropped: s.reports_dropped.load(Relaxed)
-                + s.slots
-                    .iter()
-                    .map(|w| w.reports_dropped.load(Relaxed))
-                    .sum::<u64>(),
+            reports_dropped: totals.reports_dropped.load(Relaxed),
+            spans_exported: totals.spans_exported.load(Relaxed),
+            spans_dropped: totals.spans_dropped.load(Relaxed),
         }
     }
 }
@@ -463,6 +515,7 @@ async fn keep_running(shared: Arc<Shared>, i: usize) {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
         shared.slots[i].restarts.fetch_add(1, Relaxed);
+        shared.cfg.counters.restarts.fetch_add(1, Relaxed);
     }
 }
 
@@ -471,10 +524,14 @@ async fn run_once(shared: &Arc<Shared>, i: usize) -> std::io::Result<()> {
     let slot = &shared.slots[i];
     let (ours, theirs) = UnixStream::pair()?;
     let (reader, writer) = wire::split(ours)?;
-    let proc = child::spawn(&shared.cfg, i, theirs).await?;
+    // Subscribed before the start, so a change after it reaches this worker too.
+    let mut log = shared.log.subscribe();
+    let filter = log.borrow_and_update().clone();
+    let proc = child::spawn(&shared.cfg, &filter, i, theirs).await?;
     let pid = proc.id();
     slot.pid.store(pid, Relaxed);
     slot.applied.store(0, Relaxed);
+    slot.seen.reset();
     slot.last_pong.store(shared.now_ms(), Relaxed);
     slot.notes.lock().expect("notes lock").child = Some(proc);
     info!(worker = i, pid, "L7 worker started");
@@ -482,7 +539,7 @@ async fn run_once(shared: &Arc<Shared>, i: usize) -> std::io::Result<()> {
     *slot.queue.lock().expect("queue lock") = Some(tx);
     let (why, hung) = tokio::select! {
         why = read_loop(shared, i, reader) => (why, false),
-        why = write_loop(shared, writer, rx) => (why, false),
+        why = write_loop(shared, writer, rx, log) => (why, false),
         why = watch_health(shared, i) => (why, true),
     };
     // No new connections for it; the ones queued are dropped with the queue (closed).
@@ -535,26 +592,37 @@ async fn read_loop(shared: &Shared, i: usize, mut reader: FrameReader) -> String
             ToAgent::Pong {
                 connections,
                 reports_dropped,
+                spans_exported,
+                spans_dropped,
                 ..
             } => {
                 slot.last_pong.store(shared.now_ms(), Relaxed);
                 slot.connections.store(connections, Relaxed);
-                slot.reports_dropped.store(reports_dropped, Relaxed);
+                let (totals, seen) = (&shared.cfg.counters, &slot.seen);
+                add_since(
+                    &totals.reports_dropped,
+                    &seen.reports_dropped,
+                    reports_dropped,
+                );
+                add_since(&totals.spans_exported, &seen.spans_exported, spans_exported);
+                add_since(&totals.spans_dropped, &seen.spans_dropped, spans_dropped);
             }
             ToAgent::Report(r) => {
                 if shared.reports.try_send(*r).is_err() {
-                    shared.reports_dropped.fetch_add(1, Relaxed);
+                    shared.cfg.counters.reports_dropped.fetch_add(1, Relaxed);
                 }
             }
         }
     }
 }
 
-/// Writes to the worker: the latest snapshot first (and again on change), pings, hand-offs.
+/// Writes to the worker: the latest snapshot first (and again on change), log filter
+/// changes, pings, hand-offs.
 async fn write_loop(
     shared: &Shared,
     writer: FrameWriter,
     mut rx: mpsc::Receiver<Handed>,
+    mut log: watch::Receiver<String>,
 ) -> String {
     let mut snapshots = shared.snapshot.subscribe();
     snapshots.mark_changed();
@@ -564,6 +632,17 @@ async fn write_loop(
     loop {
         let sent = tokio::select! {
             biased;
+            // First: a hand-off written after a filter change is served under the new filter.
+            changed = log.changed() => {
+                if changed.is_err() {
+                    return "pool stopped".into();
+                }
+                let filter = log.borrow_and_update().clone();
+                match wire::encode(&ToWorker::Log { filter }) {
+                    Ok(b) => writer.send(&b, &[]).await,
+                    Err(e) => Err(e),
+                }
+            }
             changed = snapshots.changed() => {
                 if changed.is_err() {
                     return "pool stopped".into();
@@ -605,5 +684,36 @@ async fn watch_health(shared: &Shared, i: usize) -> String {
         if silent > deadline {
             return format!("no answer to health pings for {silent} ms: taken for hung");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_totals_add_up_across_restarts_and_never_go_back() {
+        let total = AtomicU64::new(0);
+        let seen = Seen::default();
+        // One life: pongs say 5, then 5 again, then 8.
+        for now in [5, 5, 8] {
+            add_since(&total, &seen.spans_dropped, now);
+        }
+        assert_eq!(total.load(Relaxed), 8);
+        // The worker restarts and counts from zero again.
+        seen.reset();
+        for now in [0, 2, 3] {
+            add_since(&total, &seen.spans_dropped, now);
+        }
+        assert_eq!(total.load(Relaxed), 11, "8 before the restart, 3 after");
+        // A smaller number without a restart (never sent by a worker) takes nothing back.
+        add_since(&total, &seen.spans_dropped, 1);
+        assert_eq!(total.load(Relaxed), 11);
+        add_since(&total, &seen.spans_dropped, 4);
+        assert_eq!(
+            total.load(Relaxed),
+            14,
+            "counting resumes from what it said last"
+        );
     }
 }

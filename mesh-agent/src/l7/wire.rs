@@ -74,6 +74,11 @@ pub enum ToWorker {
     Ping {
         seq: u64,
     },
+    /// The log filter (tracing EnvFilter syntax) the agent's `/logging` set: the worker
+    /// applies it to its own logging.
+    Log {
+        filter: String,
+    },
 }
 
 /// What a worker sends its agent.
@@ -95,6 +100,12 @@ pub enum ToAgent {
         connections: u64,
         /// Request records the worker dropped because its queue to the agent was full.
         reports_dropped: u64,
+        /// Spans the worker's exporter got accepted by the collector, and dropped; like
+        /// `reports_dropped`, totals since the worker started (the agent counts the deltas).
+        #[serde(default)]
+        spans_exported: u64,
+        #[serde(default)]
+        spans_dropped: u64,
     },
     Report(Box<RequestRecord>),
 }
@@ -454,5 +465,15 @@ mod tests {
         let f = rb.next().await.unwrap().unwrap();
         let msg: ToWorker = serde_json::from_slice(&f.body).unwrap();
         assert!(matches!(msg, ToWorker::Ping { seq: 7 }), "{msg:?}");
+        let log = ToWorker::Log {
+            filter: "info,mesh_agent::l7=debug".into(),
+        };
+        wa.send(&encode(&log).unwrap(), &[]).await.unwrap();
+        let f = rb.next().await.unwrap().unwrap();
+        let msg: ToWorker = serde_json::from_slice(&f.body).unwrap();
+        assert!(
+            matches!(&msg, ToWorker::Log { filter } if filter == "info,mesh_agent::l7=debug"),
+            "{msg:?}"
+        );
     }
 }

@@ -26,7 +26,7 @@ use super::{
     server,
     wire::{self, Frame, FrameWriter, ToAgent, ToWorker},
 };
-use crate::{cli::L7Args, identity::CertManager, netns::Netns};
+use crate::{admin::LogControl, cli::L7Args, identity::CertManager, netns::Netns};
 
 /// Messages queued for the agent (acks, pongs, reports); reports beyond it are dropped.
 const OUT_QUEUE: usize = 4096;
@@ -39,16 +39,17 @@ struct Counters {
     reports_dropped: AtomicU64,
 }
 
-pub async fn run(args: L7Args) -> anyhow::Result<()> {
+/// `logging` changes this process's log filter (the agent sends changes: `ToWorker::Log`).
+pub async fn run(args: L7Args, logging: Option<LogControl>) -> anyhow::Result<()> {
     // Also set by the agent before exec; set here too for a worker started any other way.
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
         .context("PR_SET_PDEATHSIG")?;
     crate::netns::init();
     let span = info_span!("l7_worker", worker = args.worker, pid = std::process::id());
-    serve_agent(args).instrument(span).await
+    serve_agent(args, logging).instrument(span).await
 }
 
-async fn serve_agent(args: L7Args) -> anyhow::Result<()> {
+async fn serve_agent(args: L7Args, logging: Option<LogControl>) -> anyhow::Result<()> {
     let sock = inherited_socket(args.fd)?;
     let (mut reader, writer) = wire::split(sock).context("the agent's socket")?;
     let (out, out_rx) = mpsc::channel::<Bytes>(OUT_QUEUE);
@@ -73,7 +74,7 @@ async fn serve_agent(args: L7Args) -> anyhow::Result<()> {
                 return Err(e).context("reading from the agent");
             }
         };
-        let reply = handle(&ctx, &counters, &mut configured, frame);
+        let reply = handle(&ctx, &counters, &mut configured, frame, logging.as_ref());
         if let Some(msg) = reply {
             let body = wire::encode(&msg)?;
             if out.send(body).await.is_err() {
@@ -89,6 +90,7 @@ fn handle(
     counters: &Arc<Counters>,
     configured: &mut bool,
     frame: Frame,
+    logging: Option<&LogControl>,
 ) -> Option<ToAgent> {
     let Frame { body, fds } = frame;
     let msg = match serde_json::from_slice::<ToWorker>(&body) {
@@ -112,7 +114,17 @@ fn handle(
             seq,
             connections: counters.connections.load(Relaxed),
             reports_dropped: counters.reports_dropped.load(Relaxed),
+            spans_exported: ctx.tracer.exported(),
+            spans_dropped: ctx.tracer.dropped(),
         }),
+        ToWorker::Log { filter } => {
+            match logging.map(|set| set(Some(&filter))) {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => warn!(filter, error = %e, "log filter from the agent not applied"),
+                None => warn!(filter, "this worker's log filter is fixed; not applied"),
+            }
+            None
+        }
         ToWorker::Handoff(h) => {
             if !*configured {
                 warn!(connection = %h.id, "hand-off before any snapshot; connection closed");

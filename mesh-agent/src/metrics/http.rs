@@ -483,6 +483,10 @@ weft_http_metric_samples_dropped_total 0
             ("istio_response_bytes", "histogram"),
             ("weft_http_metric_samples_dropped_total", "counter"),
             ("weft_l7_handoffs_total", "counter"),
+            ("weft_l7_worker_restarts_total", "counter"),
+            ("weft_l7_spans_exported_total", "counter"),
+            ("weft_l7_spans_dropped_total", "counter"),
+            ("weft_l7_reports_dropped_total", "counter"),
             ("istio_tcp_connections_opened_total", "counter"),
         ] {
             let help = format!("# HELP {family} ");
@@ -724,6 +728,9 @@ weft_http_metric_samples_dropped_total 0
         m.l7_refused("no_worker");
         m.l7_refused("send_failed");
         m.l7_worker_restart();
+        m.l7_workers.spans_exported.fetch_add(7, Relaxed);
+        m.l7_workers.spans_dropped.fetch_add(3, Relaxed);
+        m.l7_workers.reports_dropped.fetch_add(2, Relaxed);
         let text = m.render();
         for line in [
             "weft_l7_handoffs_total{result=\"handed\"} 2",
@@ -732,6 +739,10 @@ weft_http_metric_samples_dropped_total 0
             "weft_l7_handoffs_refused_total{reason=\"send_failed\"} 1",
             "weft_l7_worker_restarts_total 1",
             "# TYPE weft_l7_handoffs_refused_total counter",
+            "weft_l7_spans_exported_total 7",
+            "weft_l7_spans_dropped_total 3",
+            "weft_l7_reports_dropped_total 2",
+            "# TYPE weft_l7_spans_dropped_total counter",
         ] {
             assert!(text.lines().any(|l| l == line), "{line}: {text}");
         }

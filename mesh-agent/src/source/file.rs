@@ -759,6 +759,80 @@ status: {podIP: 10.0.1.2}
         assert!(state.routes.values().next().unwrap().rules[0].backends[1].is_resolved());
     }
 
+    const BILLING: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: billing, namespace: payments}\nspec: {clusterIP: 10.96.0.30, ports: [{port: 80}]}\n";
+
+    fn grant(to_name: &str) -> String {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\n\
+             metadata: {{name: shop-to-billing, namespace: payments}}\n\
+             spec:\n  from: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: shop}}]\n  \
+             to: [{{group: '', kind: Service{to_name}}}]\n"
+        )
+    }
+
+    #[test]
+    fn a_backend_in_another_namespace_resolves_only_while_a_reference_grant_permits_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("svc.yaml"),
+            format!("{ROUTE_SERVICES}---\n{BILLING}"),
+        )
+        .unwrap();
+        let route = canary(WEB, "10").replace(
+            "{name: web-v2, port: 80,",
+            "{name: billing, namespace: payments, port: 80,",
+        );
+        std::fs::write(dir.path().join("route.yaml"), route).unwrap();
+        let file = dir.path().join("grant.yaml");
+        let mut last = LastGood::default();
+        let billing = |s: &State| {
+            let r = &s.routes[&("shop".to_string(), "canary".to_string())];
+            r.rules[0].backends[1].unresolved.clone()
+        };
+        let (state, errors) = keeping(dir.path(), &mut last);
+        assert!(errors.is_empty(), "{errors:?}");
+        let why = billing(&state).expect("no grant: not permitted");
+        assert!(
+            why.starts_with("RefNotPermitted: Service payments/billing"),
+            "{why}"
+        );
+        let route = &state.routes[&("shop".to_string(), "canary".to_string())];
+        let status = state.route_status(route).resolved_refs.unwrap_err();
+        assert_eq!(status.0, "RefNotPermitted", "{status:?}");
+
+        // A grant for every Service of payments, then for billing by name: permitted.
+        for to in ["", ", name: billing"] {
+            std::fs::write(&file, grant(to)).unwrap();
+            let (state, errors) = keeping(dir.path(), &mut last);
+            assert!(errors.is_empty(), "{errors:?}");
+            assert_eq!(billing(&state), None, "grant to {to:?}");
+        }
+        // A grant for another Service: not this one.
+        std::fs::write(&file, grant(", name: ledger")).unwrap();
+        let (state, _) = keeping(dir.path(), &mut last);
+        assert!(billing(&state).is_some_and(|w| w.starts_with("RefNotPermitted")));
+
+        // A grant refused (no `to`): named with its field, and the previous one stays.
+        std::fs::write(&file, grant("")).unwrap();
+        keeping(dir.path(), &mut last);
+        std::fs::write(
+            &file,
+            grant("").replace("to: [{group: '', kind: Service}]", "to: []"),
+        )
+        .unwrap();
+        let (state, errors) = keeping(dir.path(), &mut last);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].field, "spec.to");
+        assert!(errors[0].message.ends_with(KEPT), "{}", errors[0]);
+        assert_eq!(billing(&state), None);
+
+        // Deleted: the backend is taken away again.
+        std::fs::remove_file(&file).unwrap();
+        let (state, errors) = keeping(dir.path(), &mut last);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(billing(&state).is_some_and(|w| w.starts_with("RefNotPermitted")));
+    }
+
     #[test]
     fn authorization_policy_mistakes_are_named() {
         let ap = |rule: &str| {

@@ -10,7 +10,7 @@
 //! that much per pod, not by whole Pod objects.
 //!
 //! Weft's own CRDs are optional: a kind whose CRD is not installed (404) counts as empty, with a
-//! warning, and is retried; so are the Gateway API's route kinds.
+//! warning, and is retried; so are the Gateway API's route kinds and ReferenceGrants.
 //!
 //! HTTPRoutes and GRPCRoutes bound to Services get their `status` written by exactly one agent
 //! (`route_status`: rendezvous hashing over the Nodes that run an agent).
@@ -138,6 +138,14 @@ pub const KINDS: &[Kind] = &[
         "v1",
         "GRPCRoute",
         "grpcroutes",
+        true,
+    ),
+    // Which routes may send to another namespace's Services (state::reference_grants).
+    kind(
+        "gateway.networking.k8s.io",
+        "v1beta1",
+        "ReferenceGrant",
+        "referencegrants",
         true,
     ),
 ];

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 pub mod grpc_route;
 pub mod http_route;
+pub mod reference_grant;
 pub mod route_parts;
 pub mod services;
 
@@ -247,6 +248,7 @@ pub enum Object {
     EndpointSlice(EndpointSliceObject),
     /// An HTTPRoute or GRPCRoute bound to a Service (GAMMA), checked and compiled.
     Route(crate::state::routes::Route),
+    ReferenceGrant(crate::state::reference_grants::ReferenceGrant),
 }
 
 impl Object {
@@ -316,6 +318,11 @@ impl Object {
             }
             Object::Route(route) => {
                 state.routes.insert(route.key(), route);
+            }
+            Object::ReferenceGrant(g) => {
+                state
+                    .reference_grants
+                    .insert((g.namespace.clone(), g.name.clone()), g);
             }
             Object::ServiceEntry(se) => {
                 let entry = ServiceEntry::from_crd(se);

@@ -5,8 +5,9 @@ use serde::de::DeserializeOwned;
 
 use super::objects::{
     check_authorization_policy, check_mesh_config, check_service_entry,
-    grpc_route::GrpcRouteObject, http_route::HttpRouteObject, route_parts::binds_a_service,
-    EndpointSliceObject, NamespaceObject, NodeObject, Object, PodObject, ServiceObject,
+    grpc_route::GrpcRouteObject, http_route::HttpRouteObject,
+    reference_grant::ReferenceGrantObject, route_parts::binds_a_service, EndpointSliceObject,
+    NamespaceObject, NodeObject, Object, PodObject, ServiceObject,
 };
 use crate::crd::{self, API_VERSION};
 
@@ -70,6 +71,9 @@ pub fn parse_document(value: yaml_serde::Value) -> Result<Parsed, (String, Strin
                     Some(route) => Object::Route(route),
                     None => return Ok(Parsed::Ignored(GATEWAY_ROUTE)),
                 }
+            }
+            (GATEWAY_V1 | GATEWAY_V1BETA1 | GATEWAY_V1ALPHA2, "ReferenceGrant") => {
+                Object::ReferenceGrant(typed::<ReferenceGrantObject>(value)?.into_grant()?)
             }
             ("discovery.k8s.io/v1", "EndpointSlice") => {
                 Object::EndpointSlice(typed::<EndpointSliceObject>(value)?)

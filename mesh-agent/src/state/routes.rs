@@ -3,8 +3,10 @@
 //! The model is what `source` made of a valid route object (every field checked, every regex
 //! compiled); `l7::route` selects among them and `l7::filters` applies them. Backends are
 //! resolved against the Services of the same `State` by [`State::resolve_route_backends`]
-//! (called from `reindex`): a backendRef to a Service or port that does not exist stays in the
-//! rule, marked, so that its share of the traffic answers 500 as the spec says.
+//! (called from `reindex`): a backendRef to a Service or port that does not exist, or to
+//! another namespace's Service that no ReferenceGrant lets the route refer to
+//! (`reference_grants`), stays in the rule, marked, so that its share of the traffic answers
+//! 500 as the spec says.
 
 use std::{fmt, time::Duration};
 
@@ -18,6 +20,16 @@ pub enum RouteKind {
     Http,
     #[serde(rename = "GRPCRoute")]
     Grpc,
+}
+
+impl RouteKind {
+    /// The Kubernetes kind.
+    pub fn name(self) -> &'static str {
+        match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -320,10 +332,10 @@ impl State {
                 Some(why) => {
                     let (reason, message) =
                         why.split_once(": ").unwrap_or(("BackendNotFound", why));
-                    let reason = if reason == "InvalidKind" {
-                        "InvalidKind"
-                    } else {
-                        "BackendNotFound"
+                    let reason = match reason {
+                        "InvalidKind" => "InvalidKind",
+                        "RefNotPermitted" => "RefNotPermitted",
+                        _ => "BackendNotFound",
                     };
                     Err((reason, message.to_owned()))
                 }
@@ -332,24 +344,17 @@ impl State {
         }
     }
 
-    /// Marks every backendRef (and mirror) whose Service or Service port does not exist; clears
-    /// the mark of those that resolve now. Idempotent; `reindex` calls it.
+    /// Marks every backendRef (and mirror) that another namespace's ReferenceGrants do not
+    /// permit, or whose Service or Service port does not exist; clears the mark of those that
+    /// resolve now. Idempotent; `reindex` calls it.
     pub fn resolve_route_backends(&mut self) {
-        let services = &self.services;
-        let check = |b: &mut Backend| {
-            if b.unresolved.as_deref().is_some_and(is_permanent) {
-                return;
-            }
-            b.unresolved = match services.get(&b.service) {
-                None => Some(format!("{UNKNOWN_SERVICE} {}", b.service)),
-                Some(s) if !s.ports.iter().any(|p| p.port == b.port) => Some(format!(
-                    "{UNKNOWN_PORT} {} has no port {}",
-                    b.service, b.port
-                )),
-                Some(_) => None,
-            };
-        };
-        for route in self.routes.values_mut() {
+        let mut routes = std::mem::take(&mut self.routes);
+        for route in routes.values_mut() {
+            let parents: Vec<ServiceKey> =
+                route.parents.iter().map(|p| p.service.clone()).collect();
+            let parents: Vec<&ServiceKey> = parents.iter().collect();
+            let (kind, ns) = (route.kind, route.namespace.clone());
+            let check = |b: &mut Backend| self.resolve_backend(kind, &ns, &parents, b);
             for rule in &mut route.rules {
                 for b in &mut rule.backends {
                     check(b);
@@ -360,16 +365,38 @@ impl State {
                     .for_each(|f| mirror_backend(f, check));
             }
         }
+        self.routes = routes;
+    }
+
+    /// One backendRef of a route of `kind` in `ns` bound to `parents`. Permission first: a
+    /// route may not learn whether another namespace has a Service it may not refer to.
+    fn resolve_backend(&self, kind: RouteKind, ns: &str, parents: &[&ServiceKey], b: &mut Backend) {
+        if b.unresolved.as_deref().is_some_and(is_permanent) {
+            return;
+        }
+        if let Err(why) = self.backend_permitted(kind, ns, parents, &b.service) {
+            b.unresolved = Some(format!("{NOT_PERMITTED} {why}"));
+            return;
+        }
+        b.unresolved = match self.services.get(&b.service) {
+            None => Some(format!("{UNKNOWN_SERVICE} {}", b.service)),
+            Some(s) if !s.ports.iter().any(|p| p.port == b.port) => Some(format!(
+                "{UNKNOWN_PORT} {} has no port {}",
+                b.service, b.port
+            )),
+            Some(_) => None,
+        };
     }
 }
 
-/// Reasons that depend on the Services in the state (recomputed on every resolve); any other
-/// reason was given at parse (an unsupported kind) and stays.
+/// Reasons that depend on the Services and ReferenceGrants in the state (recomputed on every
+/// resolve); any other reason was given at parse (an unsupported kind) and stays.
 const UNKNOWN_SERVICE: &str = "BackendNotFound: no Service";
 const UNKNOWN_PORT: &str = "BackendNotFound: Service";
+const NOT_PERMITTED: &str = "RefNotPermitted:";
 
 fn is_permanent(reason: &str) -> bool {
-    !reason.starts_with("BackendNotFound:")
+    !reason.starts_with("BackendNotFound:") && !reason.starts_with(NOT_PERMITTED)
 }
 
 fn mirror_backend(f: &mut Filter, check: impl Fn(&mut Backend)) {

@@ -116,6 +116,9 @@ pub struct State {
     /// `Route::key()` → HTTPRoute or GRPCRoute bound to a Service (GAMMA).
     #[serde(serialize_with = "values", deserialize_with = "keyed")]
     pub routes: BTreeMap<(String, String), super::routes::Route>,
+    /// (namespace, name) → grant: which routes of other namespaces may send to its Services.
+    #[serde(default, serialize_with = "values", deserialize_with = "keyed")]
+    pub reference_grants: BTreeMap<(String, String), super::reference_grants::ReferenceGrant>,
     /// Index: pod IP → pod. Rebuilt by [`State::reindex`] once a source has filled the state.
     #[serde(skip)]
     by_ip: HashMap<IpAddr, PodKey>,
@@ -174,6 +177,11 @@ keyed_by!(EndpointSlice, (String, String), |s| (
     s.name.clone()
 ));
 keyed_by!(super::routes::Route, (String, String), |r| r.key());
+keyed_by!(
+    super::reference_grants::ReferenceGrant,
+    (String, String),
+    |g| (g.namespace.clone(), g.name.clone())
+);
 
 fn values<S: serde::Serializer, K, V: Serialize>(
     m: &BTreeMap<K, V>,

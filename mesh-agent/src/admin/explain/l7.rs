@@ -96,11 +96,12 @@ pub fn route_step(
     let port = plan.dst.port();
     let routes = route::routes_for(state, &source.namespace, frontend, port);
     let request = format!("{} {}", probe.method, probe.path);
-    let (rule, backends): (Option<&RouteRule>, Vec<(String, u16, u32)>) = if routes.is_empty() {
+    type Backends = Vec<(String, u16, u32, Option<String>)>;
+    let (rule, backends): (Option<&RouteRule>, Backends) = if routes.is_empty() {
         lines.push(format!(
             "no route binds {frontend} port {port}: {request} goes to {frontend} itself"
         ));
-        (None, vec![(frontend.to_string(), port, 1)])
+        (None, vec![(frontend.to_string(), port, 1, None)])
     } else {
         let names: Vec<String> = routes
             .iter()
@@ -129,7 +130,10 @@ pub fn route_step(
             .rule
             .backends
             .iter()
-            .map(|b| (b.service.to_string(), b.port, b.weight))
+            .map(|b| {
+                let why = b.unresolved.clone();
+                (b.service.to_string(), b.port, b.weight, why)
+            })
             .collect();
         (Some(r.rule), b)
     };
@@ -168,12 +172,19 @@ pub fn route_step(
     }
     let total: u32 = backends.iter().map(|b| b.2).sum();
     let mut legs = Vec::new();
-    for (service, bport, weight) in &backends {
+    for (service, bport, weight, unresolved) in &backends {
         let share = if total == 0 {
             0.0
         } else {
             f64::from(*weight) * 100.0 / f64::from(total)
         };
+        // The request path answers 500 for this share without looking for endpoints.
+        if let Some(why) = unresolved {
+            lines.push(format!(
+                "backend {service}:{bport} weight {weight} ({share:.0}% of requests): answered 500 ({why})"
+            ));
+            continue;
+        }
         let eps = backend_endpoints(state, service, *bport);
         lines.push(format!(
             "backend {service}:{bport} weight {weight} ({share:.0}% of requests): {} ready endpoint(s)",

@@ -531,3 +531,54 @@ fn route_status_says_accepted_and_resolved_refs_with_the_specs_reasons() {
     assert!(s.accepted.unwrap_err().1.contains("no port 9"));
     assert_eq!(s.resolved_refs.unwrap_err().0, "InvalidKind");
 }
+
+#[test]
+fn a_backend_in_another_namespace_takes_its_share_only_while_a_grant_permits_it() {
+    let other = "apiVersion: v1\nkind: Service\nmetadata: {name: billing, namespace: payments}\nspec: {clusterIP: 10.96.0.40, ports: [{port: 80}]}\n---\n";
+    let rules = "  - backendRefs: [{name: echo-v1, port: 80}, {name: billing, namespace: payments, port: 80}]\n    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: billing, namespace: payments, port: 80}}}]\n";
+    let doc = route_doc("cross", NS, PARENT, rules);
+    let grant = |kind: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\n\
+             metadata: {{name: g, namespace: payments}}\n\
+             spec: {{from: [{{group: gateway.networking.k8s.io, kind: {kind}, namespace: {NS}}}], to: [{{group: '', kind: Service}}]}}\n---\n"
+        )
+    };
+    let billing = |state: &State| {
+        let rule = &state.routes[&(NS.to_string(), "cross".to_string())].rules[0];
+        let crate::state::routes::Filter::RequestMirror(m) = &rule.filters[0] else {
+            panic!("a mirror")
+        };
+        (rule.backends[1].unresolved.clone(), m.backend.is_resolved())
+    };
+    let state = state_of(&(services() + other + &doc));
+    let (why, mirrored) = billing(&state);
+    let why = why.expect("not permitted without a grant");
+    assert!(
+        why.starts_with("RefNotPermitted:") && why.contains("payments/billing"),
+        "{why}"
+    );
+    assert!(!mirrored, "a mirror to it is not permitted either");
+    let route = &state.routes[&(NS.to_string(), "cross".to_string())];
+    assert_eq!(
+        state.route_status(route).resolved_refs.unwrap_err().0,
+        "RefNotPermitted"
+    );
+    // Its share answers 500 (the caller sees `unresolved`); the rest goes to echo-v1.
+    let rule = &route.rules[0];
+    let refused = (0..1000u32)
+        .map(|i| pick_backend(rule, i.wrapping_mul(4_294_967)))
+        .filter(|b| b.is_some_and(|b| !b.is_resolved()))
+        .count();
+    assert!((400..600).contains(&refused), "{refused}");
+    // A grant for GRPCRoutes does not cover an HTTPRoute; one for HTTPRoutes does.
+    let state = state_of(&(services() + other + &grant("GRPCRoute") + &doc));
+    assert!(billing(&state).0.is_some());
+    let state = state_of(&(services() + other + &grant("HTTPRoute") + &doc));
+    assert_eq!(billing(&state), (None, true));
+    // A backend the grant permits but that does not exist is not found, as any other.
+    let state = state_of(&(services() + &grant("HTTPRoute") + &doc));
+    assert!(billing(&state)
+        .0
+        .is_some_and(|w| w.starts_with("BackendNotFound")));
+}

@@ -44,9 +44,15 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
     })
 }
 
-/// Starts worker `index` with `sock` (its end of the socketpair) as its `--fd`.
-pub(super) async fn spawn(cfg: &PoolConfig, index: usize, sock: UnixStream) -> io::Result<Child> {
-    let cmd = command(cfg, index, sock.as_raw_fd());
+/// Starts worker `index` with `sock` (its end of the socketpair) as its `--fd`, logging with
+/// `log` (the filter in force now, which may differ from `cfg.log` since `/logging`).
+pub(super) async fn spawn(
+    cfg: &PoolConfig,
+    log: &str,
+    index: usize,
+    sock: UnixStream,
+) -> io::Result<Child> {
+    let cmd = command(cfg, log, index, sock.as_raw_fd());
     let (tx, rx) = tokio::sync::oneshot::channel();
     spawner()
         .lock()
@@ -63,7 +69,7 @@ pub(super) async fn spawn(cfg: &PoolConfig, index: usize, sock: UnixStream) -> i
 }
 
 #[allow(unsafe_code)]
-fn command(cfg: &PoolConfig, index: usize, fd: RawFd) -> Command {
+fn command(cfg: &PoolConfig, log: &str, index: usize, fd: RawFd) -> Command {
     let format = match cfg.log_format {
         LogFormat::Text => "text",
         LogFormat::Json => "json",
@@ -73,7 +79,7 @@ fn command(cfg: &PoolConfig, index: usize, fd: RawFd) -> Command {
         .arg("l7")
         .args(["--fd", &fd.to_string(), "--worker", &index.to_string()])
         .args(["--node", &cfg.node, "--trust-domain", &cfg.trust_domain])
-        .args(["--log", &cfg.log, "--log-format", format])
+        .args(["--log", log, "--log-format", format])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());

@@ -4,7 +4,9 @@
 //! the parser's field and message, the same words file mode and `meshctl validate` print; or
 //! False/NoMatchingParent when the Service or its port does not exist) and `ResolvedRefs`
 //! (True/ResolvedRefs; False/BackendNotFound, InvalidKind or RefNotPermitted naming the
-//! backendRef), each with `observedGeneration`. Entries of other controllers are kept.
+//! backendRef: another namespace's Service that no ReferenceGrant there lets the route refer
+//! to, as `state::reference_grants` decides for traffic), each with `observedGeneration`.
+//! Entries of other controllers are kept.
 //!
 //! One writer per route, not one per node: every agent watches the same Nodes and the same
 //! agent Pods, and computes the owner of a route by rendezvous hashing (highest random weight)
@@ -35,7 +37,7 @@ use super::{parse, Kind, Store};
 use crate::{
     config::SYSTEM_NAMESPACE,
     source::parse::Parsed,
-    state::{ServiceKey, State},
+    state::{routes::RouteKind, ServiceKey, State},
 };
 
 /// The `controllerName` of Weft's status entries.
@@ -176,7 +178,7 @@ fn route_write(
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let resolved = resolved_refs(route, ns, state);
+    let resolved = resolved_refs(kind, route, ns, state);
     let ours: Vec<Value> = service_parents(route)
         .map(|parent| {
             let accepted = match &refused {
@@ -243,10 +245,7 @@ fn cond(ok: bool, reason: &'static str, message: &str) -> Cond {
 }
 
 fn accepted(parent: &Value, route_ns: &str, state: &State) -> Cond {
-    let key = ServiceKey {
-        namespace: parent["namespace"].as_str().unwrap_or(route_ns).to_owned(),
-        name: parent["name"].as_str().unwrap_or_default().to_owned(),
-    };
+    let key = parent_service(parent, route_ns);
     let Some(service) = state.services.get(&key) else {
         return cond(
             false,
@@ -269,9 +268,26 @@ fn accepted(parent: &Value, route_ns: &str, state: &State) -> Cond {
     cond(true, "Accepted", "accepted by weft.dev/mesh")
 }
 
-/// Whether every backendRef names an existing Service and one of its ports; the first that
+/// The Service a Service parentRef names.
+fn parent_service(parent: &Value, route_ns: &str) -> ServiceKey {
+    ServiceKey {
+        namespace: parent["namespace"].as_str().unwrap_or(route_ns).to_owned(),
+        name: parent["name"].as_str().unwrap_or_default().to_owned(),
+    }
+}
+
+/// Whether every backendRef names a Service the route may refer to (its own namespace's, its
+/// parent, or one a ReferenceGrant permits), that exists, and one of its ports; the first that
 /// does not is named.
-fn resolved_refs(route: &Value, route_ns: &str, state: &State) -> Cond {
+fn resolved_refs(kind: Kind, route: &Value, route_ns: &str, state: &State) -> Cond {
+    let route_kind = match kind.kind {
+        "GRPCRoute" => RouteKind::Grpc,
+        _ => RouteKind::Http,
+    };
+    let parents: Vec<ServiceKey> = service_parents(route)
+        .map(|p| parent_service(p, route_ns))
+        .collect();
+    let parents: Vec<&ServiceKey> = parents.iter().collect();
     let rules = route.pointer("/spec/rules").and_then(Value::as_array);
     for (r, rule) in rules.into_iter().flatten().enumerate() {
         let refs = rule["backendRefs"].as_array();
@@ -293,17 +309,13 @@ fn resolved_refs(route: &Value, route_ns: &str, state: &State) -> Cond {
             }
             let name = backend["name"].as_str().unwrap_or_default();
             let ns = backend["namespace"].as_str().unwrap_or(route_ns);
-            if ns != route_ns {
-                return cond(
-                    false,
-                    "RefNotPermitted",
-                    &format!("{at}: Service {ns}/{name} is in another namespace (ReferenceGrant is not supported)"),
-                );
-            }
             let key = ServiceKey {
                 namespace: ns.to_owned(),
                 name: name.to_owned(),
             };
+            if let Err(why) = state.backend_permitted(route_kind, route_ns, &parents, &key) {
+                return cond(false, "RefNotPermitted", &format!("{at}: {why}"));
+            }
             let Some(service) = state.services.get(&key) else {
                 return cond(
                     false,

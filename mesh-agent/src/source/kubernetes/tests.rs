@@ -676,3 +676,160 @@ fn the_shipped_rbac_lets_the_agent_write_route_status_and_agents_are_found_by_la
         crate::config::SYSTEM_NAMESPACE
     );
 }
+
+const GRANTS: &str = include_str!("../../../testdata/kube/referencegrants-list.json");
+const GRANT_ROUTES: &str =
+    include_str!("../../../testdata/kube/referencegrant-httproutes-list.json");
+const GRANT_SERVICES: &str =
+    include_str!("../../../testdata/kube/referencegrant-services-list.json");
+const GRANTS_PATH: &str = "/apis/gateway.networking.k8s.io/v1beta1/referencegrants";
+
+/// The routes cluster's nodes and agents, with route shop/orders-billing sending `/pay` to
+/// Service payments/billing; the recorded ReferenceGrants (one lets shop's HTTPRoutes refer to
+/// billing) when `granted`, else none (the API has no ReferenceGrant kind: 404, as if empty).
+fn grants_cluster(granted: bool) -> Script {
+    let mut s = routes_cluster();
+    s.lists
+        .insert("/api/v1/services", vec![(200, GRANT_SERVICES)]);
+    s.lists.insert(
+        "/apis/gateway.networking.k8s.io/v1/httproutes",
+        vec![(200, GRANT_ROUTES)],
+    );
+    s.lists
+        .remove("/apis/gateway.networking.k8s.io/v1/grpcroutes");
+    if granted {
+        s.lists.insert(GRANTS_PATH, vec![(200, GRANTS)]);
+    }
+    s
+}
+
+/// The node that owns orders-billing's status among the cluster's Ready agents.
+fn grant_route_owner() -> &'static str {
+    route_status::owner("shop", "orders-billing", &["n1", "n2"]).unwrap()
+}
+
+/// orders-billing's `/pay` backend (payments/billing) in `state`: None when it resolves.
+fn billing_unresolved(state: &State) -> Option<String> {
+    let route = &state.routes[&("shop".to_string(), "orders-billing".to_string())];
+    route.rules[0].backends[0].unresolved.clone()
+}
+
+#[tokio::test]
+async fn a_reference_grant_from_the_api_server_lets_a_route_reach_another_namespace() {
+    let owner = grant_route_owner();
+    for granted in [false, true] {
+        let (client, script) = fake_api_server(grants_cluster(granted)).await;
+        let writer = route_status::Writer::spawn(client.clone());
+        let mut done = writer.done.clone();
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(run(client, KINDS, Some(owner.into()), tx, Some(writer)));
+        tokio::time::timeout(Duration::from_secs(20), done.wait_for(|n| *n >= 1))
+            .await
+            .expect("the status writer finished a plan")
+            .unwrap();
+        let state = rx.borrow().clone().expect("a published state").state;
+        let s = script.lock().unwrap();
+        assert!(
+            s.seen.iter().any(|(p, watch)| p == GRANTS_PATH && !watch),
+            "ReferenceGrants are listed: {:?}",
+            s.seen
+        );
+        let (_, _, body) = s
+            .patches
+            .iter()
+            .find(|(p, _, _)| p.ends_with("/shop/httproutes/orders-billing/status"))
+            .unwrap_or_else(|| panic!("orders-billing's status written: {:?}", s.patches));
+        let c = conditions(body);
+        assert_eq!((c[0].0.as_str(), c[0].1.as_str()), ("Accepted", "True"));
+        if granted {
+            assert_eq!(billing_unresolved(&state), None);
+            assert_eq!(
+                c[1],
+                (
+                    "ResolvedRefs".into(),
+                    "True".into(),
+                    "ResolvedRefs".into(),
+                    "every backendRef resolves to a Service port".into(),
+                    5
+                )
+            );
+        } else {
+            let why = billing_unresolved(&state).expect("not permitted");
+            assert!(why.starts_with("RefNotPermitted:"), "{why}");
+            assert_eq!(
+                (c[1].1.as_str(), c[1].2.as_str()),
+                ("False", "RefNotPermitted"),
+                "{c:?}"
+            );
+            assert!(
+                c[1].3
+                    .starts_with("spec.rules[0].backendRefs[0]: Service payments/billing is in another namespace"),
+                "{c:?}"
+            );
+        }
+    }
+}
+
+/// The items of a recorded list, as the watcher hands them over.
+fn items(list: &str) -> Vec<DynamicObject> {
+    let list: serde_json::Value = serde_json::from_str(list).unwrap();
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| serde_json::from_value(i.clone()).unwrap())
+        .collect()
+}
+
+#[test]
+fn deleting_the_reference_grant_takes_the_backend_away_and_the_status_says_so() {
+    let owner = grant_route_owner();
+    let mut store = Store::new(KINDS, Some(owner.into()));
+    let lists = [
+        ("Node", ROUTE_NODES),
+        ("Namespace", ROUTE_NAMESPACES),
+        ("Pod", ROUTE_PODS),
+        ("Service", GRANT_SERVICES),
+        ("HTTPRoute", GRANT_ROUTES),
+        ("ReferenceGrant", GRANTS),
+    ];
+    for (i, k) in KINDS.iter().enumerate() {
+        store.event(i, Event::Init);
+        for (_, list) in lists.iter().filter(|(kind, _)| *kind == k.kind) {
+            for item in items(list) {
+                store.event(i, Event::InitApply(item));
+            }
+        }
+        store.event(i, Event::InitDone);
+    }
+    let resolved_refs = |store: &Store, state: &State| {
+        let writes = route_status::plan(store, state, owner);
+        let w = writes
+            .iter()
+            .find(|w| w.name == "orders-billing")
+            .expect("a status owed");
+        let c = conditions(&serde_json::json!({"status": {"parents": w.parents}}));
+        (c[1].1.clone(), c[1].2.clone())
+    };
+    let loaded = store.build();
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    assert_eq!(loaded.state.reference_grants.len(), 2);
+    assert_eq!(billing_unresolved(&loaded.state), None);
+    assert_eq!(
+        resolved_refs(&store, &loaded.state),
+        ("True".into(), "ResolvedRefs".into())
+    );
+
+    let grant = KINDS
+        .iter()
+        .position(|k| k.kind == "ReferenceGrant")
+        .unwrap();
+    store.event(grant, Event::Delete(items(GRANTS).remove(0)));
+    let loaded = store.build();
+    let why = billing_unresolved(&loaded.state).expect("taken away");
+    assert!(why.starts_with("RefNotPermitted:"), "{why}");
+    assert_eq!(
+        resolved_refs(&store, &loaded.state),
+        ("False".into(), "RefNotPermitted".into())
+    );
+}
