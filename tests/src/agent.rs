@@ -90,7 +90,7 @@ impl Agent {
             .arg(&self.pin_dir)
             .args(["--reload-interval-ms", "50"])
             .args(&self.extra_args)
-            .env("WEFT_LOG", "info,mesh_agent=debug")
+            .env("WEFT_LOG", log_filter())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log);
@@ -355,4 +355,11 @@ pub fn dump_logs(dir: &Path) {
             eprintln!("----- {} -----\n{}", p.display(), tail(&p));
         }
     }
+}
+
+/// The agents' log filter: debug for Weft in tests (their logs are what failures are read
+/// from); `WEFT_TEST_LOG` overrides it (the bench runs agents at the production default,
+/// `info`, so the figures do not include debug logging).
+fn log_filter() -> String {
+    std::env::var("WEFT_TEST_LOG").unwrap_or_else(|_| "info,mesh_agent=debug".into())
 }

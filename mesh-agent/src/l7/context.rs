@@ -1,7 +1,10 @@
 //! What every request of a worker shares. The worker (worker.rs) builds it from the agent's
 //! snapshots; the request path (forward.rs) reads it.
 
-use std::sync::{atomic::AtomicUsize, Arc};
+use std::sync::{
+    atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+    Arc,
+};
 
 use arc_swap::ArcSwap;
 
@@ -25,6 +28,8 @@ pub struct Context {
     pub next_endpoint: AtomicUsize,
     /// Where finished requests go (to the agent, for metrics and the access log).
     pub reports: tokio::sync::mpsc::Sender<RequestRecord>,
+    /// Finished requests dropped because `reports` was full.
+    pub reports_dropped: AtomicU64,
     /// Spans of this worker's requests, exported over OTLP as MeshConfig says.
     pub tracer: super::otlp::Tracer,
 }
@@ -47,13 +52,16 @@ impl Context {
             budget: Default::default(),
             next_endpoint: AtomicUsize::new(0),
             reports,
+            reports_dropped: AtomicU64::new(0),
             tracer: super::otlp::Tracer::new(super::otlp::Limits::default()),
         }
     }
 
-    /// Hands a finished request to the agent; never waits (a full queue drops it, counted by
-    /// the transport).
+    /// Hands a finished request to the agent; never waits (a full queue drops it, counted in
+    /// `reports_dropped`).
     pub fn report(&self, record: RequestRecord) {
-        let _ = self.reports.try_send(record);
+        if self.reports.try_send(record).is_err() {
+            self.reports_dropped.fetch_add(1, Relaxed);
+        }
     }
 }

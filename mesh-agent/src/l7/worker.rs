@@ -113,7 +113,8 @@ fn handle(
         ToWorker::Ping { seq } => Some(ToAgent::Pong {
             seq,
             connections: counters.connections.load(Relaxed),
-            reports_dropped: counters.reports_dropped.load(Relaxed),
+            reports_dropped: counters.reports_dropped.load(Relaxed)
+                + ctx.reports_dropped.load(Relaxed),
             spans_exported: ctx.tracer.exported(),
             spans_dropped: ctx.tracer.dropped(),
         }),

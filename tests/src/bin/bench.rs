@@ -55,6 +55,10 @@ fn main() {
             .and_then(|i| args.get(i + 1)?.parse().ok())
             .unwrap_or(default)
     };
+    // Agents log as in production (`info`): debug logging is not a cost a user pays.
+    if std::env::var_os("WEFT_TEST_LOG").is_none() {
+        std::env::set_var("WEFT_TEST_LOG", "info");
+    }
     let only = phases(&args);
     let run = |phase: &str| only.iter().any(|p| p == phase);
     let connections = flag("--connections", 2000);
