@@ -69,13 +69,21 @@ fn pay_until(client: &Pod, status: u16, what: &str) -> Response {
 }
 
 /// The access-log line of the latest `/pay` request on `agent`.
-fn last_pay_line(agent: &Agent) -> Value {
-    eventually("the request's access-log line", WAIT, || {
-        agent
-            .access_log()
-            .into_iter()
-            .rfind(|l| l["path"] == "/pay/42")
-    })
+/// The latest `/pay/42` access-log line answered `code`. Lines are written as reports reach
+/// the agent, after the response: a request answered just now may not be logged yet, and the
+/// latest line may still be an earlier request's.
+fn last_pay_line(agent: &Agent, code: u16) -> Value {
+    eventually(
+        &format!("a /pay/42 access-log line answered {code}"),
+        WAIT,
+        || {
+            agent
+                .access_log()
+                .into_iter()
+                .rfind(|l| l["path"] == "/pay/42")
+                .filter(|l| l["response_code"] == code)
+        },
+    )
 }
 
 fn explain_pay(agent: &Agent) -> String {
@@ -133,7 +141,7 @@ fn a_route_reaches_another_namespaces_service_only_while_a_reference_grant_permi
         (200, "orders"),
         "{home:?}"
     );
-    let line = last_pay_line(&a1);
+    let line = last_pay_line(&a1, 500);
     assert_eq!(line["response_code"], 500, "{line}");
     assert_eq!(line["backend"], "payments/billing:80", "{line}");
     assert_eq!(line["response_flags"], "NR", "{line}");
@@ -158,7 +166,7 @@ fn a_route_reaches_another_namespaces_service_only_while_a_reference_grant_permi
     let r = pay_until(&client, 200, "/pay served once granted");
     assert_eq!(r.server(), "billing", "{r:?}");
     assert_eq!(r.report()["path"], "/pay/42", "{r:?}");
-    let line = last_pay_line(&a1);
+    let line = last_pay_line(&a1, 200);
     assert_eq!(line["response_code"], 200, "{line}");
     assert_eq!(
         line["upstream_identity"], "spiffe://cluster.local/ns/payments/sa/billing",
