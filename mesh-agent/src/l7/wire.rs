@@ -247,38 +247,7 @@ impl FrameWriter {
         header[..4].copy_from_slice(&(body.len() as u32).to_be_bytes());
         header[4] = fds.len() as u8;
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-        let total = HEADER + body.len();
-        let mut sent = 0;
-        while sent < total {
-            let mut ready = self.sock.writable().await?;
-            let (h, b) = if sent < HEADER {
-                (&header[sent..], body)
-            } else {
-                (&header[..0], &body[sent - HEADER..])
-            };
-            let iov = [IoSlice::new(h), IoSlice::new(b)];
-            let rights = [ControlMessage::ScmRights(&raw)];
-            let cmsgs: &[ControlMessage] = if sent == 0 && !raw.is_empty() {
-                &rights
-            } else {
-                &[]
-            };
-            match ready.try_io(|s| {
-                sendmsg::<()>(
-                    s.get_ref().as_raw_fd(),
-                    &iov,
-                    cmsgs,
-                    MsgFlags::MSG_NOSIGNAL,
-                    None,
-                )
-                .map_err(io::Error::from)
-            }) {
-                Ok(Ok(n)) => sent += n,
-                Ok(Err(e)) => return Err(e.into()),
-                Err(_would_block) => continue,
-            }
-        }
-        Ok(())
+        self.write_all(&header, body, &raw).await
     }
 
     /// Writes several descriptor-less frames with as few `sendmsg` calls as the socket allows
@@ -293,15 +262,33 @@ impl FrameWriter {
             buf.push(0);
             buf.extend_from_slice(body);
         }
+        self.write_all(&buf, &[], &[]).await
+    }
+
+    /// Writes `head` then `tail`, whatever number of `sendmsg` calls it takes; `fds` go with
+    /// the first.
+    async fn write_all(&self, head: &[u8], tail: &[u8], fds: &[RawFd]) -> Result<(), WireError> {
+        let total = head.len() + tail.len();
         let mut sent = 0;
-        while sent < buf.len() {
+        while sent < total {
             let mut ready = self.sock.writable().await?;
-            let iov = [IoSlice::new(&buf[sent..])];
+            let (h, t) = if sent < head.len() {
+                (&head[sent..], tail)
+            } else {
+                (&head[..0], &tail[sent - head.len()..])
+            };
+            let iov = [IoSlice::new(h), IoSlice::new(t)];
+            let rights = [ControlMessage::ScmRights(fds)];
+            let cmsgs: &[ControlMessage] = if sent == 0 && !fds.is_empty() {
+                &rights
+            } else {
+                &[]
+            };
             match ready.try_io(|s| {
                 sendmsg::<()>(
                     s.get_ref().as_raw_fd(),
                     &iov,
-                    &[],
+                    cmsgs,
                     MsgFlags::MSG_NOSIGNAL,
                     None,
                 )
