@@ -325,9 +325,9 @@ async fn send(
     let mut on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let authority = report::authority(&parts).unwrap_or_else(|| conn.h.dst.to_string());
     // Buffer what can be retried; stream the rest.
-    let buffered = match (&retry, body.size_hint().upper()) {
+    let mut body = match (&retry, body.size_hint().upper()) {
         (Some(_), Some(n)) if n <= MAX_BUFFERED_BODY && !upgrade => match body.collect().await {
-            Ok(c) => Ok(c.to_bytes()),
+            Ok(c) => TryBody::Buffered(c.to_bytes()),
             Err(e) => {
                 return local(
                     StatusCode::BAD_REQUEST,
@@ -341,16 +341,15 @@ async fn send(
             rec.retry_note = Some(format!(
                 "not retried: request body larger than {MAX_BUFFERED_BODY} bytes or of unknown length"
             ));
-            Err(body)
+            TryBody::Streaming(Some(body))
         }
-        (None, _) => Err(body),
+        (None, _) => TryBody::Streaming(Some(body)),
     };
-    let tries = match (&retry, &buffered) {
-        (Some(r), Ok(_)) => 1 + r.attempts,
+    let tries = match (&retry, &body) {
+        (Some(r), TryBody::Buffered(_)) => 1 + r.attempts,
         _ => 1,
     };
     conn.ctx.budget.request();
-    let mut body = Some(buffered);
     let mut last = None;
     for attempt in 0..tries {
         if attempt > 0 {
@@ -364,18 +363,11 @@ async fn send(
             }
         }
         let ep = &endpoints[(conn.ctx.next_endpoint.fetch_add(1, Relaxed)) % endpoints.len()];
-        let this_body = match body.as_mut().expect("body") {
-            Ok(b) => full(b.clone()),
-            Err(_) => match body.take().expect("body") {
-                Err(b) => b,
-                Ok(_) => unreachable!("checked"),
-            },
-        };
         let mut these = request::copy_parts(&parts);
         if let Some(u) = on_upgrade.take() {
             these.extensions.insert(u);
         }
-        let up = match request::build(these, this_body, ep.key.version, &authority, upgrade) {
+        let up = match request::build(these, body.next_try(), ep.key.version, &authority, upgrade) {
             Ok(r) => r,
             Err(e) => return local(StatusCode::BAD_REQUEST, &e, flags::NONE, rec),
         };
@@ -390,10 +382,10 @@ async fn send(
             Try::Response(resp) => retry
                 .as_ref()
                 .is_some_and(|r| r.codes.contains(&resp.status().as_u16())),
-            Try::Failed(f) => f.before_request || body.as_ref().is_some_and(|b| b.is_ok()),
+            Try::Failed(f) => f.before_request || body.resendable(),
             // GEP-1731: a try cut by backendRequest is retried (whatever the codes) when its
             // body can be sent again; each try has its own backendRequest bound.
-            Try::TimedOut => body.as_ref().is_some_and(|b| b.is_ok()),
+            Try::TimedOut => body.resendable(),
         };
         last = Some(result);
         if !retriable || retry.is_none() {
@@ -450,6 +442,27 @@ async fn send(
             flags::NO_HEALTHY_UPSTREAM,
             rec,
         ),
+    }
+}
+
+/// A request body as the tries see it: buffered (every try sends a copy) or streaming (the
+/// first try takes it; it cannot be sent again).
+enum TryBody {
+    Buffered(Bytes),
+    Streaming(Option<Body>),
+}
+
+impl TryBody {
+    fn next_try(&mut self) -> Body {
+        match self {
+            TryBody::Buffered(b) => full(b.clone()),
+            TryBody::Streaming(b) => b.take().unwrap_or_else(|| full(Bytes::new())),
+        }
+    }
+
+    /// Whether another try can send the whole body again.
+    fn resendable(&self) -> bool {
+        matches!(self, TryBody::Buffered(_))
     }
 }
 
