@@ -177,6 +177,7 @@ fn start_l7_pool(cfg: &AgentConfig, metrics: &Metrics) -> Option<Arc<L7Pool>> {
     pool.log = cfg.log.clone();
     pool.log_format = cfg.log_format;
     pool.counters = metrics.l7_workers.clone();
+    pool.access_log = cfg.access_log != crate::metrics::access_log::Target::Off;
     Some(Arc::new(L7Pool::start(pool)))
 }
 
@@ -195,13 +196,14 @@ fn hand_to(pool: Arc<L7Pool>, metrics: Arc<Metrics>) -> l7::Hand {
     })
 }
 
-/// Every request the workers finished: Istio's HTTP metrics and the access log.
+/// Every request the workers finished, in their batches: Istio's HTTP metrics and the
+/// access log.
 async fn count_requests(
     shared: Arc<Shared>,
-    mut rx: tokio::sync::mpsc::Receiver<crate::metrics::http::RequestRecord>,
+    mut rx: tokio::sync::mpsc::Receiver<l7::RequestBatch>,
 ) {
-    while let Some(r) = rx.recv().await {
-        metrics::request_finished(&shared.metrics, &shared.access_log, &r);
+    while let Some(batch) = rx.recv().await {
+        metrics::requests_reported(&shared.metrics, &shared.access_log, batch);
     }
 }
 

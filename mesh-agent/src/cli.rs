@@ -49,6 +49,10 @@ pub struct L7Args {
     pub node: String,
     #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = crate::identity::spiffe::DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
+    /// Whether the agent writes access-log lines (`false` when its target is `off`): the
+    /// worker formats a line per request only when they are written.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub access_log: bool,
 }
 
 #[derive(Debug, Args)]

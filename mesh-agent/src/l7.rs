@@ -18,6 +18,7 @@ pub mod filters;
 pub mod forward;
 pub mod handoff;
 pub mod otlp;
+pub mod outbox;
 pub mod report;
 pub mod request;
 pub mod route;
@@ -29,6 +30,7 @@ pub mod upstream;
 pub mod wire;
 pub mod worker;
 
+pub use outbox::RequestBatch;
 pub use supervisor::{L7Pool, PoolConfig, PoolStatus, Refusal};
 
 use std::os::fd::OwnedFd;

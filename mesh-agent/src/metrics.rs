@@ -74,7 +74,7 @@ pub enum Reporter {
 
 /// The labels Istio's TCP and HTTP metrics share: who talked to whom. Values Istio would not
 /// know are `unknown`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Peers {
     pub source_workload: String,
     pub source_canonical_service: String,
@@ -90,6 +90,23 @@ pub struct Peers {
 }
 
 impl Peers {
+    /// Every value, to bound them all alike.
+    fn values_mut(&mut self) -> [&mut String; 11] {
+        [
+            &mut self.source_workload,
+            &mut self.source_canonical_service,
+            &mut self.source_workload_namespace,
+            &mut self.source_principal,
+            &mut self.destination_workload,
+            &mut self.destination_canonical_service,
+            &mut self.destination_workload_namespace,
+            &mut self.destination_principal,
+            &mut self.destination_service,
+            &mut self.destination_service_name,
+            &mut self.destination_service_namespace,
+        ]
+    }
+
     /// In Istio's label order (they follow `reporter`).
     fn pairs(&self) -> [(&'static str, &str); 11] {
         [
@@ -175,7 +192,7 @@ pub struct TcpCounters {
 #[derive(Default)]
 pub struct Metrics {
     tcp: Mutex<HashMap<TcpLabels, Arc<TcpCounters>>>,
-    http: http::Requests,
+    pub(crate) http: http::Requests,
     /// The L7 pool's counters, by (family, label value): code-defined names only, so bounded.
     l7_pool: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// What the pool's supervisor counts of its workers (shared with it: `PoolConfig::counters`).
@@ -359,16 +376,23 @@ pub struct L7WorkerCounters {
     pub restarts: AtomicU64,
     pub spans_exported: AtomicU64,
     pub spans_dropped: AtomicU64,
-    /// Request records lost between a worker's requests and the agent's metrics: in the
-    /// worker (its queue to the agent full) or in the agent (nobody reading fast enough).
+    /// Requests whose report (metric samples and access-log line) was lost between a worker
+    /// and the agent's metrics: in the worker (its queue to the agent full) or in the agent
+    /// (nobody reading its batches fast enough).
     pub reports_dropped: AtomicU64,
 }
 
-/// What the agent does with each `RequestRecord` a worker sends: Istio's HTTP metrics
-/// (`Metrics::record_request`) and the request's access-log line (`AccessLog::request`).
-pub fn request_finished(metrics: &Metrics, log: &AccessLog, record: &http::RequestRecord) {
-    metrics.record_request(record);
-    log.request(record);
+/// What the agent does with each batch a worker sends: its requests' series added to Istio's
+/// HTTP metrics (`http::Requests::merge`), then their access-log lines written as the worker
+/// formatted them. Metrics first, so a reader who saw a request's line finds it counted.
+pub fn requests_reported(metrics: &Metrics, log: &AccessLog, batch: crate::l7::RequestBatch) {
+    metrics.http.merge(batch.series);
+    if batch.log_dropped > 0 {
+        metrics
+            .access_log_dropped
+            .fetch_add(batch.log_dropped, Relaxed);
+    }
+    log.write_lines(batch.log, batch.lines);
 }
 
 /// The L7 pool's families counted here: name, label, help.

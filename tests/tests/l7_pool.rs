@@ -17,6 +17,7 @@ use std::{
 use mesh_agent::{
     l7::{
         handoff::{Handoff, Protocol, Side},
+        outbox::Outbox,
         snapshot::{self, Content, PushedCert},
         wire::{self, ToAgent, ToWorker},
         L7Pool, PoolConfig, PoolStatus, Refusal,
@@ -310,7 +311,7 @@ fn msg(m: &ToAgent) -> Vec<u8> {
 }
 
 #[test]
-fn a_workers_request_records_reach_the_agent() {
+fn a_workers_request_batches_reach_the_agent() {
     let dir = Scratch::new();
     let record = RequestRecord {
         method: "GET".into(),
@@ -318,6 +319,10 @@ fn a_workers_request_records_reach_the_agent() {
         response_code: 503,
         ..Default::default()
     };
+    let outbox = Outbox::new(true);
+    outbox.add(&record);
+    let batch = outbox.take().expect("a batch");
+    assert_eq!((batch.requests(), batch.lines), (1, 1));
     let applied = ToAgent::Applied {
         version: 1,
         errors: vec![],
@@ -326,7 +331,7 @@ fn a_workers_request_records_reach_the_agent() {
         &dir,
         &[
             msg(&applied),
-            msg(&ToAgent::Report(Box::new(record.clone()))),
+            msg(&ToAgent::Requests(Box::new(batch.clone()))),
         ],
     );
     let pool = Pool::start(1, |c| c.exe = script);
@@ -338,7 +343,7 @@ fn a_workers_request_records_reach_the_agent() {
         .block_on(async { tokio::time::timeout(WAIT, reports.recv()).await })
         .expect("a report in time")
         .expect("a report");
-    assert_eq!(got, record);
+    assert_eq!(got, batch);
 }
 
 #[test]

@@ -1,14 +1,11 @@
 //! What every request of a worker shares. The worker (worker.rs) builds it from the agent's
 //! snapshots; the request path (forward.rs) reads it.
 
-use std::sync::{
-    atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
-    Arc,
-};
+use std::sync::{atomic::AtomicUsize, Arc};
 
 use arc_swap::ArcSwap;
 
-use super::{budget::RetryBudget, upstream::Upstreams};
+use super::{budget::RetryBudget, outbox::Outbox, upstream::Upstreams};
 use crate::{identity::CertManager, metrics::http::RequestRecord, state::State, tunnel};
 
 pub struct Context {
@@ -26,10 +23,8 @@ pub struct Context {
     pub budget: RetryBudget,
     /// Spreads requests over a backend's endpoints (round robin).
     pub next_endpoint: AtomicUsize,
-    /// Where finished requests go (to the agent, for metrics and the access log).
-    pub reports: tokio::sync::mpsc::Sender<RequestRecord>,
-    /// Finished requests dropped because `reports` was full.
-    pub reports_dropped: AtomicU64,
+    /// Where finished requests go: counted and logged, then sent to the agent in batches.
+    pub outbox: Arc<Outbox>,
     /// Spans of this worker's requests, exported over OTLP as MeshConfig says.
     pub tracer: super::otlp::Tracer,
 }
@@ -39,7 +34,7 @@ impl Context {
         node: String,
         trust_domain: String,
         certs: CertManager,
-        reports: tokio::sync::mpsc::Sender<RequestRecord>,
+        outbox: Arc<Outbox>,
     ) -> Self {
         Self {
             node,
@@ -51,17 +46,14 @@ impl Context {
             upstreams: Default::default(),
             budget: Default::default(),
             next_endpoint: AtomicUsize::new(0),
-            reports,
-            reports_dropped: AtomicU64::new(0),
+            outbox,
             tracer: super::otlp::Tracer::new(super::otlp::Limits::default()),
         }
     }
 
-    /// Hands a finished request to the agent; never waits (a full queue drops it, counted in
-    /// `reports_dropped`).
+    /// Counts a finished request and keeps its access-log line for the next batch to the
+    /// agent; never waits.
     pub fn report(&self, record: RequestRecord) {
-        if self.reports.try_send(record).is_err() {
-            self.reports_dropped.fetch_add(1, Relaxed);
-        }
+        self.outbox.add(&record);
     }
 }

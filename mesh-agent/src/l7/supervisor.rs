@@ -31,14 +31,11 @@ use tracing::{debug, info, warn};
 
 use super::{
     handoff::Handoff,
+    outbox::RequestBatch,
     snapshot::{self, Content, PushedCert},
     wire::{self, FrameReader, FrameWriter, ToAgent, ToWorker},
 };
-use crate::{
-    cli::LogFormat,
-    metrics::{http::RequestRecord, L7WorkerCounters},
-    state::State,
-};
+use crate::{cli::LogFormat, metrics::L7WorkerCounters, state::State};
 
 mod child;
 
@@ -77,8 +74,10 @@ pub struct PoolConfig {
     pub hang_deadline: Duration,
     /// Hand-offs queued per worker and not yet written to its socket.
     pub queue: usize,
-    /// Request records queued for `reports()`; more are dropped (counted).
+    /// Request batches queued for `reports()`; more are dropped (their requests counted).
     pub reports: usize,
+    /// Whether the agent writes access-log lines (the workers format them only then).
+    pub access_log: bool,
     /// Where the workers' totals go (the agent's `Metrics::l7_workers`, for /metrics).
     pub counters: Arc<L7WorkerCounters>,
 }
@@ -95,7 +94,8 @@ impl PoolConfig {
             ping_interval: Duration::from_secs(1),
             hang_deadline: Duration::from_secs(5),
             queue: 256,
-            reports: 8192,
+            reports: 1024,
+            access_log: true,
             counters: Arc::default(),
         }
     }
@@ -236,8 +236,8 @@ struct Shared {
     next: AtomicUsize,
     handed: AtomicU64,
     refusals: Mutex<Refusals>,
-    reports: mpsc::Sender<RequestRecord>,
-    reports_rx: Mutex<Option<mpsc::Receiver<RequestRecord>>>,
+    reports: mpsc::Sender<RequestBatch>,
+    reports_rx: Mutex<Option<mpsc::Receiver<RequestBatch>>>,
     epoch: Instant,
 }
 
@@ -439,9 +439,9 @@ impl L7Pool {
         });
     }
 
-    /// The workers' request records, for metrics and the access log. Returns the receiver
-    /// once; records queue (bounded, then dropped and counted) until it is taken.
-    pub fn reports(&self) -> Option<mpsc::Receiver<RequestRecord>> {
+    /// The workers' request batches, for metrics and the access log. Returns the receiver
+    /// once; batches queue (bounded, then dropped and counted) until it is taken.
+    pub fn reports(&self) -> Option<mpsc::Receiver<RequestBatch>> {
         self.shared.reports_rx.lock().expect("reports lock").take()
     }
 
@@ -607,9 +607,14 @@ async fn read_loop(shared: &Shared, i: usize, mut reader: FrameReader) -> String
                 add_since(&totals.spans_exported, &seen.spans_exported, spans_exported);
                 add_since(&totals.spans_dropped, &seen.spans_dropped, spans_dropped);
             }
-            ToAgent::Report(r) => {
-                if shared.reports.try_send(*r).is_err() {
-                    shared.cfg.counters.reports_dropped.fetch_add(1, Relaxed);
+            ToAgent::Requests(batch) => {
+                let requests = batch.requests();
+                if shared.reports.try_send(*batch).is_err() {
+                    shared
+                        .cfg
+                        .counters
+                        .reports_dropped
+                        .fetch_add(requests, Relaxed);
                 }
             }
         }

@@ -26,7 +26,6 @@ use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 
 use super::{handoff::Handoff, snapshot::Snapshot};
-use crate::metrics::http::RequestRecord;
 
 const HEADER: usize = 5;
 /// The largest frame body either side accepts (a snapshot of a large cluster fits).
@@ -86,19 +85,14 @@ pub enum ToWorker {
 pub enum ToAgent {
     /// The snapshot of `version` is in force; `errors` are the parts of it that were not
     /// (a certificate that did not verify keeps the previous one).
-    Applied {
-        version: u64,
-        errors: Vec<String>,
-    },
+    Applied { version: u64, errors: Vec<String> },
     /// A snapshot that could not be read at all: the previous one stays in force.
-    Rejected {
-        error: String,
-    },
+    Rejected { error: String },
     Pong {
         seq: u64,
         /// Connections the worker is serving.
         connections: u64,
-        /// Request records the worker dropped because its queue to the agent was full.
+        /// Requests whose batch the worker dropped because its queue to the agent was full.
         reports_dropped: u64,
         /// Spans the worker's exporter got accepted by the collector, and dropped; like
         /// `reports_dropped`, totals since the worker started (the agent counts the deltas).
@@ -107,7 +101,8 @@ pub enum ToAgent {
         #[serde(default)]
         spans_dropped: u64,
     },
-    Report(Box<RequestRecord>),
+    /// The requests finished since the last batch: metric deltas and access-log lines.
+    Requests(Box<super::outbox::RequestBatch>),
 }
 
 pub fn encode<T: Serialize>(msg: &T) -> Result<Bytes, WireError> {

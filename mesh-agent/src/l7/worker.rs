@@ -1,7 +1,7 @@
 //! `mesh-agent l7 --fd N`: one worker of the node's L7 pool. It reads frames from the agent
 //! on the inherited socket: snapshots (applied in order, acknowledged by version), hand-offs
 //! (a connection and its pod's netns, served by `server::serve`) and pings. It sends back
-//! acknowledgements, pongs and each finished request's record, and exits when the agent's
+//! acknowledgements, pongs and batches of finished requests (outbox.rs), and exits when the agent's
 //! end of the socket closes (and, through PR_SET_PDEATHSIG, when the agent dies).
 
 use std::{
@@ -23,20 +23,19 @@ use tracing::{debug, error, info, info_span, warn, Instrument as _};
 use super::{
     context::Context,
     handoff::Handoff,
+    outbox::Outbox,
     server,
     wire::{self, Frame, FrameWriter, ToAgent, ToWorker},
 };
 use crate::{admin::LogControl, cli::L7Args, identity::CertManager, netns::Netns};
 
-/// Messages queued for the agent (acks, pongs, reports); reports beyond it are dropped.
+/// Messages queued for the agent (acks, pongs, request batches); batches beyond it are
+/// dropped (counted).
 const OUT_QUEUE: usize = 4096;
-/// Request records the server may queue before `Context::report` drops them.
-const REPORT_QUEUE: usize = 4096;
 
 #[derive(Default)]
 struct Counters {
     connections: AtomicU64,
-    reports_dropped: AtomicU64,
 }
 
 /// `logging` changes this process's log filter (the agent sends changes: `ToWorker::Log`).
@@ -54,11 +53,11 @@ async fn serve_agent(args: L7Args, logging: Option<LogControl>) -> anyhow::Resul
     let (mut reader, writer) = wire::split(sock).context("the agent's socket")?;
     let (out, out_rx) = mpsc::channel::<Bytes>(OUT_QUEUE);
     tokio::spawn(write_out(writer, out_rx).in_current_span());
-    let (reports, reports_rx) = mpsc::channel(REPORT_QUEUE);
     let certs = CertManager::pushed("")?;
-    let ctx = Arc::new(Context::new(args.node, args.trust_domain, certs, reports));
+    let outbox = Arc::new(Outbox::new(args.access_log));
+    tokio::spawn(outbox.clone().flush_to(out.clone()).in_current_span());
+    let ctx = Arc::new(Context::new(args.node, args.trust_domain, certs, outbox));
     let counters = Arc::new(Counters::default());
-    tokio::spawn(forward_reports(reports_rx, out.clone(), counters.clone()).in_current_span());
     info!("L7 worker up; waiting for the agent's snapshot");
     let mut configured = false;
     loop {
@@ -113,8 +112,7 @@ fn handle(
         ToWorker::Ping { seq } => Some(ToAgent::Pong {
             seq,
             connections: counters.connections.load(Relaxed),
-            reports_dropped: counters.reports_dropped.load(Relaxed)
-                + ctx.reports_dropped.load(Relaxed),
+            reports_dropped: ctx.outbox.dropped.load(Relaxed),
             spans_exported: ctx.tracer.exported(),
             spans_dropped: ctx.tracer.dropped(),
         }),
@@ -235,21 +233,5 @@ async fn write_out(writer: FrameWriter, mut rx: mpsc::Receiver<Bytes>) {
             return;
         }
         batch.clear();
-    }
-}
-
-/// Sends request records on to the agent, dropping (and counting) what does not fit.
-async fn forward_reports(
-    mut rx: mpsc::Receiver<crate::metrics::http::RequestRecord>,
-    out: mpsc::Sender<Bytes>,
-    counters: Arc<Counters>,
-) {
-    while let Some(r) = rx.recv().await {
-        let sent = wire::encode(&ToAgent::Report(Box::new(r)))
-            .ok()
-            .is_some_and(|b| out.try_send(b).is_ok());
-        if !sent {
-            counters.reports_dropped.fetch_add(1, Relaxed);
-        }
     }
 }

@@ -1,6 +1,6 @@
 //! The access log: one JSON line per connection (`write`, from the proxy's record) and one per
-//! request of the L7 pool (`request`, from a worker's `RequestRecord`), written by a thread of
-//! its own so that a slow reader of stdout never stalls a connection. Lines the writer cannot
+//! request of the L7 pool (`request_line`, formatted by the worker from its `RequestRecord`
+//! and written here in the worker's batches: `write_lines`), written by a thread of its own so that a slow reader of stdout never stalls a connection. Lines the writer cannot
 //! take are dropped and counted (`weft_access_log_dropped_total`), never buffered without
 //! bound.
 //!
@@ -211,14 +211,34 @@ impl<'a> RequestLine<'a> {
     }
 }
 
+/// The one line of a request the L7 pool finished (`"kind":"request"`), newline included. A
+/// worker formats it and sends it to its agent in a batch, for `AccessLog::write_lines`.
+pub fn request_line(record: &RequestRecord) -> String {
+    let now = if record.start_time.is_empty() {
+        rfc3339(SystemTime::now())
+    } else {
+        String::new()
+    };
+    let mut line = serde_json::to_string(&RequestLine::of(record, &now)).unwrap_or_default();
+    line.push('\n');
+    line
+}
+
 impl AccessLog {
-    /// The one line of a request the L7 pool finished (`"kind":"request"`).
-    pub fn request(&self, record: &RequestRecord) {
-        if self.tx.is_none() {
+    /// Whether lines are written at all (the target is not `off`).
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// `count` lines formatted elsewhere (`request_line`, by a worker), written as they are.
+    pub fn write_lines(&self, lines: String, count: u64) {
+        let Some(tx) = &self.tx else { return };
+        if lines.is_empty() {
             return;
         }
-        let now = rfc3339(SystemTime::now());
-        self.write(&RequestLine::of(record, &now));
+        if tx.try_send(lines).is_err() {
+            self.metrics.access_log_dropped.fetch_add(count, Relaxed);
+        }
     }
 }
 
@@ -304,12 +324,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("access.log");
         let log = AccessLog::new(&Target::File(path.clone()), Arc::default()).unwrap();
-        log.request(&retried_record());
-        log.request(&RequestRecord {
-            response_code: 403,
-            response_flags: "RBAC".into(),
-            ..Default::default()
-        });
+        log.write_lines(request_line(&retried_record()), 1);
+        log.write_lines(
+            request_line(&RequestRecord {
+                response_code: 403,
+                response_flags: "RBAC".into(),
+                ..Default::default()
+            }),
+            1,
+        );
         log.write(&serde_json::json!({"connection_id": "c"}));
         drop(log);
         let lines = read_lines(&path, 3);

@@ -9,8 +9,13 @@
 //!
 //! Series are kept per label set, at most `SERIES_CAP` of them: a request whose label set is
 //! new once the cap is reached is not counted, but counted as dropped
-//! (`weft_http_metric_samples_dropped_total`). Label values come from the worker's record, so
-//! the cap is what bounds the agent's memory and the scrape whatever a worker sends.
+//! (`weft_http_metric_samples_dropped_total`).
+//!
+//! A worker counts its own requests in a `Requests` of its own and sends what it counted since
+//! its last batch (`Requests::take`, a few label sets however many requests); the agent adds
+//! that to its series (`Requests::merge`). Label values come from the worker, so the agent
+//! bounds them again and applies its cap: that is what bounds the agent's memory and the
+//! scrape whatever a worker sends.
 
 use std::{
     collections::HashMap,
@@ -25,9 +30,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{flags, label_text, Peers, Present, Reporter, UNKNOWN};
 
-/// One finished request, as an L7 worker reports it to its agent. Values Istio would not know
-/// are `unknown`; the agent turns this into metric samples and one access-log line.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// One finished request, as an L7 worker knows it. Values Istio would not know are `unknown`;
+/// the worker turns it into metric samples and one access-log line.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RequestRecord {
     pub reporter: Option<Reporter>,
     /// RFC 3339, when the request's headers arrived.
@@ -95,7 +100,7 @@ pub const SERIES_CAP: usize = 2048;
 pub const MAX_LABEL_VALUE: usize = 512;
 
 /// The label set of Istio's HTTP metrics: the TCP metrics' labels plus the response's.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct HttpLabels {
     pub reporter: &'static str,
     pub peers: Peers,
@@ -107,6 +112,47 @@ pub struct HttpLabels {
     pub response_code: u16,
     /// Empty unless gRPC, as Istio reports it.
     pub grpc_response_status: String,
+}
+
+/// `HttpLabels` as a worker sends them: its fixed-valued labels as any string.
+#[derive(Deserialize)]
+struct LabelsOnWire {
+    reporter: String,
+    peers: Peers,
+    request_protocol: String,
+    response_flags: String,
+    connection_security_policy: String,
+    response_code: u16,
+    grpc_response_status: String,
+}
+
+/// A label whose values are few and fixed, read back from a worker: one of them, or `unknown`.
+fn known_static(v: &str) -> &'static str {
+    ["source", "destination", "http", "grpc"]
+        .into_iter()
+        .find(|k| *k == v)
+        .unwrap_or(UNKNOWN)
+}
+
+// By hand: derived, the `&'static str` fields would be borrowed from the input.
+impl<'de> Deserialize<'de> for HttpLabels {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        LabelsOnWire::deserialize(d).map(Self::from)
+    }
+}
+
+impl From<LabelsOnWire> for HttpLabels {
+    fn from(w: LabelsOnWire) -> Self {
+        Self {
+            reporter: known_static(&w.reporter),
+            peers: w.peers,
+            request_protocol: known_static(&w.request_protocol),
+            response_flags: w.response_flags,
+            connection_security_policy: w.connection_security_policy,
+            response_code: w.response_code,
+            grpc_response_status: w.grpc_response_status,
+        }
+    }
 }
 
 /// An empty value from the worker is one it did not know.
@@ -164,6 +210,22 @@ impl HttpLabels {
         }
     }
 
+    /// The same labels with every free-form value bounded (and empty ones `unknown`), as
+    /// `of` makes them: what the agent applies to label sets a worker sent.
+    fn bounded(mut self) -> Self {
+        for v in self.peers.values_mut() {
+            *v = known(v);
+        }
+        self.response_flags = if self.response_flags.is_empty() {
+            flags::NONE.into()
+        } else {
+            bounded(&self.response_flags)
+        };
+        self.connection_security_policy = known(&self.connection_security_policy);
+        self.grpc_response_status = bounded(&self.grpc_response_status);
+        self
+    }
+
     /// `k="v",...` in Istio's label order.
     fn text(&self) -> String {
         let code = self.response_code.to_string();
@@ -184,7 +246,7 @@ impl HttpLabels {
 }
 
 /// A histogram over `BUCKETS`: per-bucket (not cumulative) counts, the count and the sum.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Histogram {
     buckets: [u64; BUCKETS.len()],
     count: u64,
@@ -200,6 +262,18 @@ impl Histogram {
         }
         self.count += 1;
         self.sum += v;
+    }
+
+    /// Adds what `other` counted (a worker's delta). A sum that is not a finite, non-negative
+    /// number is taken as zero, as `observe` takes such a value.
+    fn add(&mut self, other: &Histogram) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets) {
+            *mine = mine.saturating_add(theirs);
+        }
+        self.count = self.count.saturating_add(other.count);
+        if other.sum.is_finite() && other.sum > 0.0 {
+            self.sum += other.sum;
+        }
     }
 
     /// `_bucket` (cumulative, then `+Inf`), `_sum` and `_count` lines.
@@ -218,12 +292,41 @@ impl Histogram {
 }
 
 /// The four families' values of one label set.
-#[derive(Debug, Clone, Default)]
-struct Series {
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Series {
     requests: u64,
     duration_ms: Histogram,
     request_bytes: Histogram,
     response_bytes: Histogram,
+}
+
+impl Series {
+    fn add(&mut self, other: &Series) {
+        self.requests = self.requests.saturating_add(other.requests);
+        self.duration_ms.add(&other.duration_ms);
+        self.request_bytes.add(&other.request_bytes);
+        self.response_bytes.add(&other.response_bytes);
+    }
+
+    /// How many requests this counts.
+    pub fn requests(&self) -> u64 {
+        self.requests
+    }
+}
+
+/// What a worker counted since its last batch: its series, and the requests its own cap did
+/// not count.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    pub series: Vec<(HttpLabels, Series)>,
+    pub dropped: u64,
+}
+
+impl Delta {
+    /// The requests it covers (what losing it loses).
+    pub fn requests(&self) -> u64 {
+        self.series.iter().map(|(_, s)| s.requests).sum::<u64>() + self.dropped
+    }
 }
 
 const HISTOGRAMS: [(&str, &str); 3] = [
@@ -275,6 +378,37 @@ impl Requests {
         s.request_bytes.observe(r.request_bytes as f64);
         s.response_bytes.observe(r.response_bytes as f64);
         true
+    }
+
+    /// Everything counted so far, leaving nothing: a worker's delta for its agent.
+    pub fn take(&self) -> Delta {
+        let series = std::mem::take(&mut *self.series.lock().expect("metrics lock"));
+        Delta {
+            series: series.into_iter().collect(),
+            dropped: self.dropped.swap(0, Relaxed),
+        }
+    }
+
+    /// Adds a worker's delta: its label sets bounded as `record` bounds them, a new one over
+    /// the cap counted as dropped (with all its requests).
+    pub fn merge(&self, delta: Delta) {
+        let mut dropped = delta.dropped;
+        let mut series = self.series.lock().expect("metrics lock");
+        for (labels, s) in delta.series {
+            let labels = labels.bounded();
+            let len = series.len();
+            match series.get_mut(&labels) {
+                Some(mine) => mine.add(&s),
+                None if len >= self.cap => dropped = dropped.saturating_add(s.requests),
+                None => {
+                    series.entry(labels).or_default().add(&s);
+                }
+            }
+        }
+        drop(series);
+        if dropped > 0 {
+            self.dropped.fetch_add(dropped, Relaxed);
+        }
     }
 
     /// Drops the label sets that name a workload or Service no longer present.

@@ -80,6 +80,10 @@ fn command(cfg: &PoolConfig, log: &str, index: usize, fd: RawFd) -> Command {
         .args(["--fd", &fd.to_string(), "--worker", &index.to_string()])
         .args(["--node", &cfg.node, "--trust-domain", &cfg.trust_domain])
         .args(["--log", log, "--log-format", format])
+        .args([
+            "--access-log",
+            if cfg.access_log { "true" } else { "false" },
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
