@@ -323,7 +323,7 @@ impl Metrics {
         self.render_l7_pool(&mut out);
         let _ = writeln!(
             out,
-            "# HELP weft_access_log_dropped_total Access-log lines dropped because the writer was behind\n\
+            "# HELP weft_access_log_dropped_total Access-log lines dropped because the writer (or an L7 worker holding lines for it) was behind\n\
              # TYPE weft_access_log_dropped_total counter\n\
              weft_access_log_dropped_total {}",
             self.access_log_dropped.load(Relaxed)
