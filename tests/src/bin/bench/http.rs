@@ -6,6 +6,9 @@
 //!   the agents carry it at L4 (mTLS HBONE over HTTP/2);
 //! - `weft L7`: enrolled pod to a Service port with `appProtocol: http` that an HTTPRoute
 //!   binds, so the source agent hands the connection to its L7 pool (one L7 hop);
+//! - `weft L7 both ends`: the same to a Service labelled `weft.dev/l7: enabled` in front of a
+//!   pod of its own, so both nodes' pools handle each request (the source's routes and
+//!   reports, the destination's enforces and reports): what the destination hop costs;
 //! - `nginx`: the unmeshed pod through nginx as a plain reverse proxy in its own network
 //!   namespace (see `nginx.rs` for the placement): the reference for one L7 hop.
 //!
@@ -47,7 +50,7 @@ const SERVICE_VIP: &str = "10.96.0.80:80";
 /// The L7 case's Service: an HTTP port in front of pod mesh/web, bound by an HTTPRoute, so the
 /// source node's pool routes each request (one L7 hop, as nginx is) and the destination takes
 /// it at L4. (A `weft.dev/l7: enabled` label would send it through the destination node's
-/// pool too: two hops.)
+/// pool too: two hops: Service `web-both`, in front of pod mesh/web2, is that case.)
 const SERVICE: &str = "\
 apiVersion: v1
 kind: Service
@@ -65,7 +68,19 @@ metadata: {name: web, namespace: mesh}
 spec:
   parentRefs: [{kind: Service, name: web, port: 80}]
   rules: [{backendRefs: [{name: web, port: 80}]}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web-both
+  namespace: mesh
+  labels: {weft.dev/l7: enabled}
+spec:
+  clusterIP: 10.96.0.81
+  selector: {app: bench-web2}
+  ports: [{name: http, port: 80, targetPort: 8081, appProtocol: http}]
 ";
+const BOTH_VIP: &str = "10.96.0.81:80";
 const WARMUP_REQUESTS: usize = 256;
 
 #[derive(Debug, Clone)]
@@ -82,6 +97,8 @@ pub enum Kind {
     Direct,
     L4,
     L7,
+    /// L7 at both ends: the source's pool and the destination's.
+    L7Both,
     Nginx,
 }
 
@@ -154,12 +171,20 @@ fn setup() -> (Bench, Vec<Case>) {
     let n2 = m.topo.node_named("n2").clone();
     let pclient = m.topo.pod(&n1, "plain", "pclient");
     let web = m.topo.pod(&n2, "mesh", "web");
+    let web2 = m.topo.pod(&n2, "mesh", "web2");
     m.topo.set_pod_label("web", "app", "bench-web");
+    m.topo.set_pod_label("web2", "app", "bench-web2");
     m.topo.apply("bench-http", SERVICE);
     m.a2.wait_enrolled(&web);
+    m.a2.wait_enrolled(&web2);
     m.a2.wait_certificates();
     wait_service(&m.a1, "web");
-    let servers = [&m.plain, &m.server, &web].into_iter().map(serve).collect();
+    wait_service(&m.a1, "web-both");
+    wait_service(&m.a2, "web-both");
+    let servers = [&m.plain, &m.server, &web, &web2]
+        .into_iter()
+        .map(serve)
+        .collect();
     let workers = procs::l7_workers(m.a1.pid().expect("agent n1")).len();
     let nginx = nginx::Nginx::start(
         &m.topo.dir.join("nginx"),
@@ -199,6 +224,13 @@ fn setup() -> (Bench, Vec<Case>) {
             &m.client,
             vip,
             "web.mesh.svc.cluster.local".into(),
+        ),
+        direct(
+            "weft L7 both ends",
+            Kind::L7Both,
+            &m.client,
+            BOTH_VIP.parse().expect("vip"),
+            "web-both.mesh.svc.cluster.local".into(),
         ),
         Case {
             h1: loopback(nginx::H1_PORT),
@@ -315,26 +347,32 @@ fn measure(b: &Bench, case: &Case, h2: bool, opts: &Options) -> Result<Sample, S
     if report["ok"] != true {
         return Err(report["failure"].as_str().unwrap_or("no report").to_owned());
     }
-    if case.kind == Kind::L7 {
-        check_pool_served(b, &costs)?;
+    match case.kind {
+        Kind::L7 => check_pool_served(b, &costs, &[0])?,
+        Kind::L7Both => check_pool_served(b, &costs, &[0, 1])?,
+        _ => {}
     }
     Ok(Sample { report, costs })
 }
 
-/// The L7 case counts only if the pool served it: otherwise its figures would be L4's.
-fn check_pool_served(b: &Bench, costs: &Costs) -> Result<(), String> {
-    if costs.worker_count[0] == 0 {
-        return Err(format!(
-            "no `mesh-agent l7` worker runs under agent n1 (pid {}): the requests were \
-             answered 2xx without the L7 pool, i.e. at L4",
-            b.m.a1.pid().unwrap_or(0)
-        ));
-    }
-    if costs.workers[0] <= 0.0 {
-        return Err(format!(
-            "the {} L7 worker(s) of n1 used no CPU: the requests did not pass the pool",
-            costs.worker_count[0]
-        ));
+/// An L7 case counts only if the pools of `nodes` (0: n1, 1: n2) served it: otherwise its
+/// figures would be L4's.
+fn check_pool_served(b: &Bench, costs: &Costs, nodes: &[usize]) -> Result<(), String> {
+    for &n in nodes {
+        let (name, agent) = [("n1", &b.m.a1), ("n2", &b.m.a2)][n];
+        if costs.worker_count[n] == 0 {
+            return Err(format!(
+                "no `mesh-agent l7` worker runs under agent {name} (pid {}): the requests were \
+                 answered 2xx without the L7 pool, i.e. at L4",
+                agent.pid().unwrap_or(0)
+            ));
+        }
+        if costs.workers[n] <= 0.0 {
+            return Err(format!(
+                "the {} L7 worker(s) of {name} used no CPU: the requests did not pass the pool",
+                costs.worker_count[n]
+            ));
+        }
     }
     Ok(())
 }

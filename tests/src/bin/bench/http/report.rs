@@ -94,7 +94,7 @@ impl Cell {
         let proxy = |c: &Costs| match kind {
             Kind::Direct => 0.0,
             Kind::L4 => c.agents,
-            Kind::L7 => c.agents + c.workers[0] + c.workers[1],
+            Kind::L7 | Kind::L7Both => c.agents + c.workers[0] + c.workers[1],
             Kind::Nginx => c.nginx,
         };
         Self {
@@ -287,12 +287,17 @@ fn print_pool(rows: &[Row], memory: &Value) {
         let list = &memory["l7_workers"][node];
         let (n, total, _) = mib(list, "rss_kib");
         let (_, _, peak) = mib(list, "peak_rss_kib");
-        let cpu: Vec<String> = PROTOCOLS
-            .iter()
-            .enumerate()
-            .map(|(p, proto)| match cell(rows, Kind::L7, p) {
-                Ok(c) => format!("{proto} {:.1}", c.workers_ms[i]),
-                Err(_) => format!("{proto} -"),
+        let cpu: Vec<String> = [(Kind::L7, "one hop"), (Kind::L7Both, "both ends")]
+            .into_iter()
+            .filter(|(k, _)| rows.iter().any(|r| r.kind == *k))
+            .flat_map(|(kind, case)| {
+                PROTOCOLS
+                    .iter()
+                    .enumerate()
+                    .map(move |(p, proto)| match cell(rows, kind, p) {
+                        Ok(c) => format!("{case}, {proto} {:.1}", c.workers_ms[i]),
+                        Err(_) => format!("{case}, {proto} -"),
+                    })
             })
             .collect();
         println!(
