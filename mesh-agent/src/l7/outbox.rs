@@ -96,22 +96,19 @@ impl Outbox {
         self.wake.notify_one();
     }
 
-    /// Everything since the last batch, or None when nothing finished.
+    /// Everything since the last batch, or None when nothing finished. Lines are taken before
+    /// the series: a request finishing in between has its samples in this batch and its line
+    /// in the next, never a line whose request is not counted yet.
     pub fn take(&self) -> Option<RequestBatch> {
         let lines = std::mem::take(&mut *self.lines.lock().expect("outbox lock"));
-        let series = self.requests.take();
-        if series.series.is_empty() && series.dropped == 0 && lines.count == 0 {
-            return (lines.dropped > 0).then(|| RequestBatch {
-                log_dropped: lines.dropped,
-                ..Default::default()
-            });
-        }
-        Some(RequestBatch {
-            series,
+        let batch = RequestBatch {
+            series: self.requests.take(),
             log: lines.text,
             lines: lines.count,
             log_dropped: lines.dropped,
-        })
+        };
+        let empty = batch.requests() == 0 && batch.lines == 0 && batch.log_dropped == 0;
+        (!empty).then_some(batch)
     }
 
     /// Sends batches to the agent for as long as the worker runs: one `FLUSH_DELAY` after the

@@ -1,8 +1,8 @@
 //! `mesh-agent l7 --fd N`: one worker of the node's L7 pool. It reads frames from the agent
 //! on the inherited socket: snapshots (applied in order, acknowledged by version), hand-offs
 //! (a connection and its pod's netns, served by `server::serve`) and pings. It sends back
-//! acknowledgements, pongs and batches of finished requests (outbox.rs), and exits when the agent's
-//! end of the socket closes (and, through PR_SET_PDEATHSIG, when the agent dies).
+//! acknowledgements, pongs and batches of finished requests (outbox.rs), and exits when the
+//! agent's end of the socket closes (and, through PR_SET_PDEATHSIG, when the agent dies).
 
 use std::{
     os::{

@@ -1,8 +1,8 @@
 //! The access log: one JSON line per connection (`write`, from the proxy's record) and one per
 //! request of the L7 pool (`request_line`, formatted by the worker from its `RequestRecord`
-//! and written here in the worker's batches: `write_lines`), written by a thread of its own so that a slow reader of stdout never stalls a connection. Lines the writer cannot
-//! take are dropped and counted (`weft_access_log_dropped_total`), never buffered without
-//! bound.
+//! and written here in the worker's batches: `write_lines`), written by a thread of its own
+//! so that a slow reader of stdout never stalls a connection. Lines the writer cannot take
+//! are dropped and counted (`weft_access_log_dropped_total`), never buffered without bound.
 //!
 //! A request line starts with `"kind":"request"`; connection lines have no `kind`. Both share
 //! the names of what they have in common (`time`, `connection_id`, `reporter`, `src`, `dst`,
@@ -225,11 +225,6 @@ pub fn request_line(record: &RequestRecord) -> String {
 }
 
 impl AccessLog {
-    /// Whether lines are written at all (the target is not `off`).
-    pub fn enabled(&self) -> bool {
-        self.tx.is_some()
-    }
-
     /// `count` lines formatted elsewhere (`request_line`, by a worker), written as they are.
     pub fn write_lines(&self, lines: String, count: u64) {
         let Some(tx) = &self.tx else { return };

@@ -156,21 +156,21 @@ impl From<LabelsOnWire> for HttpLabels {
 }
 
 /// An empty value from the worker is one it did not know.
-fn known(v: &str) -> String {
+fn known(v: &mut String) {
     if v.is_empty() {
-        UNKNOWN.into()
+        v.push_str(UNKNOWN);
     } else {
-        bounded(v)
+        bound(v);
     }
 }
 
-/// `v`, cut to `MAX_LABEL_VALUE` bytes (at a character boundary).
-fn bounded(v: &str) -> String {
+/// Cuts `v` to `MAX_LABEL_VALUE` bytes (at a character boundary), in place.
+fn bound(v: &mut String) {
     let mut end = v.len().min(MAX_LABEL_VALUE);
     while !v.is_char_boundary(end) {
         end -= 1;
     }
-    v[..end].into()
+    v.truncate(end);
 }
 
 impl HttpLabels {
@@ -183,46 +183,44 @@ impl HttpLabels {
                 None => UNKNOWN,
             },
             peers: Peers {
-                source_workload: known(&r.source_workload),
-                source_canonical_service: known(&r.source_canonical_service),
-                source_workload_namespace: known(&r.source_workload_namespace),
-                source_principal: known(&r.source_principal),
-                destination_workload: known(&r.destination_workload),
-                destination_canonical_service: known(&r.destination_canonical_service),
-                destination_workload_namespace: known(&r.destination_workload_namespace),
-                destination_principal: known(&r.destination_principal),
-                destination_service: known(&r.destination_service),
-                destination_service_name: known(&r.destination_service_name),
-                destination_service_namespace: known(&r.destination_service_namespace),
+                source_workload: r.source_workload.clone(),
+                source_canonical_service: r.source_canonical_service.clone(),
+                source_workload_namespace: r.source_workload_namespace.clone(),
+                source_principal: r.source_principal.clone(),
+                destination_workload: r.destination_workload.clone(),
+                destination_canonical_service: r.destination_canonical_service.clone(),
+                destination_workload_namespace: r.destination_workload_namespace.clone(),
+                destination_principal: r.destination_principal.clone(),
+                destination_service: r.destination_service.clone(),
+                destination_service_name: r.destination_service_name.clone(),
+                destination_service_namespace: r.destination_service_namespace.clone(),
             },
             request_protocol: if grpc { "grpc" } else { "http" },
-            response_flags: if r.response_flags.is_empty() {
-                flags::NONE.into()
-            } else {
-                bounded(&r.response_flags)
-            },
-            connection_security_policy: known(&r.connection_security_policy),
+            response_flags: r.response_flags.clone(),
+            connection_security_policy: r.connection_security_policy.clone(),
             response_code: r.response_code,
             grpc_response_status: match (grpc, r.grpc_response_status) {
                 (true, Some(s)) => s.to_string(),
                 _ => String::new(),
             },
         }
+        .bounded()
     }
 
-    /// The same labels with every free-form value bounded (and empty ones `unknown`), as
-    /// `of` makes them: what the agent applies to label sets a worker sent.
+    /// The same labels with every free-form value bounded (and empty ones `unknown`, or `-`
+    /// for the flags): how `of` makes them, and what the agent applies to label sets a worker
+    /// sent.
     fn bounded(mut self) -> Self {
         for v in self.peers.values_mut() {
-            *v = known(v);
+            known(v);
         }
-        self.response_flags = if self.response_flags.is_empty() {
-            flags::NONE.into()
+        if self.response_flags.is_empty() {
+            self.response_flags.push_str(flags::NONE);
         } else {
-            bounded(&self.response_flags)
-        };
-        self.connection_security_policy = known(&self.connection_security_policy);
-        self.grpc_response_status = bounded(&self.grpc_response_status);
+            bound(&mut self.response_flags);
+        }
+        known(&mut self.connection_security_policy);
+        bound(&mut self.grpc_response_status);
         self
     }
 
