@@ -1,9 +1,8 @@
-//! Admin endpoint (127.0.0.1:15000 in the node's netns): /healthz/ready, /config_dump,
-//! /logging (the log filter, changed at run time) and /debug/explain.
+//! Admin endpoint (127.0.0.1:15000 in the node's netns): /healthz/live, /healthz/ready,
+//! /config_dump, /logging (the log filter, changed at run time) and /debug/explain.
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
     path::PathBuf,
     sync::{Arc, RwLock},
 };
@@ -32,6 +31,10 @@ use crate::{
 pub struct Status {
     /// True once the first configuration has been applied.
     pub ready: bool,
+    /// This agent's process id (two agents answer on one admin socket during a hand-over).
+    pub pid: u32,
+    /// The agent this one took over from (its listening sockets), if any.
+    pub took_over_from: Option<u32>,
     pub node: String,
     pub config: AgentConfig,
     /// The cluster as this agent sees it: nodes, namespaces, pods, Services, EndpointSlices,
@@ -58,6 +61,8 @@ impl Status {
     pub fn new(cfg: &AgentConfig) -> Self {
         Self {
             ready: false,
+            pid: std::process::id(),
+            took_over_from: None,
             node: cfg.node.clone(),
             config: cfg.clone(),
             state: Arc::default(),
@@ -116,14 +121,15 @@ struct BpfDump {
 /// returns the filter in force. Set by `main`, which owns the subscriber.
 pub type LogControl = Arc<dyn Fn(Option<&str>) -> Result<String, String> + Send + Sync>;
 
-pub async fn serve(
-    addr: SocketAddr,
+/// Serves the admin endpoint on `listener` (bound by the caller, or inherited from the agent
+/// this one took over from).
+pub fn serve(
+    listener: TcpListener,
     status: Arc<RwLock<Status>>,
     maps: Arc<Maps>,
     shared: Arc<Shared>,
     logging: Option<LogControl>,
-) -> std::io::Result<JoinHandle<()>> {
-    let listener = TcpListener::bind(addr).await?;
+) -> JoinHandle<()> {
     let live = Arc::new(Live {
         status,
         maps,
@@ -131,11 +137,9 @@ pub async fn serve(
         shared,
         logging,
     });
-    Ok(http_server::spawn(
-        listener,
-        http_server::ADMIN,
-        move |req| route(req, live.clone()),
-    ))
+    http_server::spawn(listener, http_server::ADMIN, move |req| {
+        route(req, live.clone())
+    })
 }
 
 async fn route(req: Request<Incoming>, live: Arc<Live>) -> Response<Full<Bytes>> {
@@ -184,6 +188,8 @@ fn json(v: &impl Serialize) -> Response<Full<Bytes>> {
 fn route_now(req: Request<Incoming>, live: &Live) -> Response<Full<Bytes>> {
     let status = live.status.read().expect("status lock");
     match req.uri().path() {
+        // Alive while the runtime answers: never gated on configuration (see deploy/).
+        "/healthz/live" => text(StatusCode::OK, "alive\n".into()),
         "/healthz/ready" if status.ready => text(
             StatusCode::OK,
             readiness(live.certs.as_ref(), &status.config_unreadable),
@@ -213,7 +219,7 @@ fn route_now(req: Request<Incoming>, live: &Live) -> Response<Full<Bytes>> {
         "/logging" => logging(&req, live.logging.as_ref(), status.l7_pool.as_deref()),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /healthz/ready, /config_dump, /logging or /debug/explain\n".into(),
+            "not found: try /healthz/live, /healthz/ready, /config_dump, /logging or /debug/explain\n".into(),
         ),
     }
 }

@@ -18,11 +18,12 @@ use crate::{
     l7::{self, L7Pool},
     metrics::{self, AccessLog, Metrics},
     netns,
-    proxy::{Mtls, Shared},
+    proxy::{lifecycle::Lifecycle, Mtls, Shared},
     redirect::Redirect,
     source,
     state::State,
     tunnel,
+    upgrade::{self, handover::Kind},
 };
 use enrollment::Enrollment;
 
@@ -31,6 +32,8 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
     info!(config = %serde_json::to_string(&cfg)?, "starting mesh-agent");
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating state directory {}", cfg.state_dir.display()))?;
+    // Before anything is loaded or bound: the running agent's sockets, if one runs (upgrade).
+    let (lock, predecessor, mut inherited) = take_over(&cfg.state_dir).await?;
     let redirect = Redirect::load(&cfg).context("loading eBPF programs")?;
     let metrics = Arc::new(Metrics::default());
     let access_log = AccessLog::new(&cfg.access_log, metrics.clone())
@@ -47,7 +50,10 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
         live: Default::default(),
         l7: l7_pool.clone().map(|p| hand_to(p, metrics.clone())),
         egress_hosts: Default::default(),
+        // A predecessor still reads the pods' UDP sockets until it drains.
+        lifecycle: Arc::new(Lifecycle::new(predecessor.is_none())),
     });
+    let registry = Arc::new(upgrade::Registry::default());
     let reports = l7_pool
         .as_ref()
         .and_then(|p| p.reports())
@@ -55,18 +61,21 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
     let mut cert_changes = shared.mtls.as_ref().map(|m| m.certs.changes());
     let status = Arc::new(RwLock::new(Status::new(&cfg)));
     status.write().expect("status lock").l7_pool = l7_pool.clone();
+    let admin_listener = node_listener(&mut inherited, Kind::Admin, cfg.admin_addr, &registry)
+        .await
+        .with_context(|| format!("binding admin endpoint {}", cfg.admin_addr))?;
+    let metrics_listener =
+        node_listener(&mut inherited, Kind::Metrics, cfg.metrics_addr, &registry)
+            .await
+            .with_context(|| format!("binding metrics endpoint {}", cfg.metrics_addr))?;
     let admin = admin::serve(
-        cfg.admin_addr,
+        admin_listener,
         status.clone(),
         redirect.maps.clone(),
         shared.clone(),
         logging,
-    )
-    .await
-    .with_context(|| format!("binding admin endpoint {}", cfg.admin_addr))?;
-    let metrics_server = metrics::server::serve(cfg.metrics_addr, metrics)
-        .await
-        .with_context(|| format!("binding metrics endpoint {}", cfg.metrics_addr))?;
+    );
+    let metrics_server = metrics::server::serve_on(metrics_listener, metrics);
     let (hosts_tx, hosts_rx) = watch::channel(Vec::new());
     let resolver = tokio::spawn(egress::resolve_hosts(shared.clone(), hosts_rx));
 
@@ -84,9 +93,15 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
         shared.clone(),
         cfg.cgroup_root.clone(),
         cfg.source,
+        registry.clone(),
+        inherited,
     );
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
+    let mut signals = Signals::new()?;
+    let (drains_tx, mut drains) = tokio::sync::mpsc::channel(1);
+    // Held until this agent has taken over and published its own hand-over socket.
+    let mut taking_over = Some((lock, predecessor));
+    let mut handover = None;
+    let mut drain_request = None;
     loop {
         // Failed enrollments are retried when their own backoff is due (not on a fixed tick,
         // whose missed ticks would fire in a burst).
@@ -97,7 +112,11 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
             }
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)),
                 if retry_at.is_some() => {}
-            _ = &mut shutdown => break,
+            _ = signals.next() => break,
+            req = drains.recv() => {
+                drain_request = req;
+                break;
+            }
             _ = changed(&mut cert_changes) => {
                 push_l7(l7_pool.as_deref(), &shared);
                 continue;
@@ -127,25 +146,133 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
             let new = state.egress_hosts();
             (*h != new).then(|| *h = new).is_some()
         });
-        let mut s = status.write().expect("status lock");
-        s.pods = enrollment.status();
-        s.enrollment_errors = enrollment.failures();
-        s.enrollment_notices = enrollment.notices();
-        s.config_errors = loaded.errors;
-        s.config_unreadable = loaded.unreadable;
-        s.ignored_kinds = loaded.ignored;
-        s.state = shared.state.load_full();
-        s.ready = true;
+        {
+            let mut s = status.write().expect("status lock");
+            s.pods = enrollment.status();
+            s.enrollment_errors = enrollment.failures();
+            s.enrollment_notices = enrollment.notices();
+            s.config_errors = loaded.errors;
+            s.config_unreadable = loaded.unreadable;
+            s.ignored_kinds = loaded.ignored;
+            s.state = shared.state.load_full();
+            s.ready = true;
+        }
+        if let Some((lock, predecessor)) = taking_over.take() {
+            // Every pod is enrolled on its inherited sockets: the predecessor may drain.
+            enrollment.release_inherited();
+            if let Some(p) = predecessor {
+                status.write().expect("status lock").took_over_from = Some(p.pid);
+                finish_take_over(p).await;
+            }
+            shared.lifecycle.open_quic();
+            let dir = &cfg.state_dir;
+            handover = upgrade::handover::serve(dir, registry.clone(), drains_tx.clone())
+                .map_err(|e| {
+                    let path = upgrade::handover::socket_path(dir);
+                    warn!(error = %e, path = %path.display(), "no hand-over socket: the next \
+                        agent binds fresh sockets (a short outage on this node when it starts)")
+                })
+                .ok();
+            drop(lock);
+        }
     }
-    // Pods stay hooked (pinned links) and fail closed until the next agent takes over.
-    info!("shutting down; enrolled pods stay hooked");
+    // Pods stay hooked (pinned links): a successor has adopted them, or they fail closed until
+    // the next agent takes over. This agent no longer reconciles (a successor owns the pins).
+    let successor = drain_request.as_ref().map(|r| r.from_pid);
+    info!(successor, "draining; enrolled pods stay hooked");
+    let draining = upgrade::drain::begin(&shared.lifecycle, cfg.drain_timeout).await;
+    // Our copies of the listening sockets go: the successor's keep them open, or they close.
+    registry.clear();
     admin.abort();
     metrics_server.abort();
+    if let Some(h) = handover {
+        h.abort();
+    }
+    if let Some(req) = drain_request {
+        let _ = req.ack.send(draining);
+    }
+    upgrade::drain::finish(
+        &shared.lifecycle,
+        l7_pool.as_deref(),
+        cfg.drain_timeout,
+        signals.next(),
+    )
+    .await;
     resolver.abort();
     if let Some(r) = reports {
         r.abort();
     }
     Ok(())
+}
+
+/// Takes the hand-over lock and the running agent's listening sockets, if one runs. Its
+/// failure is not this agent's: the sockets are then bound afresh (busy until it exits).
+async fn take_over(
+    dir: &std::path::Path,
+) -> anyhow::Result<(
+    upgrade::lock::Lock,
+    Option<upgrade::Predecessor>,
+    upgrade::Inherited,
+)> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let lock = upgrade::lock::take(&dir)
+            .with_context(|| format!("taking the hand-over lock in {}", dir.display()))?;
+        Ok(match upgrade::handover::take_over(&dir) {
+            Ok(Some((p, inherited))) => (lock, Some(p), inherited),
+            Ok(None) => {
+                info!("no running agent to take over from; binding fresh sockets");
+                (lock, None, Default::default())
+            }
+            Err(e) => {
+                warn!(
+                    "cannot take over from the running agent: {e}; binding fresh sockets \
+                    (those it holds stay busy until it exits)"
+                );
+                (lock, None, Default::default())
+            }
+        })
+    })
+    .await?
+}
+
+/// Tells the predecessor to drain, now that this agent accepts on every inherited socket.
+async fn finish_take_over(p: upgrade::Predecessor) {
+    let pid = p.pid;
+    match tokio::task::spawn_blocking(move || p.drain()).await {
+        Ok(Ok(d)) => info!(
+            from_pid = pid,
+            its_connections = d.carrying,
+            deadline_secs = d.deadline.as_secs(),
+            "took over: the previous agent no longer accepts and drains its connections"
+        ),
+        Ok(Err(e)) => warn!(
+            from_pid = pid,
+            "the previous agent did not confirm its drain: {e}"
+        ),
+        Err(e) => warn!(error = %e, "hand-over task failed"),
+    }
+}
+
+/// A node listener (admin, metrics): the predecessor's, when it had one on `addr`, else bound
+/// now; recorded for the next hand-over either way.
+async fn node_listener(
+    inherited: &mut upgrade::Inherited,
+    kind: Kind,
+    addr: std::net::SocketAddr,
+    registry: &upgrade::Registry,
+) -> std::io::Result<tokio::net::TcpListener> {
+    use std::os::fd::AsFd as _;
+    let listener = match inherited.take_node(kind, addr) {
+        Some(fd) => {
+            let std = std::net::TcpListener::from(fd);
+            std.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(std)?
+        }
+        None => tokio::net::TcpListener::bind(addr).await?,
+    };
+    registry.add_node(kind, listener.as_fd())?;
+    Ok(listener)
 }
 
 /// With a CA, meshed traffic is carried in mTLS tunnels; without one, capture still works and
@@ -225,12 +352,25 @@ async fn changed(rx: &mut Option<watch::Receiver<u64>>) {
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT: the first starts the drain, a second ends it early.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }

@@ -123,6 +123,11 @@ pub struct RunArgs {
     /// four.
     #[arg(long, env = "WEFT_L7_WORKERS")]
     pub l7_workers: Option<usize>,
+    /// Seconds a draining agent (replaced by a new one, or sent SIGTERM) lets its connections
+    /// and L7 workers finish before it closes what is left and exits. Keep it below the pod's
+    /// terminationGracePeriodSeconds.
+    #[arg(long, env = "WEFT_DRAIN_TIMEOUT_SECS", default_value_t = config::DEFAULT_DRAIN_TIMEOUT.as_secs())]
+    pub drain_timeout_secs: u64,
 }
 
 impl RunArgs {
@@ -150,6 +155,7 @@ impl RunArgs {
             l7_workers: self
                 .l7_workers
                 .unwrap_or_else(crate::l7::supervisor::default_workers),
+            drain_timeout: Duration::from_secs(self.drain_timeout_secs),
             log: "info".into(),
             log_format: LogFormat::Text,
         }

@@ -36,6 +36,9 @@ pub const LISTEN_BACKLOG: i32 = 4096;
 pub const EGRESS_DNS_REFRESH: Duration = Duration::from_secs(30);
 /// How long an onward connect may take before the client's connection is reset.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default drain deadline: generous (plain TCP connections cannot move to the next agent, so
+/// they get this long to finish), and below the DaemonSet's terminationGracePeriodSeconds (60).
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(45);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentConfig {
@@ -65,6 +68,10 @@ pub struct AgentConfig {
     pub access_log: crate::metrics::access_log::Target,
     /// Worker processes of the L7 pool (0: none).
     pub l7_workers: usize,
+    /// How long a draining agent (replaced, or sent SIGTERM) lets its connections finish
+    /// before it closes them and exits.
+    #[serde(with = "millis")]
+    pub drain_timeout: Duration,
     /// The log filter and format in force, passed on to the L7 workers.
     pub log: String,
     pub log_format: crate::cli::LogFormat,

@@ -11,6 +11,7 @@
 pub mod balance;
 pub mod copy;
 pub mod inbound;
+pub mod lifecycle;
 pub mod listeners;
 pub mod live;
 pub mod onward;
@@ -58,6 +59,8 @@ pub struct Shared {
     pub l7: Option<crate::l7::Hand>,
     /// The addresses ServiceEntry hosts resolve to (refreshed by `app`).
     pub egress_hosts: ArcSwap<std::collections::HashMap<String, Vec<IpAddr>>>,
+    /// Hand-over and drain: when accept loops end, QUIC may start, connections are counted.
+    pub lifecycle: Arc<lifecycle::Lifecycle>,
 }
 
 pub struct Mtls {
@@ -124,26 +127,39 @@ impl PodContext {
 }
 
 /// Starts the accept loops of a pod's listeners. Aborting the returned tasks closes the
-/// listeners; connections already accepted run on in their own tasks.
+/// listeners; connections already accepted run on in their own tasks. When the agent drains,
+/// the loops end by themselves (the listeners close here; a successor holding the same sockets
+/// keeps accepting) and the HBONE servers send GOAWAY. The QUIC endpoints start once this agent
+/// may read the pods' UDP sockets (a predecessor has let go of them).
 pub fn serve(ctx: Arc<PodContext>, listeners: InpodListeners) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
+    let drain = &ctx.shared.lifecycle.drain;
     for l in listeners.outbound {
-        tasks.push(tokio::spawn(outbound::serve(ctx.clone(), l)));
+        tasks.push(tokio::spawn(outbound::serve(ctx.clone(), l, drain.clone())));
     }
     for l in listeners.inbound {
-        tasks.push(tokio::spawn(inbound::serve(ctx.clone(), l)));
+        tasks.push(tokio::spawn(inbound::serve(ctx.clone(), l, drain.clone())));
     }
     for l in listeners.hbone {
         tasks.push(tokio::spawn(inbound::hbone::serve_h2(ctx.clone(), l)));
     }
-    if let Some(tls) = &ctx.hbone_tls {
+    if let Some(tls) = ctx.hbone_tls.clone() {
         for socket in listeners.quic {
-            match tunnel::quic::server::endpoint(socket, tls) {
-                Ok(ep) => tasks.push(tokio::spawn(inbound::hbone::serve_quic(ctx.clone(), ep))),
-                Err(e) => {
-                    tracing::warn!(pod = %ctx.key, error = %e, "QUIC endpoint not started; peers will use h2")
+            let ctx = ctx.clone();
+            let tls = tls.clone();
+            tasks.push(tokio::spawn(async move {
+                let lifecycle = ctx.shared.lifecycle.clone();
+                tokio::select! {
+                    _ = lifecycle.quic_opened() => {}
+                    _ = lifecycle.drain.cancelled() => return,
                 }
-            }
+                match tunnel::quic::server::endpoint(socket, &tls) {
+                    Ok(ep) => inbound::hbone::serve_quic(ctx, ep).await,
+                    Err(e) => {
+                        tracing::warn!(pod = %ctx.key, error = %e, "QUIC endpoint not started; peers will use h2")
+                    }
+                }
+            }));
         }
     }
     tasks
@@ -183,6 +199,9 @@ pub fn reset(mut stream: TcpStream) {
     stream.reset()
 }
 
+/// How long a connection closed at the drain deadline may take to send its end.
+const DEADLINE_CLOSE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Copies both ways until the connection ends, counting into the metrics of `rec` as bytes
 /// move, then writes its access-log line (the one per-connection record). With `watch` (inbound connections), a policy change
 /// that denies the connection closes it: both sides reset.
@@ -216,6 +235,17 @@ pub async fn relay<D, U>(
             tracing::warn!(policy = v.policy.as_deref().unwrap_or("-"), reason = %v.reason,
                 "open connection closed: authorization policy changed and denies it now");
             record::End::Revoked { policy: v.policy, reason: format!("policy changed: {}", v.reason) }
+        }
+        _ = shared.lifecycle.deadline.cancelled() => {
+            // The drain deadline: end both sides as a finished stream (FIN, END_STREAM), so the
+            // peers see a clean close, not a reset.
+            use tokio::io::AsyncWriteExt as _;
+            let _ = tokio::time::timeout(DEADLINE_CLOSE, async {
+                let _ = down.shutdown().await;
+                let _ = up.shutdown().await;
+            }).await;
+            tracing::info!("open connection closed at the drain deadline");
+            record::End::Closed { error: Some("closed at the agent's drain deadline".into()) }
         }
     };
     counters.closed.fetch_add(1, Relaxed);

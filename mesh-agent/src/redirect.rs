@@ -2,6 +2,8 @@
 //! pods, pinning everything under the agent's bpffs directory, and the maps the agent reads.
 //!
 //! Layout under the pin directory (default /sys/fs/bpf/weft):
+//! - `layout@<VERSION>@<COMPATIBLE_FROM>`: the layout of what is pinned (`layout`), checked
+//!   before anything is loaded.
 //! - `maps/<NAME>`: every map, pinned by name; a restarted agent reuses them.
 //! - `pods/<namespace>_<name>@<cgroup-inode>@<netns-inode>/<program>`: one pinned link per hook
 //!   and pod (bpffs forbids dots in names, so dots in pod names become `~`). Pinned links keep a pod hooked while the agent is down, and the inodes in the name
@@ -11,6 +13,7 @@
 //!   (BPF_LINK_UPDATE would be neater, but Linux 6.18 answers ENOENT for these cgroup links.)
 
 pub mod attach;
+pub mod layout;
 pub mod loader;
 pub mod maps;
 
@@ -68,6 +71,17 @@ pub enum Error {
     },
     #[error("invalid excluded CIDR {0:?}: expected ADDRESS/PREFIX, e.g. 10.96.0.1/32")]
     BadCidr(String),
+    #[error(
+        "the kernel state pinned in {pin_dir} has {theirs}; this agent has {ours}, so it cannot \
+         adopt it. Nothing was detached: the pods stay hooked by the pins (and fail closed \
+         until an agent that can adopt them runs). Run an agent of a compatible layout, or \
+         remove {pin_dir} to start afresh (every enrolled pod is re-enrolled)"
+    )]
+    Layout {
+        pin_dir: PathBuf,
+        ours: layout::Layout,
+        theirs: layout::Layout,
+    },
 }
 
 impl Error {

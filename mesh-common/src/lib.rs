@@ -8,6 +8,18 @@
 //! them (network order in memory); ports are kept in host order.
 #![cfg_attr(not(test), no_std)]
 
+/// The layout of Weft's kernel state (map names, key and value structs, program names and
+/// pin paths). Bumped whenever any of it changes. Pins record the layout that wrote them and
+/// the oldest layout able to read them; an agent adopts pins when each side can read the
+/// other's (see the agent's `redirect::layout`).
+pub mod layout {
+    /// This build's layout.
+    pub const VERSION: u32 = 1;
+    /// The oldest layout whose pins this build can adopt, and which can adopt this build's:
+    /// one below `VERSION` where a migration exists, so a one-version downgrade works too.
+    pub const COMPATIBLE_FROM: u32 = 1;
+}
+
 pub mod ports {
     /// In-pod outbound capture listener (127.0.0.1 / ::1 inside the pod's netns).
     pub const OUTBOUND: u16 = 15001;

@@ -43,6 +43,43 @@ pub fn sibling_bin(name: &str) -> PathBuf {
     bin
 }
 
+/// An agent that was replaced or sent SIGTERM, draining; killed if still there when dropped.
+pub struct Retired(pub Child);
+
+impl Retired {
+    /// Waits up to `within` for it to exit; its status, or None if it still runs.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        wait_exit(&mut self.0, within)
+    }
+}
+
+impl Drop for Retired {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends `sig` to a child process.
+pub fn signal(c: &Child, sig: i32) {
+    // Safety: kill has no memory preconditions; the pid is our own child's.
+    unsafe { libc::kill(c.id() as i32, sig) };
+}
+
+/// Waits up to `within` for a child to exit; its status, or None if it still runs.
+pub fn wait_exit(c: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(s) = c.try_wait().expect("try_wait") {
+            return Some(s);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub struct Agent {
     pub node: Node,
     pub pin_dir: PathBuf,
@@ -51,6 +88,8 @@ pub struct Agent {
     log: PathBuf,
     child: Option<Child>,
     extra_args: Vec<String>,
+    /// Extra environment of the agents started from now on.
+    env: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -68,12 +107,18 @@ impl Agent {
             log: topo.dir.join(format!("agent-{}.log", node.name)),
             child: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
         };
         a.spawn();
         a
     }
 
     fn spawn(&mut self) {
+        self.child = Some(self.spawn_child());
+        self.wait_ready();
+    }
+
+    fn spawn_child(&self) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -91,12 +136,73 @@ impl Agent {
             .args(["--reload-interval-ms", "50"])
             .args(&self.extra_args)
             .env("WEFT_LOG", log_filter())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log);
         netns::command_in(&mut cmd, &self.node.netns, None).expect("node netns");
-        self.child = Some(cmd.spawn().expect("start mesh-agent"));
-        self.wait_ready();
+        cmd.spawn().expect("start mesh-agent")
+    }
+
+    /// Starts a new agent beside the running one, as a DaemonSet rollout with maxSurge does,
+    /// and waits until it has taken over (it answers the admin endpoint, ready, and names the
+    /// old agent as the one it took over from). Returns the old agent's process, draining.
+    pub fn replace(&mut self) -> Retired {
+        let old = self.child.take().expect("a running agent");
+        let old_pid = old.id();
+        self.child = Some(self.spawn_child());
+        let new_pid = self.pid().expect("new agent");
+        let node = self.node.name.clone();
+        eventually(
+            &format!("the new agent on {node} to take over from pid {old_pid}"),
+            READY_TIMEOUT,
+            || {
+                if let Some(status) = self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                {
+                    panic!("new agent on {node} exited: {status}\n{}", tail(&self.log));
+                }
+                let (_, body) = self.get("/config_dump").ok()?;
+                let dump: Value = serde_json::from_str(&body).ok()?;
+                (dump["pid"] == new_pid
+                    && dump["ready"] == true
+                    && dump["took_over_from"] == old_pid)
+                    .then_some(())
+            },
+        );
+        Retired(old)
+    }
+
+    /// Sets (or, with None, removes) an environment variable of the agents started from now on.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.env.push((key.into(), v.into()));
+        }
+    }
+
+    /// Starts an agent that must refuse to start (the running one is killed first); returns
+    /// its exit status.
+    pub fn start_refused(&mut self) -> std::process::ExitStatus {
+        self.kill();
+        let mut c = self.spawn_child();
+        wait_exit(&mut c, READY_TIMEOUT).unwrap_or_else(|| {
+            let _ = c.kill();
+            panic!(
+                "the agent on {} did not refuse to start\n{}",
+                self.node.name,
+                tail(&self.log)
+            )
+        })
+    }
+
+    /// SIGTERM: the agent drains and exits.
+    pub fn terminate(&mut self) -> Option<Retired> {
+        let c = self.child.take()?;
+        signal(&c, libc::SIGTERM);
+        Some(Retired(c))
     }
 
     /// Starts an agent that gets its workload certificates from `ca`.

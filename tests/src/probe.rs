@@ -141,6 +141,16 @@ impl Client {
         }
     }
 
+    /// Closes the kept connection `id` (this side's end).
+    pub fn close(&mut self, id: &str) -> Value {
+        self.call(&format!("close {id}"))
+    }
+
+    /// Waits for the far end to end the kept connection `id`: `eof` true for a clean end.
+    pub fn end(&mut self, id: &str) -> Value {
+        self.call(&format!("end {id}"))
+    }
+
     /// Echoes `bytes` over the kept connection `id`.
     pub fn xfer(&mut self, id: &str, bytes: u64) -> ConnectResult {
         ConnectResult {
@@ -158,4 +168,41 @@ pub fn run(pod: &Pod, args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("probe JSON")
+}
+
+/// A steady stream of new connections from a pod (one every `period_ms`, 64 B echoed and a
+/// clean end checked each), running until `finish`.
+pub struct Steady {
+    child: std::process::Child,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Steady {
+    /// Starts the load and returns once its first connection went through.
+    pub fn start(pod: &Pod, addr: SocketAddr, period_ms: u64) -> Self {
+        let mut child = probe(pod)
+            .args(["steady", &addr.to_string(), &period_ms.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start steady load");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("steady readiness");
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "steady load did not get a first connection through"
+        );
+        Self { child, stdout }
+    }
+
+    /// Stops the load: `{ok, failed, errors, longest_gap_ms}`.
+    pub fn finish(mut self) -> Value {
+        drop(self.child.stdin.take());
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("steady report");
+        let _ = self.child.wait();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("steady said {line:?}: {e}"))
+    }
 }

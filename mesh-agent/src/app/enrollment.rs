@@ -33,6 +33,7 @@ use crate::{
     proxy::{self, InpodListeners, PodContext, Shared},
     redirect::{PodHooks, Redirect},
     state::{self, Pod, PodKey, State},
+    upgrade::{Inherited, Registry},
 };
 use retry::{Report, Retries};
 use target::{NotEnrollable, Target};
@@ -50,6 +51,8 @@ struct Enrolled {
     ctx: Arc<PodContext>,
     hooks: PodHooks,
     tasks: Vec<JoinHandle<()>>,
+    /// Its listeners came from the agent this one took over from.
+    inherited: bool,
 }
 
 /// One enrolled pod as /config_dump shows it.
@@ -68,6 +71,8 @@ pub struct PodStatus {
     pub pin_dir: PathBuf,
     /// True when the hooks were pinned by an earlier agent and taken over.
     pub adopted: bool,
+    /// True when its listening sockets were handed over by the agent this one replaced.
+    pub listeners_inherited: bool,
 }
 
 pub struct Enrollment {
@@ -83,6 +88,10 @@ pub struct Enrollment {
     locator: Option<Locator>,
     /// The node's own netns: never a pod's.
     node_netns: Option<NetnsId>,
+    /// Every enrolled pod's listening sockets, for a successor agent.
+    registry: Arc<Registry>,
+    /// The predecessor's sockets not yet claimed by a pod (until the first reconcile is over).
+    inherited: Inherited,
 }
 
 impl Enrollment {
@@ -91,6 +100,8 @@ impl Enrollment {
         shared: Arc<Shared>,
         cgroup_root: Option<PathBuf>,
         mode: SourceKind,
+        registry: Arc<Registry>,
+        inherited: Inherited,
     ) -> Self {
         let node_netns = NetnsId::node()
             .map_err(|e| warn!(error = %e, "cannot identify the node's network namespace"))
@@ -105,6 +116,20 @@ impl Enrollment {
             swept: false,
             locator: cgroup_root.map(|root| Locator::new(root, PathBuf::from("/proc"))),
             node_netns,
+            registry,
+            inherited,
+        }
+    }
+
+    /// Closes the predecessor's sockets that no pod claimed (pods it had and this agent does
+    /// not enroll).
+    pub fn release_inherited(&mut self) {
+        let left = std::mem::take(&mut self.inherited);
+        if left.unclaimed() > 0 {
+            info!(
+                pods = left.unclaimed(),
+                "closing inherited listeners no enrolled pod claimed"
+            );
         }
     }
 
@@ -237,7 +262,19 @@ impl Enrollment {
                 (net.ipv4.ip_local_reserved_ports); a pod socket holding one blocks enrollment \
                 until it closes");
         }
-        let listeners = open_listeners(key, &netns, target.ip)?;
+        let (listeners, inherited) = match self.inherited.take_pod(key, target.netns.ino) {
+            Some(Ok(l)) => (l, true),
+            Some(Err(e)) => {
+                warn!(pod = %key, error = %e, "the previous agent's listeners for this pod are \
+                    unusable; opening new ones");
+                (open_listeners(key, &netns, target.ip)?, false)
+            }
+            None => (open_listeners(key, &netns, target.ip)?, false),
+        };
+        if let Err(e) = self.registry.add_pod(key, target.netns.ino, &listeners) {
+            warn!(pod = %key, error = %e, "cannot keep the pod's listeners for a successor; \
+                an upgrade will rebind them");
+        }
         let maps = self.redirect.maps.clone();
         let inbound = listeners
             .inbound_for(target.ip)
@@ -267,11 +304,12 @@ impl Enrollment {
             Ok(h) => h,
             Err(e) => {
                 tasks.iter().for_each(|t| t.abort());
+                self.registry.remove_pod(key, target.netns.ino);
                 self.redirect.maps.unregister_pod(target.ip);
                 return Err(e).context("attaching eBPF hooks");
             }
         };
-        info!(pod = %key, ip = %target.ip, adopted = hooks.adopted, "pod enrolled");
+        info!(pod = %key, ip = %target.ip, adopted = hooks.adopted, listeners_inherited = inherited, "pod enrolled");
         self.pods.insert(
             key.clone(),
             Enrolled {
@@ -279,6 +317,7 @@ impl Enrollment {
                 ctx,
                 hooks,
                 tasks,
+                inherited,
             },
         );
         Ok(())
@@ -290,6 +329,7 @@ impl Enrollment {
         };
         self.redirect.detach_pod(e.hooks);
         self.redirect.maps.unregister_pod(e.target.ip);
+        self.registry.remove_pod(key, e.target.netns.ino);
         for t in e.tasks {
             t.abort();
         }
@@ -335,6 +375,7 @@ impl Enrollment {
                 hooks: e.hooks.names().to_vec(),
                 pin_dir: e.hooks.dir.clone(),
                 adopted: e.hooks.adopted,
+                listeners_inherited: e.inherited,
             })
             .collect()
     }

@@ -27,6 +27,8 @@ pub struct Context {
     pub outbox: Arc<Outbox>,
     /// Spans of this worker's requests, exported over OTLP as MeshConfig says.
     pub tracer: super::otlp::Tracer,
+    /// Cancelled when the agent drains: connections finish their in-flight requests and close.
+    pub drain: tokio_util::sync::CancellationToken,
 }
 
 impl Context {
@@ -48,6 +50,7 @@ impl Context {
             next_endpoint: AtomicUsize::new(0),
             outbox,
             tracer: super::otlp::Tracer::new(super::otlp::Limits::default()),
+            drain: Default::default(),
         }
     }
 

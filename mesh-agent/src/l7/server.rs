@@ -36,6 +36,7 @@ where
     let span = info_span!("l7", side = ?h.side, pod = %h.pod, %id, dst = %h.dst);
     let source = h.source_identity.as_deref().and_then(|s| s.parse().ok());
     let protocol = h.protocol;
+    let conn_drain = ctx.drain.clone();
     let conn = Arc::new(Conn {
         ctx,
         netns,
@@ -63,8 +64,21 @@ where
         builder = builder.http2_only();
     }
     let io = TokioIo::new(io);
+    let drain = conn_drain.clone();
     async move {
-        if let Err(e) = builder.serve_connection_with_upgrades(io, svc).await {
+        let served = builder.serve_connection_with_upgrades(io, svc);
+        tokio::pin!(served);
+        // Draining: the request in flight finishes, then HTTP/1.1 closes the connection and
+        // HTTP/2 sends GOAWAY; the client's next request goes to a new connection (the new
+        // agent's pool).
+        let result = tokio::select! {
+            r = served.as_mut() => r,
+            _ = drain.cancelled() => {
+                served.as_mut().graceful_shutdown();
+                served.await
+            }
+        };
+        if let Err(e) = result {
             match e.downcast_ref::<hyper::Error>() {
                 Some(he) if he.is_parse() || he.is_parse_too_large() => {
                     info!(error = %e, "connection closed: the bytes on this HTTP port are not HTTP")

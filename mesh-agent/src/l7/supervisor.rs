@@ -239,6 +239,10 @@ struct Shared {
     reports: mpsc::Sender<RequestBatch>,
     reports_rx: Mutex<Option<mpsc::Receiver<RequestBatch>>>,
     epoch: Instant,
+    /// True once the pool drains: workers are told to finish and are not restarted.
+    draining: watch::Sender<bool>,
+    /// Signalled whenever a worker process is gone.
+    exited: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -289,6 +293,8 @@ impl L7Pool {
             reports,
             reports_rx: Mutex::new(Some(reports_rx)),
             epoch: Instant::now(),
+            draining: watch::channel(false).0,
+            exited: tokio::sync::Notify::new(),
         });
         info!(workers = shared.cfg.workers, exe = %shared.cfg.exe.display(), "starting the L7 pool");
         let tasks = (0..shared.cfg.workers)
@@ -439,6 +445,35 @@ impl L7Pool {
         });
     }
 
+    /// Drains the pool (the agent is being replaced): each worker finishes its in-flight
+    /// requests and exits, none is restarted; returns when all are gone or `within` passed
+    /// (those left are killed with the pool).
+    pub async fn drain(&self, within: Duration) {
+        self.shared.draining.send_replace(true);
+        let all_gone = async {
+            loop {
+                let exited = self.shared.exited.notified();
+                tokio::pin!(exited);
+                exited.as_mut().enable();
+                let running = self
+                    .shared
+                    .slots
+                    .iter()
+                    .filter(|s| s.pid.load(Relaxed) != 0)
+                    .count();
+                if running == 0 {
+                    return;
+                }
+                exited.await;
+            }
+        };
+        if tokio::time::timeout(within, all_gone).await.is_ok() {
+            info!("L7 workers drained: every in-flight request finished");
+        } else {
+            warn!("L7 workers still serving at the drain deadline; stopping them");
+        }
+    }
+
     /// The workers' request batches, for metrics and the access log. Returns the receiver
     /// once; batches queue (bounded, then dropped and counted) until it is taken.
     pub fn reports(&self) -> Option<mpsc::Receiver<RequestBatch>> {
@@ -509,6 +544,10 @@ async fn keep_running(shared: Arc<Shared>, i: usize) {
                 "cannot start L7 worker");
             shared.slots[i].notes.lock().expect("notes lock").last_error = Some(e.to_string());
         }
+        shared.exited.notify_waiters();
+        if *shared.draining.borrow() {
+            return;
+        }
         if started.elapsed() >= STABLE_AFTER {
             backoff = FIRST_BACKOFF;
         }
@@ -552,7 +591,11 @@ async fn run_once(shared: &Arc<Shared>, i: usize) -> std::io::Result<()> {
     };
     slot.pid.store(0, Relaxed);
     slot.connections.store(0, Relaxed);
-    warn!(worker = i, pid, reason = %why, exit = %status, "L7 worker gone; restarting it");
+    if *shared.draining.borrow() {
+        info!(worker = i, pid, exit = %status, "L7 worker drained");
+    } else {
+        warn!(worker = i, pid, reason = %why, exit = %status, "L7 worker gone; restarting it");
+    }
     let mut notes = slot.notes.lock().expect("notes lock");
     notes.last_exit = Some(format!("{status} ({why})"));
     Ok(())
@@ -634,9 +677,18 @@ async fn write_loop(
     let mut ping = tokio::time::interval(shared.cfg.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u64;
+    let mut draining = shared.draining.subscribe();
+    let mut told = false;
     loop {
         let sent = tokio::select! {
             biased;
+            _ = async { let _ = draining.wait_for(|d| *d).await; }, if !told => {
+                told = true;
+                match wire::encode(&ToWorker::Drain) {
+                    Ok(b) => writer.send(&b, &[]).await,
+                    Err(e) => Err(e),
+                }
+            }
             // First: a hand-off written after a filter change is served under the new filter.
             changed = log.changed() => {
                 if changed.is_err() {

@@ -78,6 +78,10 @@ pub enum ToWorker {
     Log {
         filter: String,
     },
+    /// The agent drains (it is being replaced): finish the in-flight requests (HTTP/1.1
+    /// answers with `Connection: close`, HTTP/2 sends GOAWAY), then exit once no connection is
+    /// left. New connections go to the new agent's workers.
+    Drain,
 }
 
 /// What a worker sends its agent.

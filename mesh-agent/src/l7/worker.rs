@@ -13,6 +13,7 @@ use std::{
         atomic::{AtomicU64, Ordering::Relaxed},
         Arc,
     },
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -60,6 +61,7 @@ async fn serve_agent(args: L7Args, logging: Option<LogControl>) -> anyhow::Resul
     let counters = Arc::new(Counters::default());
     info!("L7 worker up; waiting for the agent's snapshot");
     let mut configured = false;
+    let mut drain_watch = false;
     loop {
         let frame = match reader.next().await {
             Ok(Some(f)) => f,
@@ -74,6 +76,10 @@ async fn serve_agent(args: L7Args, logging: Option<LogControl>) -> anyhow::Resul
             }
         };
         let reply = handle(&ctx, &counters, &mut configured, frame, logging.as_ref());
+        if ctx.drain.is_cancelled() && !drain_watch {
+            drain_watch = true;
+            tokio::spawn(exit_when_idle(counters.clone(), out.clone()).in_current_span());
+        }
         if let Some(msg) = reply {
             let body = wire::encode(&msg)?;
             if out.send(body).await.is_err() {
@@ -124,8 +130,18 @@ fn handle(
             }
             None
         }
+        ToWorker::Drain => {
+            info!(
+                connections = counters.connections.load(Relaxed),
+                "draining: finishing in-flight requests, then exiting"
+            );
+            ctx.drain.cancel();
+            None
+        }
         ToWorker::Handoff(h) => {
-            if !*configured {
+            if ctx.drain.is_cancelled() {
+                warn!(connection = %h.id, "hand-off while draining; connection closed");
+            } else if !*configured {
                 warn!(connection = %h.id, "hand-off before any snapshot; connection closed");
             } else if let Err(e) = accept(ctx, counters, h.clone(), fds) {
                 warn!(connection = %h.id, error = %e, "unusable hand-off; connection closed");
@@ -220,6 +236,23 @@ fn inherited_socket(fd: RawFd) -> anyhow::Result<UnixStream> {
     nix::fcntl::fcntl(fd, nix::fcntl::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
     Ok(UnixStream::from(owned))
 }
+
+/// A draining worker exits once its last connection has ended and the outbox has sent what
+/// those connections' requests counted (its flush runs `FLUSH_DELAY` after a request).
+async fn exit_when_idle(counters: Arc<Counters>, out: mpsc::Sender<Bytes>) {
+    let mut tick = tokio::time::interval(IDLE_CHECK);
+    while counters.connections.load(Relaxed) > 0 {
+        tick.tick().await;
+    }
+    tokio::time::sleep(super::outbox::FLUSH_DELAY * 3).await;
+    // The queue to the agent empties before the exit (the writer task takes from it).
+    let _ = tokio::time::timeout(IDLE_CHECK * 10, out.reserve_many(OUT_QUEUE)).await;
+    info!("drained: no connection left; exiting");
+    std::process::exit(0);
+}
+
+/// How often a draining worker checks whether it is idle.
+const IDLE_CHECK: Duration = Duration::from_millis(20);
 
 /// Frames one write to the agent carries at most.
 const WRITE_BATCH: usize = 256;

@@ -85,16 +85,24 @@ pub fn reset(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
-/// Accepts forever, one task per connection. Accept errors never end the loop nor spin it
-/// (`crate::accept`).
-pub async fn accept_loop<F, Fut>(listener: TcpListener, handle: F)
-where
+/// Accepts until `stop` is cancelled (the agent drains), one task per connection; the listener
+/// is closed on return. Accept errors never end the loop nor spin it (`crate::accept`).
+pub async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    stop: tokio_util::sync::CancellationToken,
+    handle: F,
+) where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let mut errors = crate::accept::AcceptErrors::new("in-pod");
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
             Ok((stream, peer)) => {
                 errors.accepted();
                 // Relayed bytes are already batched by the sender; Nagle would only add delay.

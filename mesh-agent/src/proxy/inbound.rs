@@ -49,14 +49,20 @@ fn to_l7(
     }
 }
 
-pub async fn serve(ctx: Arc<PodContext>, listener: TcpListener) {
-    accept_loop(listener, move |stream, peer| {
+pub async fn serve(
+    ctx: Arc<PodContext>,
+    listener: TcpListener,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    accept_loop(listener, stop, move |stream, peer| {
         handle(ctx.clone(), stream, peer)
     })
     .await
 }
 
 async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
+    // Counted from accept to its end: a draining agent waits for it (`lifecycle`).
+    let _carried = ctx.shared.lifecycle.connections.enter();
     let Ok(orig) = down.local_addr() else {
         return reset(down);
     };

@@ -21,14 +21,20 @@ use crate::{
     tunnel::traceparent::ConnectionId,
 };
 
-pub async fn serve(ctx: Arc<PodContext>, listener: TcpListener) {
-    accept_loop(listener, move |stream, peer| {
+pub async fn serve(
+    ctx: Arc<PodContext>,
+    listener: TcpListener,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    accept_loop(listener, stop, move |stream, peer| {
         handle(ctx.clone(), stream, peer)
     })
     .await
 }
 
 async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
+    // Counted from accept to its end: a draining agent waits for it (`lifecycle`).
+    let _carried = ctx.shared.lifecycle.connections.enter();
     let netns = ctx.netns.cookie();
     let Some(orig) = ctx.maps.take_original_dst(netns, peer) else {
         // Only the connect hook sends traffic here; anything else has no destination to go to.

@@ -29,6 +29,7 @@ impl Redirect {
     pub fn load(cfg: &AgentConfig) -> Result<Self, Error> {
         let pin_dir = &cfg.bpf_pin_dir;
         require_bpffs(pin_dir)?;
+        let layout = super::layout::check_and_stamp(pin_dir)?;
         let maps_dir = pin_dir.join("maps");
         let pods_dir = pin_dir.join("pods");
         for dir in [&maps_dir, &pods_dir] {
@@ -43,7 +44,7 @@ impl Redirect {
         let maps = Maps::take(&mut ebpf)?;
         maps.set_exclusions(&cfg.excluded_cidrs, &cfg.excluded_ports)?;
         maps.set_splice(cfg.splice)?;
-        info!(pin_dir = %pin_dir.display(), "ebpf programs loaded, maps pinned");
+        info!(pin_dir = %pin_dir.display(), layout = layout.version, "ebpf programs loaded, maps pinned");
         Ok(Self {
             ebpf,
             pods_dir,

@@ -106,34 +106,54 @@ impl Pool {
             destination: destination.clone(),
             addr: hbone,
         };
-        let (mut sender, slot) = self.sender(netns, key).await?;
-        let req = http::Request::builder()
-            .method(http::Method::CONNECT)
-            .uri(target.to_string())
-            .header(TRACEPARENT, id.traceparent())
-            .body(())
-            .map_err(|e| io_err(io::ErrorKind::InvalidInput, e))?;
-        let (resp, send) = sender
-            .send_request(req, false)
-            .map_err(|e| io_err(io::ErrorKind::ConnectionReset, e))?;
-        // Dropping the unanswered stream resets it, so the peer does not keep it either.
-        let resp = tokio::time::timeout(RESPONSE_TIMEOUT, resp)
-            .await
-            .map_err(|_| {
-                io_err(
-                    io::ErrorKind::TimedOut,
-                    format!("no answer to CONNECT from {hbone} within {RESPONSE_TIMEOUT:?}"),
-                )
-            })?
-            .map_err(|e| io_err(io::ErrorKind::ConnectionReset, e))?;
-        if resp.status() != http::StatusCode::OK {
-            return Err(super::TunnelRefused {
-                destination: destination.to_string(),
-                status: resp.status().as_u16(),
+        // A pooled connection whose peer is draining (GOAWAY: an agent being replaced) refuses
+        // streams it never started: those are opened again, once, on a new connection, which
+        // the peer's successor accepts. A stream the peer did start is never retried.
+        let mut retried = false;
+        loop {
+            let (mut sender, slot, conn) = self.sender(netns, key.clone()).await?;
+            let req = http::Request::builder()
+                .method(http::Method::CONNECT)
+                .uri(target.to_string())
+                .header(TRACEPARENT, id.traceparent())
+                .body(())
+                .map_err(|e| io_err(io::ErrorKind::InvalidInput, e))?;
+            let answer = match sender.send_request(req, false) {
+                Ok((resp, send)) => {
+                    // Dropping the unanswered stream resets it, so the peer does not keep it either.
+                    match tokio::time::timeout(RESPONSE_TIMEOUT, resp).await {
+                        Err(_) => {
+                            return Err(io_err(
+                                io::ErrorKind::TimedOut,
+                                format!(
+                                    "no answer to CONNECT from {hbone} within {RESPONSE_TIMEOUT:?}"
+                                ),
+                            ))
+                        }
+                        Ok(r) => r.map(|resp| (resp, send)),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            let (resp, send) = match answer {
+                Ok(a) => a,
+                Err(e) if !retried && never_started(&e) => {
+                    debug!(addr = %hbone, error = %e, "hbone peer is going away; opening a new connection");
+                    self.inner.forget(&key, conn);
+                    retried = true;
+                    continue;
+                }
+                Err(e) => return Err(io_err(io::ErrorKind::ConnectionReset, e)),
+            };
+            if resp.status() != http::StatusCode::OK {
+                return Err(super::TunnelRefused {
+                    destination: destination.to_string(),
+                    status: resp.status().as_u16(),
+                }
+                .into_io());
             }
-            .into_io());
+            return Ok(H2Stream::new(send, resp.into_body()).holding(slot));
         }
-        Ok(H2Stream::new(send, resp.into_body()).holding(slot))
     }
 
     /// Keeps only the connections whose (source, destination, address) `keep` says are still
@@ -149,8 +169,8 @@ impl Pool {
         conns.values().map(Vec::len).sum()
     }
 
-    /// A live pooled connection with room for one more stream, or a new one.
-    async fn sender(&self, netns: &Netns, key: Key) -> io::Result<(SendRequest<Bytes>, Slot)> {
+    /// A live pooled connection with room for one more stream, or a new one; with its id.
+    async fn sender(&self, netns: &Netns, key: Key) -> io::Result<(SendRequest<Bytes>, Slot, u64)> {
         let cert = self.inner.certs.get(&key.source);
         let pooled = {
             let mut conns = self.inner.conns.lock().expect("pool lock");
@@ -159,12 +179,12 @@ impl Pool {
                 entries.retain(|e| same_cert(&e.cert, &cert));
                 entries
                     .iter()
-                    .find_map(|e| Some((e.sender.clone(), e.streams.take()?)))
+                    .find_map(|e| Some((e.sender.clone(), e.streams.take()?, e.id)))
             })
         };
-        if let Some((sender, slot)) = pooled {
+        if let Some((sender, slot, id)) = pooled {
             match sender.ready().await {
-                Ok(s) => return Ok((s, slot)),
+                Ok(s) => return Ok((s, slot, id)),
                 Err(e) => {
                     debug!(addr = %key.addr, error = %e, "pooled hbone connection is gone; reconnecting")
                 }
@@ -173,6 +193,7 @@ impl Pool {
         let entry = self.open(netns, &key, cert).await?;
         let slot = entry.streams.take().expect("a new connection has room");
         let sender = entry.sender.clone();
+        let id = entry.id;
         self.inner
             .conns
             .lock()
@@ -184,7 +205,7 @@ impl Pool {
             .ready()
             .await
             .map_err(|e| io_err(io::ErrorKind::ConnectionReset, e))?;
-        Ok((sender, slot))
+        Ok((sender, slot, id))
     }
 
     async fn open(
@@ -240,6 +261,12 @@ impl Pool {
             cert,
         })
     }
+}
+
+/// Whether a failed CONNECT never reached the peer's handler: the connection was going away
+/// (GOAWAY before this stream) or the peer refused the stream unprocessed (REFUSED_STREAM).
+fn never_started(e: &h2::Error) -> bool {
+    e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM)
 }
 
 impl Inner {

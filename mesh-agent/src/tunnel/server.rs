@@ -21,21 +21,26 @@ use super::{
     traceparent::{ConnectionId, TRACEPARENT},
     CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, MAX_FRAME, MAX_HEADER_LIST, MAX_STREAMS, STREAM_WINDOW,
 };
+use tokio_util::sync::CancellationToken;
+
 use crate::{identity::Identity, netns::socket};
 
-/// Serves HBONE on `listener` until the task is aborted; each accepted CONNECT is handed to
-/// `handler` in a task of its own (in the caller's span). Without `tls` (no CA on this agent)
-/// every connection is reset.
+/// Serves HBONE on `listener` until the task is aborted or `drain` is cancelled; each accepted
+/// CONNECT is handed to `handler` in a task of its own (in the caller's span). Without `tls`
+/// (no CA on this agent) every connection is reset. On drain the listener closes and every
+/// connection gets a GOAWAY: its open streams finish, new ones go to a new connection (which a
+/// successor agent accepts).
 pub async fn serve<H, Fut>(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
+    drain: CancellationToken,
     handler: H,
 ) where
     H: Fn(Connect) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    socket::accept_loop(listener, move |tcp, peer| {
-        connection(tls.clone(), tcp, peer, handler.clone()).in_current_span()
+    socket::accept_loop(listener, drain.clone(), move |tcp, peer| {
+        connection(tls.clone(), tcp, peer, drain.clone(), handler.clone()).in_current_span()
     })
     .await
 }
@@ -44,6 +49,7 @@ async fn connection<H, Fut>(
     tls: Option<Arc<rustls::ServerConfig>>,
     tcp: TcpStream,
     peer: SocketAddr,
+    drain: CancellationToken,
     handler: H,
 ) where
     H: Fn(Connect) -> Fut + Clone + Send + Sync + 'static,
@@ -62,8 +68,14 @@ async fn connection<H, Fut>(
         None => futures_util::future::Either::Right(std::future::pending()),
     };
     tokio::pin!(dead);
+    let mut going_away = false;
     loop {
         tokio::select! {
+            _ = drain.cancelled(), if !going_away => {
+                going_away = true;
+                debug!(%peer, %source, "hbone: draining; GOAWAY sent");
+                conn.graceful_shutdown();
+            }
             next = conn.accept() => match next {
                 Some(Ok((req, respond))) => {
                     let handler = handler.clone();

@@ -14,7 +14,11 @@
 //!    `--http-rounds`, `--http-rate`, `--http-concurrency`, `--http-latency-secs`,
 //!    `--http-rps-secs`.
 //!
-//! `--only PHASE[,PHASE...]` (hook, cross, memory, http) runs just those. Rounds alternate
+//! 5. Restart (`restart`): n1's agent replaced (hand-over) and killed (SIGKILL) under 200 new
+//!    connections/s: failed connections, the longest gap, the recovery time
+//!    (`--restart-rounds`, default 3).
+//!
+//! `--only PHASE[,PHASE...]` (hook, cross, memory, http, restart) runs just those. Rounds alternate
 //! between paths. Prints tables and writes target/bench/bench.json (bench-PHASES.json with
 //! `--only`). `weft-bench http-serve` and `http-load` are the HTTP phase's server and client,
 //! which the bench starts inside pods.
@@ -23,6 +27,8 @@
 mod http;
 #[path = "bench/memory.rs"]
 mod memory;
+#[path = "bench/restart.rs"]
+mod restart;
 
 use std::net::SocketAddr;
 
@@ -38,7 +44,7 @@ const RR_COUNT: u64 = 3000;
 /// How long each path opens new connections.
 const CONN_SECS: u64 = 3;
 
-const PHASES: [&str; 4] = ["hook", "cross", "memory", "http"];
+const PHASES: [&str; 5] = ["hook", "cross", "memory", "http", "restart"];
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -74,7 +80,9 @@ fn main() {
     let mesh = run("cross").then(|| cross_node(connections));
     let mem = (run("memory") && idle_connections > 0).then(|| memory::memory(idle_connections));
     let web = run("http").then(|| http::http(&http_opts));
-    let out = json!({"hook": hook, "cross_node": mesh, "memory": mem, "http": web});
+    let restarts = run("restart").then(|| restart::restart(flag("--restart-rounds", 3).max(1)));
+    let out = json!({"hook": hook, "cross_node": mesh, "memory": mem, "http": web,
+        "restart": restarts});
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     let _ = std::fs::create_dir_all(&dir);
     let name = if only.len() == PHASES.len() {

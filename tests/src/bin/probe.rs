@@ -9,7 +9,10 @@
 //!   weft-probe ws-serve --name NAME --ports P[,P...]    a WebSocket echo server (see probe/ws.rs)
 //!   weft-probe ws-call URL                            a WebSocket client exchange, one JSON line
 //!   weft-probe client                                 commands on stdin, one JSON line each:
-//!       connect ADDR BYTES | open ID ADDR | xfer ID BYTES | close ID
+//!       connect ADDR BYTES | open ID ADDR | xfer ID BYTES | close ID | end ID
+//!   weft-probe steady ADDR PERIOD_MS                  a new connection (64 B echoed) every
+//!                                                     PERIOD_MS until stdin closes; "ready"
+//!                                                     after the first, then one JSON line
 //!   weft-probe parallel ADDR[,ADDR...] N              N simultaneous connections
 //!   weft-probe churn ADDR N                           N short connections in a row
 //!   weft-probe latency ADDR N                         N connect+greeting round trips (bench)
@@ -53,6 +56,7 @@ fn main() {
         "ws-call" => ws::call(arg(1)),
         "client" => client(),
         "parallel" => println!("{}", parallel(&addrs(arg(1)), arg(2).parse().expect("N"))),
+        "steady" => steady(addr(arg(1)), arg(2).parse().expect("PERIOD_MS")),
         "churn" => println!("{}", churn(addr(arg(1)), arg(2).parse().expect("N"))),
         "latency" => println!("{}", latency(addr(arg(1)), arg(2).parse().expect("N"))),
         "soak" => println!("{}", soak(addr(arg(1)), arg(2).parse().expect("seconds"))),
@@ -283,6 +287,10 @@ fn client() {
                 None => json!({"ok": false, "error": "no such connection"}),
             },
             ["close", id] => json!({"ok": conns.remove(*id).is_some()}),
+            ["end", id] => match conns.remove(*id) {
+                Some(c) => wait_end(c),
+                None => json!({"ok": false, "error": "no such connection"}),
+            },
             _ => json!({"ok": false, "error": format!("unknown command {line:?}")}),
         };
         println!("{out}");
@@ -335,6 +343,71 @@ fn parallel(targets: &[SocketAddr], n: usize) -> Value {
     let failed = errors.len();
     errors.truncate(5);
     json!({"total": n, "ok": ok, "mismatched": mismatched, "failed": failed, "errors": errors})
+}
+
+/// Waits for the far end to end a kept connection: how it ended (a clean end of stream, or
+/// an error such as a reset).
+fn wait_end(mut c: Conn) -> Value {
+    let mut buf = [0u8; 4096];
+    let mut extra = 0;
+    loop {
+        match c.reader.read(&mut buf) {
+            Ok(0) => return json!({"ok": true, "eof": true, "bytes": extra}),
+            Ok(n) => extra += n,
+            Err(e) => {
+                return json!({"ok": false, "eof": false, "error": e.to_string(), "kind": format!("{:?}", e.kind())})
+            }
+        }
+    }
+}
+
+/// Connections at a steady pace, each checked (64 B echoed, clean end), until stdin closes;
+/// counts failures and the longest time without a successful connection.
+fn steady(target: SocketAddr, period_ms: u64) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let mut sink = Vec::new();
+            let _ = std::io::stdin().read_to_end(&mut sink);
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let period = Duration::from_millis(period_ms);
+    let (mut ok, mut errors) = (0u64, Vec::new());
+    let mut failed = 0u64;
+    let mut last_ok = Instant::now();
+    let mut longest_gap = Duration::ZERO;
+    let mut next = Instant::now();
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let r = connect(target, 64);
+        if r["intact"] == true && r["clean_eof"] == true {
+            if ok == 0 {
+                println!("ready");
+                std::io::stdout().flush().ok();
+            }
+            ok += 1;
+            longest_gap = longest_gap.max(last_ok.elapsed());
+            last_ok = Instant::now();
+        } else if ok > 0 {
+            failed += 1;
+            if errors.len() < 5 {
+                errors.push(r);
+            }
+        }
+        next += period;
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else {
+            next = now;
+        }
+    }
+    let gap_ms = longest_gap.as_millis() as u64;
+    println!(
+        "{}",
+        json!({"ok": ok, "failed": failed, "errors": errors, "longest_gap_ms": gap_ms})
+    );
 }
 
 fn churn(target: SocketAddr, n: usize) -> Value {

@@ -32,20 +32,25 @@ use crate::{
 pub async fn serve_h2(ctx: Arc<PodContext>, listener: TcpListener) {
     let tls = ctx.hbone_tls.clone();
     let span = info_span!("hbone", pod = %ctx.key);
-    tunnel::server::serve(listener, tls, move |c| handle(ctx.clone(), c))
+    let drain = ctx.shared.lifecycle.drain.clone();
+    tunnel::server::serve(listener, tls, drain, move |c| handle(ctx.clone(), c))
         .instrument(span)
         .await
 }
 
-/// Serves the pod's QUIC tunnel endpoint.
+/// Serves the pod's QUIC tunnel endpoint; counted while it reads the pod's UDP socket.
 pub async fn serve_quic(ctx: Arc<PodContext>, endpoint: quinn::Endpoint) {
     let span = info_span!("hbone", pod = %ctx.key, transport = "quic");
-    tunnel::quic::server::serve(endpoint, move |c| handle(ctx.clone(), c))
+    let _reading = ctx.shared.lifecycle.quic_endpoints.enter();
+    let drain = ctx.shared.lifecycle.drain.clone();
+    tunnel::quic::server::serve(endpoint, drain, move |c| handle(ctx.clone(), c))
         .instrument(span)
         .await
 }
 
 async fn handle(ctx: Arc<PodContext>, c: Connect) {
+    // Counted from accept to its end: a draining agent waits for it (`lifecycle`).
+    let _carried = ctx.shared.lifecycle.connections.enter();
     // The source agent's id of this connection, or one of our own for a peer that sent none.
     let id = c.id.unwrap_or_else(ConnectionId::new);
     let span = info_span!("inbound", %id, src = %c.peer, src_identity = %c.source, transport = c.transport);

@@ -87,6 +87,12 @@ fn classify(destination: &Identity, e: ConnectionError) -> Failure {
     }
 }
 
+/// Whether the peer closed `conn` because it drains (see `server::DRAINING`).
+fn drained(conn: &Connection) -> bool {
+    matches!(conn.close_reason(), Some(ConnectionError::ApplicationClosed(c))
+        if c.error_code == quinn::VarInt::from_u32(super::server::DRAINING))
+}
+
 /// Whether the connection negotiated the ALPN whose header carries the connection id.
 fn speaks_v2(conn: &Connection) -> bool {
     conn.handshake_data()
@@ -122,9 +128,32 @@ impl QuicPool {
             destination: destination.clone(),
             addr,
         };
-        let (conn, slot) = self.connection(netns, key).await?;
+        // A stream the peer refused because it drains (an agent being replaced) is opened
+        // again, once, on a new connection (`server::DRAINING`).
+        let mut retried = false;
+        loop {
+            let (conn, slot) = self.connection(netns, key.clone()).await?;
+            match self.open(&conn, destination, addr, target, id).await {
+                Err(_) if !retried && drained(&conn) => {
+                    debug!(%addr, "QUIC peer is draining; opening the stream on a new connection");
+                    retried = true;
+                }
+                r => return r.map(|(send, recv)| QuicStream::new(send, recv).holding(slot)),
+            }
+        }
+    }
+
+    /// One CONNECT stream on `conn`, answered 200.
+    async fn open(
+        &self,
+        conn: &Connection,
+        destination: &Identity,
+        addr: SocketAddr,
+        target: SocketAddr,
+        id: crate::tunnel::traceparent::ConnectionId,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), Failure> {
         // A peer of the previous version negotiated /1: it takes no id (it makes its own).
-        let id = speaks_v2(&conn).then_some(id);
+        let id = speaks_v2(conn).then_some(id);
         let refused = |e: io::Error| Failure::Refused(io_err(io::ErrorKind::ConnectionReset, e));
         // Opening the stream waits for the peer's stream credit; all of it is bounded.
         let status = async {
@@ -151,7 +180,7 @@ impl QuicPool {
             };
             return Err(Failure::Refused(refusal.into_io()));
         }
-        Ok(QuicStream::new(send, recv).holding(slot))
+        Ok((send, recv))
     }
 
     async fn connection(&self, netns: &Netns, key: Key) -> Result<(Connection, Slot), Failure> {

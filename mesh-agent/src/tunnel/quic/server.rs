@@ -5,11 +5,14 @@
 //! a bad header is logged with the reason and the agent goes on. Streams per connection are
 //! capped by the transport (`MAX_STREAMS`); the header is at most 257 bytes.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use quinn::{crypto::rustls::QuicServerConfig, Connection, Endpoint, Incoming};
 use rustls::pki_types::CertificateDer;
 use tracing::{info, warn, Instrument as _};
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use super::header;
 use crate::{
@@ -46,20 +49,69 @@ impl Drop for StopAccepting {
     }
 }
 
-/// Serves QUIC tunnels on `endpoint` until the task is aborted; each accepted stream is handed
-/// to `handler` in a task of its own (in the caller's span).
-pub async fn serve<H, Fut>(endpoint: Endpoint, handler: H)
+/// The application error code a draining agent closes its QUIC connections with. A client
+/// whose stream was refused this way (its CONNECT unanswered) opens it again on a new
+/// connection: the successor's, or h2 while the successor's QUIC is not up yet.
+pub const DRAINING: u32 = 0x5746;
+/// How long a draining endpoint lets its connections' open streams finish. QUIC has no GOAWAY
+/// of its own: the endpoint stops taking streams and connections at once, and the successor
+/// reads the shared UDP socket only once this endpoint has let go of it, so this is kept short
+/// (new QUIC connections use h2 meanwhile). Streams still open then are cut; h2 tunnels get
+/// the whole drain deadline instead.
+pub const QUIC_GRACE: Duration = Duration::from_secs(2);
+/// How long a draining endpoint waits for its closed connections to go quiet.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Serves QUIC tunnels on `endpoint` until the task is aborted or `drain` is cancelled; each
+/// accepted stream is handed to `handler` in a task of its own (in the caller's span).
+///
+/// On drain: no new connection (refused) nor stream (left unaccepted) is taken; open streams
+/// get `QUIC_GRACE` to finish; every connection is then closed (`DRAINING`, "agent draining"),
+/// and this returns once the endpoint no longer reads its socket, so that a successor holding
+/// the same UDP socket reads every packet from then on.
+pub async fn serve<H, Fut>(endpoint: Endpoint, drain: CancellationToken, handler: H)
 where
     H: Fn(Connect) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let guard = StopAccepting(endpoint);
-    while let Some(incoming) = guard.0.accept().await {
-        tokio::spawn(connection(incoming, handler.clone()).in_current_span());
+    let mut conns = JoinSet::new();
+    loop {
+        let incoming = tokio::select! {
+            _ = drain.cancelled() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            i = guard.0.accept() => i,
+        };
+        let Some(incoming) = incoming else { return };
+        let task = connection(incoming, drain.clone(), handler.clone());
+        conns.spawn(task.in_current_span());
+    }
+    let endpoint = guard.0.clone();
+    drop(guard);
+    let open = conns.len();
+    let finished = tokio::time::timeout(QUIC_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await
+    .is_ok();
+    if !finished {
+        warn!(
+            connections = conns.len(),
+            of = open,
+            "QUIC streams still open after {QUIC_GRACE:?} of draining; closing them"
+        );
+    }
+    endpoint.close(DRAINING.into(), b"agent draining");
+    // Closed connections linger a few round trips to answer their peers' retransmissions.
+    if tokio::time::timeout(CLOSE_WAIT, endpoint.wait_idle())
+        .await
+        .is_err()
+    {
+        warn!("QUIC connections still closing after {CLOSE_WAIT:?}; letting go of the socket");
     }
 }
 
-async fn connection<H, Fut>(incoming: Incoming, handler: H)
+async fn connection<H, Fut>(incoming: Incoming, drain: CancellationToken, handler: H)
 where
     H: Fn(Connect) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
@@ -81,17 +133,33 @@ where
             return warn!(%peer, "hbone-quic: {why}");
         }
     };
+    let mut streams = JoinSet::new();
     loop {
-        match conn.accept_bi().await {
+        let next = tokio::select! {
+            _ = drain.cancelled() => break,
+            Some(_) = streams.join_next(), if !streams.is_empty() => continue,
+            n = conn.accept_bi() => n,
+        };
+        match next {
             Ok((send, recv)) => {
                 let task = stream(send, recv, source.clone(), peer, handler.clone());
-                tokio::spawn(task.in_current_span());
+                streams.spawn(task.in_current_span());
             }
             Err(e) => {
+                // Its streams run on: they end with the connection.
+                streams.detach_all();
                 return info!(%peer, %source, error = %e, "hbone-quic: connection ended");
             }
         }
     }
+    // Draining: the open streams finish (the endpoint bounds how long), then the connection
+    // closes; streams the client opened meanwhile were never accepted, and it retries them.
+    while streams.join_next().await.is_some() {}
+    // A close discards what the peer has not acknowledged yet: the streams' last bytes and
+    // FINs get a few round trips to arrive first.
+    let acked = conn.rtt() * 3 + Duration::from_millis(30);
+    let _ = tokio::time::timeout(acked, conn.closed()).await;
+    conn.close(DRAINING.into(), b"agent draining");
 }
 
 /// Reads the stream's CONNECT header (bounded in time and size) and yields it.
