@@ -20,6 +20,7 @@
 //! connections, lets its L7 workers finish their in-flight requests and its connections finish
 //! until the drain deadline, closes what is left cleanly, logs how many, and exits.
 
+pub mod check;
 pub mod drain;
 pub mod handover;
 pub mod lock;

@@ -26,6 +26,19 @@ enum Command {
         #[arg(short = 'f', long = "file")]
         path: PathBuf,
     },
+    /// Before an upgrade: run the new version's validator (`--binary`, its meshctl) on the
+    /// live configuration and list every object it would reject that this version accepts.
+    /// Exit non-zero if there is one. In Kubernetes mode, export the objects first, e.g.
+    /// `kubectl get namespaces,pods,services,endpointslices,authorizationpolicies.weft.dev,...
+    /// -A -o yaml > live.yaml`.
+    UpgradeCheck {
+        /// The new version's meshctl.
+        #[arg(long)]
+        binary: PathBuf,
+        /// A file or a directory of YAML documents (the live configuration).
+        #[arg(short = 'f', long = "file")]
+        path: PathBuf,
+    },
     /// The CustomResourceDefinitions of Weft's kinds, generated from the agent's own types.
     Crds {
         /// Write one file per CRD into this directory instead of printing them.
@@ -79,6 +92,7 @@ enum Command {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Validate { path } => validate(path),
+        Command::UpgradeCheck { binary, path } => upgrade_check(&binary, &path),
         Command::Crds { out, check } => crds(out, check),
         Command::Status { admin, output } => {
             let json = output.as_deref() == Some("json");
@@ -196,6 +210,39 @@ fn validate(path: PathBuf) -> ExitCode {
         state.nodes.len()
     );
     if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn upgrade_check(binary: &std::path::Path, path: &std::path::Path) -> ExitCode {
+    use mesh_agent::upgrade::check;
+    let new = match check::new_errors(binary, path) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("meshctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let c = check::Comparison::of(&check::current_errors(path), &new);
+    for e in &c.newly_rejected {
+        println!("REJECTED AFTER THE UPGRADE: {e}");
+    }
+    for e in &c.still_rejected {
+        println!("already rejected: {e}");
+    }
+    for e in &c.accepted_now {
+        println!("accepted after the upgrade: {e}");
+    }
+    println!(
+        "{} object error(s) new with {}; {} already rejected; {} fixed",
+        c.newly_rejected.len(),
+        binary.display(),
+        c.still_rejected.len(),
+        c.accepted_now.len()
+    );
+    if c.newly_rejected.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
