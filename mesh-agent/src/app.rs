@@ -161,6 +161,13 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
             // Every pod is enrolled on its inherited sockets: the predecessor may drain.
             enrollment.release_inherited();
             if let Some(p) = predecessor {
+                // Ready before accepting: the L7 workers have this configuration.
+                if let Some(pool) = &l7_pool {
+                    if !pool.wait_applied(L7_READY).await {
+                        warn!("L7 workers not configured after {L7_READY:?}; taking over anyway");
+                    }
+                }
+                shared.lifecycle.open_accept();
                 status.write().expect("status lock").took_over_from = Some(p.pid);
                 finish_take_over(p).await;
             }
@@ -204,6 +211,9 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
     }
     Ok(())
 }
+
+/// How long a new agent taking over waits for its L7 workers before it accepts.
+const L7_READY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Takes the hand-over lock and the running agent's listening sockets, if one runs. Its
 /// failure is not this agent's: the sockets are then bound afresh (busy until it exits).

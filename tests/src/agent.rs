@@ -20,6 +20,12 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/weft-test";
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const ENROLL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// `WEFT_AGENT_BIN_PREVIOUS`: the binary agents start from until they are replaced (an agent
+/// built from an earlier commit, to upgrade from it); unset, the agent under test.
+pub fn previous_bin() -> Option<PathBuf> {
+    std::env::var_os("WEFT_AGENT_BIN_PREVIOUS").map(PathBuf::from)
+}
+
 pub fn agent_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("WEFT_AGENT_BIN") {
         return p.into();
@@ -90,6 +96,8 @@ pub struct Agent {
     extra_args: Vec<String>,
     /// Extra environment of the agents started from now on.
     env: Vec<(String, String)>,
+    /// The binary the next agent runs (`agent_bin()` unless a test starts another).
+    bin: PathBuf,
 }
 
 impl Agent {
@@ -108,6 +116,7 @@ impl Agent {
             child: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             env: Vec::new(),
+            bin: previous_bin().unwrap_or_else(agent_bin),
         };
         a.spawn();
         a
@@ -124,7 +133,7 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .expect("agent log");
-        let mut cmd = Command::new(agent_bin());
+        let mut cmd = Command::new(&self.bin);
         cmd.arg("run")
             .args(["--node", &self.node.name])
             .arg("--config-dir")
@@ -150,6 +159,7 @@ impl Agent {
     pub fn replace(&mut self) -> Retired {
         let old = self.child.take().expect("a running agent");
         let old_pid = old.id();
+        self.bin = agent_bin();
         self.child = Some(self.spawn_child());
         let new_pid = self.pid().expect("new agent");
         let node = self.node.name.clone();

@@ -58,7 +58,8 @@ fn l7_workers_finish_in_flight_requests_while_the_new_agents_take_new_ones() {
         move || {
             let mut statuses = Vec::new();
             while !stop.load(Ordering::SeqCst) {
-                statuses.push(gamma::fetch(&client, &[&url("/")]).status);
+                let a = gamma::fetch(&client, &[&url("/")]);
+                statuses.push((a.status, a.error));
             }
             statuses
         }
@@ -74,7 +75,7 @@ fn l7_workers_finish_in_flight_requests_while_the_new_agents_take_new_ones() {
     stop.store(true, Ordering::SeqCst);
     let statuses = load.join().expect("load");
     assert!(
-        statuses.iter().all(|s| *s == 200),
+        statuses.iter().all(|(s, _)| *s == 200),
         "every request through the upgrade answered 200: {statuses:?}"
     );
     assert!(statuses.len() >= 3, "the load ran: {statuses:?}");

@@ -44,8 +44,13 @@ where
         id,
         source,
     });
+    // Set at the connection's first request: from then on the protocol is known, and a
+    // graceful shutdown lets requests finish (before it, hyper-util's version detection would
+    // just close the connection, resetting a request already on its way).
+    let (first, mut first_seen) = tokio::sync::watch::channel(false);
     let svc = hyper::service::service_fn(move |req| {
         let conn = conn.clone();
+        first.send_if_modified(|seen| !std::mem::replace(seen, true));
         async move { Ok::<_, std::convert::Infallible>(forward::handle(conn, req).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -71,11 +76,20 @@ where
         // Draining: the request in flight finishes, then HTTP/1.1 closes the connection and
         // HTTP/2 sends GOAWAY; the client's next request goes to a new connection (the new
         // agent's pool).
+        // A connection handed over just before the drain gets its first request served too.
         let result = tokio::select! {
             r = served.as_mut() => r,
             _ = drain.cancelled() => {
-                served.as_mut().graceful_shutdown();
-                served.await
+                let first = tokio::time::timeout(HEADER_TIMEOUT, async {
+                    let _ = first_seen.wait_for(|s| *s).await;
+                });
+                tokio::select! {
+                    r = served.as_mut() => r,
+                    _ = first => {
+                        served.as_mut().graceful_shutdown();
+                        served.await
+                    }
+                }
             }
         };
         if let Err(e) = result {

@@ -445,6 +445,26 @@ impl L7Pool {
         });
     }
 
+    /// Waits until a worker has applied the latest snapshot (a new agent taking over starts
+    /// accepting only then: a connection it accepted earlier would find no worker ready and be
+    /// refused). False after `within`.
+    pub async fn wait_applied(&self, within: Duration) -> bool {
+        let version = self.shared.version.load(Relaxed);
+        let applied = || {
+            self.shared
+                .slots
+                .iter()
+                .any(|s| s.applied.load(Relaxed) >= version.max(1))
+        };
+        let poll = async {
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            while !applied() {
+                tick.tick().await;
+            }
+        };
+        tokio::time::timeout(within, poll).await.is_ok()
+    }
+
     /// Drains the pool (the agent is being replaced): each worker finishes its in-flight
     /// requests and exits, none is restarted; returns when all are gone or `within` passed
     /// (those left are killed with the pool).

@@ -139,9 +139,9 @@ fn handle(
             None
         }
         ToWorker::Handoff(h) => {
-            if ctx.drain.is_cancelled() {
-                warn!(connection = %h.id, "hand-off while draining; connection closed");
-            } else if !*configured {
+            // A hand-off after the drain began was accepted before it: it is served (its first
+            // request, then the connection closes).
+            if !*configured {
                 warn!(connection = %h.id, "hand-off before any snapshot; connection closed");
             } else if let Err(e) = accept(ctx, counters, h.clone(), fds) {
                 warn!(connection = %h.id, error = %e, "unusable hand-off; connection closed");

@@ -85,16 +85,22 @@ pub fn reset(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
-/// Accepts until `stop` is cancelled (the agent drains), one task per connection; the listener
-/// is closed on return. Accept errors never end the loop nor spin it (`crate::accept`).
+/// Accepts from when `start` resolves until `stop` is cancelled (the agent drains), one task
+/// per connection; the listener is closed on return. Accept errors never end the loop nor spin
+/// it (`crate::accept`).
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
+    start: impl std::future::Future<Output = ()>,
     stop: tokio_util::sync::CancellationToken,
     handle: F,
 ) where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    tokio::select! {
+        _ = start => {}
+        _ = stop.cancelled() => return,
+    }
     let mut errors = crate::accept::AcceptErrors::new("in-pod");
     loop {
         let accepted = tokio::select! {

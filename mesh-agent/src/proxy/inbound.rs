@@ -54,9 +54,13 @@ pub async fn serve(
     listener: TcpListener,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    accept_loop(listener, stop, move |stream, peer| {
-        handle(ctx.clone(), stream, peer)
-    })
+    let lifecycle = ctx.shared.lifecycle.clone();
+    accept_loop(
+        listener,
+        lifecycle.accepting(),
+        stop,
+        move |stream, peer| handle(ctx.clone(), stream, peer),
+    )
     .await
 }
 

@@ -18,6 +18,7 @@ pub struct Lifecycle {
     /// Cancelled at the drain deadline: connections still open are closed cleanly.
     pub deadline: CancellationToken,
     quic: watch::Sender<bool>,
+    accept: watch::Sender<bool>,
     /// Connections being relayed (both directions of one connection count once).
     pub connections: Count,
     /// QUIC endpoints still reading their pods' UDP sockets.
@@ -25,16 +26,30 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
-    /// `quic_open`: whether this agent may read its pods' UDP sockets at once (false while a
-    /// predecessor still reads the same sockets).
-    pub fn new(quic_open: bool) -> Self {
+    /// `first`: whether this agent is the node's only one. If not (it takes over from a
+    /// predecessor), its accept loops wait for `open_accept` (the agent is ready: its L7 workers
+    /// configured) and its QUIC endpoints for `open_quic` (the predecessor let go of the UDP
+    /// sockets); the predecessor serves meanwhile.
+    pub fn new(first: bool) -> Self {
         Self {
             drain: CancellationToken::new(),
             deadline: CancellationToken::new(),
-            quic: watch::channel(quic_open).0,
+            quic: watch::channel(first).0,
+            accept: watch::channel(first).0,
             connections: Count::default(),
             quic_endpoints: Count::default(),
         }
+    }
+
+    /// This agent is ready to take connections: its accept loops start.
+    pub fn open_accept(&self) {
+        self.accept.send_replace(true);
+    }
+
+    /// Resolves once this agent may accept.
+    pub async fn accepting(&self) {
+        let mut rx = self.accept.subscribe();
+        let _ = rx.wait_for(|open| *open).await;
     }
 
     /// The predecessor has closed its QUIC endpoints: this agent's may start.

@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{identity::Identity, netns::socket};
 
-/// Serves HBONE on `listener` until the task is aborted or `drain` is cancelled; each accepted
+/// Serves HBONE on `listener`, from when `start` resolves until the task is aborted or `drain`
+/// is cancelled; each accepted
 /// CONNECT is handed to `handler` in a task of its own (in the caller's span). Without `tls`
 /// (no CA on this agent) every connection is reset. On drain the listener closes and every
 /// connection gets a GOAWAY: its open streams finish, new ones go to a new connection (which a
@@ -33,13 +34,14 @@ use crate::{identity::Identity, netns::socket};
 pub async fn serve<H, Fut>(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
+    start: impl Future<Output = ()>,
     drain: CancellationToken,
     handler: H,
 ) where
     H: Fn(Connect) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    socket::accept_loop(listener, drain.clone(), move |tcp, peer| {
+    socket::accept_loop(listener, start, drain.clone(), move |tcp, peer| {
         connection(tls.clone(), tcp, peer, drain.clone(), handler.clone()).in_current_span()
     })
     .await

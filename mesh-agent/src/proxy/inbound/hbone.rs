@@ -32,8 +32,10 @@ use crate::{
 pub async fn serve_h2(ctx: Arc<PodContext>, listener: TcpListener) {
     let tls = ctx.hbone_tls.clone();
     let span = info_span!("hbone", pod = %ctx.key);
-    let drain = ctx.shared.lifecycle.drain.clone();
-    tunnel::server::serve(listener, tls, drain, move |c| handle(ctx.clone(), c))
+    let lifecycle = ctx.shared.lifecycle.clone();
+    let drain = lifecycle.drain.clone();
+    let start = async move { lifecycle.accepting().await };
+    tunnel::server::serve(listener, tls, start, drain, move |c| handle(ctx.clone(), c))
         .instrument(span)
         .await
 }
