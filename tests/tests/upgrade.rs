@@ -308,3 +308,46 @@ fn pinned_state_of_another_layout_is_adopted_when_compatible_and_refused_when_no
     assert_eq!(m.a1.wait_enrolled(&m.clients[0])["adopted"], true);
     works(&mut c, "after a compatible agent came back");
 }
+
+#[test]
+fn sigkill_under_load_fails_closed_and_nothing_leaves_in_plaintext() {
+    if !features::require(
+        "sigkill_under_load_fails_closed_and_nothing_leaves_in_plaintext",
+        features::CAPTURE,
+    ) {
+        return;
+    }
+    let mut m = mesh(&[]);
+    let n1 = m.topo.node_named("n1").clone();
+    let tap = weft_tests::wire::WireTap::start(&n1.netns, "wire0");
+    let load = Steady::start(&m.clients[0], m.server.addr(8080), 5);
+    m.a1.kill();
+    m.a1.restart();
+    m.a1.wait_enrolled(&m.clients[0]);
+    let after = Steady::start(&m.clients[1], m.server.addr(8080), 5);
+    let during = load.finish();
+    assert_nothing_refused(after.finish(), "after the restart");
+    let segments = tap.finish();
+    // While no agent ran, connects failed (fail closed) rather than going around the mesh.
+    assert!(
+        during["failed"].as_u64() > Some(0),
+        "the crash is visible as refused connections: {during}"
+    );
+    let to_server: Vec<_> = segments
+        .iter()
+        .filter(|s| s.dst == m.server.ip || s.src == m.server.ip)
+        .cloned()
+        .collect();
+    assert!(!to_server.is_empty(), "the tap saw the load");
+    assert!(
+        to_server
+            .iter()
+            .all(|s| s.dst_port == 15008 || s.src_port == 15008),
+        "only HBONE crossed the wire, before, during and after the crash"
+    );
+    let marker: Vec<u8> = (0..32).map(weft_tests::pattern).collect();
+    assert!(
+        !weft_tests::wire::contains(&weft_tests::wire::all_bytes(&to_server), &marker),
+        "no payload byte crossed the wire in plaintext"
+    );
+}
