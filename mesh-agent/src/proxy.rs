@@ -135,10 +135,20 @@ pub fn serve(ctx: Arc<PodContext>, listeners: InpodListeners) -> Vec<JoinHandle<
     let mut tasks = Vec::new();
     let drain = &ctx.shared.lifecycle.drain;
     for l in listeners.outbound {
-        tasks.push(tokio::spawn(outbound::serve(ctx.clone(), l, drain.clone())));
+        tasks.push(tokio::spawn(accept(
+            ctx.clone(),
+            l,
+            drain.clone(),
+            outbound::handle,
+        )));
     }
     for l in listeners.inbound {
-        tasks.push(tokio::spawn(inbound::serve(ctx.clone(), l, drain.clone())));
+        tasks.push(tokio::spawn(accept(
+            ctx.clone(),
+            l,
+            drain.clone(),
+            inbound::handle,
+        )));
     }
     for l in listeners.hbone {
         tasks.push(tokio::spawn(inbound::hbone::serve_h2(ctx.clone(), l)));
@@ -163,6 +173,25 @@ pub fn serve(ctx: Arc<PodContext>, listeners: InpodListeners) -> Vec<JoinHandle<
         }
     }
     tasks
+}
+
+/// The accept loop of a pod's TCP listener: from when this agent accepts (`lifecycle`) until
+/// it drains, each connection to `handle` in a task of its own.
+async fn accept<F, Fut>(
+    ctx: Arc<PodContext>,
+    listener: tokio::net::TcpListener,
+    stop: tokio_util::sync::CancellationToken,
+    handle: F,
+) where
+    F: Fn(Arc<PodContext>, TcpStream, std::net::SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let lifecycle = ctx.shared.lifecycle.clone();
+    let accepting = lifecycle.accepting();
+    crate::netns::socket::accept_loop(listener, accepting, stop, move |stream, peer| {
+        handle(ctx.clone(), stream, peer)
+    })
+    .await
 }
 
 /// Ends a connection as a failure, so the peer sees a refusal at once instead of a hang or a

@@ -167,13 +167,7 @@ impl Agent {
             &format!("the new agent on {node} to take over from pid {old_pid}"),
             READY_TIMEOUT,
             || {
-                if let Some(status) = self
-                    .child
-                    .as_mut()
-                    .and_then(|c| c.try_wait().ok().flatten())
-                {
-                    panic!("new agent on {node} exited: {status}\n{}", tail(&self.log));
-                }
+                self.assert_running("new agent");
                 let (_, body) = self.get("/config_dump").ok()?;
                 let dump: Value = serde_json::from_str(&body).ok()?;
                 (dump["pid"] == new_pid
@@ -238,19 +232,25 @@ impl Agent {
         })
     }
 
+    /// Panics, with the end of its log, if the agent has exited.
+    fn assert_running(&mut self, what: &str) {
+        if let Some(status) = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            let node = &self.node.name;
+            panic!("{what} on {node} exited: {status}\n{}", tail(&self.log));
+        }
+    }
+
     pub fn wait_ready(&mut self) {
         let node = self.node.name.clone();
         eventually(
             &format!("agent on {node} to be ready"),
             READY_TIMEOUT,
             || {
-                if let Some(status) = self
-                    .child
-                    .as_mut()
-                    .and_then(|c| c.try_wait().ok().flatten())
-                {
-                    panic!("agent on {node} exited: {status}\n{}", tail(&self.log));
-                }
+                self.assert_running("agent");
                 self.get("/healthz/ready")
                     .ok()
                     .filter(|(code, _)| *code == 200)

@@ -10,12 +10,12 @@ use std::{
 };
 
 use mesh_common::INBOUND_DELIVERY_SOURCE;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tracing::{info, info_span, warn, Instrument as _};
 
 use crate::{
     metrics::{flags, Reporter},
-    netns::socket::{accept_loop, connect_from_pod},
+    netns::socket::connect_from_pod,
     tunnel::traceparent::ConnectionId,
 };
 
@@ -49,22 +49,7 @@ fn to_l7(
     }
 }
 
-pub async fn serve(
-    ctx: Arc<PodContext>,
-    listener: TcpListener,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    let lifecycle = ctx.shared.lifecycle.clone();
-    accept_loop(
-        listener,
-        lifecycle.accepting(),
-        stop,
-        move |stream, peer| handle(ctx.clone(), stream, peer),
-    )
-    .await
-}
-
-async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
+pub(super) async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
     // Counted from accept to its end: a draining agent waits for it (`lifecycle`).
     let _carried = ctx.shared.lifecycle.connections.enter();
     let Ok(orig) = down.local_addr() else {

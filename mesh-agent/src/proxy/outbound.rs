@@ -5,7 +5,7 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tracing::{debug, info, info_span, warn, Instrument as _};
 
 use super::{
@@ -17,26 +17,10 @@ use super::{
 use crate::{
     l7::handoff::{Handoff, Side},
     metrics::Reporter,
-    netns::socket::accept_loop,
     tunnel::traceparent::ConnectionId,
 };
 
-pub async fn serve(
-    ctx: Arc<PodContext>,
-    listener: TcpListener,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    let lifecycle = ctx.shared.lifecycle.clone();
-    accept_loop(
-        listener,
-        lifecycle.accepting(),
-        stop,
-        move |stream, peer| handle(ctx.clone(), stream, peer),
-    )
-    .await
-}
-
-async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
+pub(super) async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAddr) {
     // Counted from accept to its end: a draining agent waits for it (`lifecycle`).
     let _carried = ctx.shared.lifecycle.connections.enter();
     let netns = ctx.netns.cookie();
