@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::{
     admin::{self, Status},
+    cni,
     config::AgentConfig,
     identity::{CaClient, CertManager},
     l7::{self, L7Pool},
@@ -85,6 +86,10 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
         cfg.cgroup_root.clone(),
         cfg.source,
     );
+    // weft-cni's requests (enroll a new pod before its first packet) join the loop below.
+    enrollment.restore_sandboxes(&cfg.state_dir);
+    let (cni_server, mut cni_calls) =
+        cni::serve(&cfg.state_dir).context("binding the weft-cni socket")?;
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -98,6 +103,7 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)),
                 if retry_at.is_some() => {}
             _ = &mut shutdown => break,
+            Some(call) = cni_calls.recv() => enrollment.cni(call),
             _ = changed(&mut cert_changes) => {
                 push_l7(l7_pool.as_deref(), &shared);
                 continue;
@@ -141,6 +147,7 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
     info!("shutting down; enrolled pods stay hooked");
     admin.abort();
     metrics_server.abort();
+    cni_server.task.abort();
     resolver.abort();
     if let Some(r) = reports {
         r.abort();

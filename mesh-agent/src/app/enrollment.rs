@@ -9,7 +9,11 @@
 //! per-pod backoff.
 //! Un-enrolling runs the other way: hooks first, so new connects go direct at once; established
 //! connections are left to finish.
+//! What weft-cni reports of a sandbox (its netns and address, before the configuration has
+//! them) completes the pod it belongs to; its requests are answered after each reconcile
+//! (`cni.rs`).
 
+mod cni;
 mod retry;
 mod target;
 
@@ -26,6 +30,7 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::cni::{Call, Sandboxes};
 use crate::{
     config::SourceKind,
     identity::Identity,
@@ -43,6 +48,8 @@ struct Desired {
     /// To enroll, but not found yet: why.
     unlocated: Vec<(PodKey, String)>,
     notices: BTreeMap<PodKey, String>,
+    /// Never enrollable as they stand (their notice says why).
+    refused: Vec<PodKey>,
 }
 
 struct Enrolled {
@@ -83,6 +90,12 @@ pub struct Enrollment {
     locator: Option<Locator>,
     /// The node's own netns: never a pod's.
     node_netns: Option<NetnsId>,
+    /// Sandboxes weft-cni reported, and its requests waiting for an answer.
+    sandboxes: Sandboxes,
+    calls: Vec<Call>,
+    refused: Vec<PodKey>,
+    /// A configuration has been reconciled.
+    loaded: bool,
 }
 
 impl Enrollment {
@@ -105,17 +118,24 @@ impl Enrollment {
             swept: false,
             locator: cgroup_root.map(|root| Locator::new(root, PathBuf::from("/proc"))),
             node_netns,
+            sandboxes: Sandboxes::default(),
+            calls: Vec::new(),
+            refused: Vec::new(),
+            loaded: false,
         }
     }
 
     pub fn reconcile(&mut self, state: &State) {
         let now = Instant::now();
+        self.sandboxes.prune(state, now);
         let Desired {
             targets: desired,
             unlocated,
             notices,
+            refused,
         } = self.desired(state);
         self.notify(notices);
+        self.refused = refused;
         if let Some(l) = &mut self.locator {
             let uids: Vec<&str> = state
                 .pods_on(&self.shared.node)
@@ -157,6 +177,8 @@ impl Enrollment {
         // An enrolled pod has nothing to retry (keeps the retry timer from firing for it).
         let enrolled = &self.pods;
         self.retries.retain(|k| !enrolled.contains_key(k));
+        self.loaded = true;
+        self.answer_calls(state);
     }
 
     fn desired(&mut self, state: &State) -> Desired {
@@ -165,6 +187,7 @@ impl Enrollment {
         let mut desired = BTreeMap::new();
         let mut unlocated = Vec::new();
         let mut notices = BTreeMap::new();
+        let mut refused = Vec::new();
         for p in state.pods_on(&node) {
             if state.enrollment(p, &node) == state::Enrollment::MeshItself
                 && asks_for_mesh(state, p)
@@ -172,16 +195,38 @@ impl Enrollment {
                 notices.insert(p.key.clone(), target::mesh_itself());
             }
         }
-        for p in state.enrolled_pods(&node) {
+        // The configuration's pods, completed by what weft-cni reported of their sandboxes;
+        // a pod released by CNI DEL stays released.
+        let pods: Vec<_> = state
+            .pods_on(&node)
+            .filter(|p| !self.sandboxes.is_released(p))
+            .map(|p| {
+                (
+                    self.sandboxes.patched(p),
+                    self.sandboxes.of(p).map(|s| s.netns.clone()),
+                )
+            })
+            .filter(|(p, _)| state.enrollment(p, &node) == state::Enrollment::Enrolled)
+            .collect();
+        for (p, sandbox_netns) in &pods {
             if let Some(why) = target::ignored_annotations(p, self.mode) {
                 notices.insert(p.key.clone(), why);
             }
-            match Target::of(p, &td, self.mode, &mut self.locator, self.node_netns) {
+            let found = Target::of(
+                p,
+                &td,
+                self.mode,
+                &mut self.locator,
+                self.node_netns,
+                sandbox_netns.as_deref(),
+            );
+            match found {
                 Ok(t) => {
                     desired.insert(p.key.clone(), t);
                 }
                 Err(NotEnrollable::Refused(why)) => {
                     notices.insert(p.key.clone(), why);
+                    refused.push(p.key.clone());
                 }
                 Err(NotEnrollable::Retry(why)) => match self.pods.get(&p.key) {
                     // Enrolled, and no process to find it by for now (its first one exited, the
@@ -198,6 +243,7 @@ impl Enrollment {
             targets: desired,
             unlocated,
             notices,
+            refused,
         }
     }
 
