@@ -106,6 +106,8 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
             Some(call) = cni_calls.recv() => enrollment.cni(call),
             _ = changed(&mut cert_changes) => {
                 push_l7(l7_pool.as_deref(), &shared);
+                // A weft-cni ADD may be waiting for its pod's certificate.
+                enrollment.answer_calls(&shared.state.load());
                 continue;
             }
         }
@@ -142,6 +144,8 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
         s.ignored_kinds = loaded.ignored;
         s.state = shared.state.load_full();
         s.ready = true;
+        drop(s);
+        enrollment.answer_calls(&state);
     }
     // Pods stay hooked (pinned links) and fail closed until the next agent takes over.
     info!("shutting down; enrolled pods stay hooked");

@@ -178,7 +178,6 @@ impl Enrollment {
         let enrolled = &self.pods;
         self.retries.retain(|k| !enrolled.contains_key(k));
         self.loaded = true;
-        self.answer_calls(state);
     }
 
     fn desired(&mut self, state: &State) -> Desired {

@@ -2,6 +2,9 @@
 //! (`PodView`, built by enrollment from the state and its enrolled pods). ADD waits while the
 //! answer may still come (the pod not in the configuration yet, enrollment being retried);
 //! CHECK never waits: what would make ADD wait is, for CHECK, the problem it reports.
+//! With mTLS on, ADD also waits for the pod's workload certificate: without it the pod's first
+//! connection would be refused (never sent in plaintext), so a pod that started before it
+//! would start broken.
 
 use super::{
     protocol::{Answer, Command, Outcome},
@@ -34,6 +37,9 @@ pub struct PodView {
     pub other_uid: Option<String>,
     /// Enrolled, in the request's netns (false: enrolled in another one).
     pub hooked: Option<bool>,
+    /// With mTLS on: whether the pod's identity has its certificate (its first connection
+    /// needs it). None with mTLS off.
+    pub certified: Option<bool>,
     /// Why enrollment has not succeeded (the last failure), if it has tried.
     pub failure: Option<String>,
     /// Never enrollable as it stands (hostNetwork): the reason.
@@ -118,6 +124,7 @@ mod tests {
             verdict: Some(Enrollment::Enrolled),
             other_uid: None,
             hooked: Some(true),
+            certified: Some(true),
             failure: None,
             refused: None,
         }
@@ -135,6 +142,26 @@ mod tests {
         use Outcome::*;
         let cases: Vec<(&str, PodView, Option<Outcome>, Option<Outcome>, &str)> = vec![
             ("hooked", view(), Some(Enrolled), Some(Enrolled), "hooked"),
+            (
+                "hooked, no mTLS",
+                PodView {
+                    certified: None,
+                    ..view()
+                },
+                Some(Enrolled),
+                Some(Enrolled),
+                "hooked",
+            ),
+            (
+                "hooked, no certificate yet",
+                PodView {
+                    certified: Some(false),
+                    ..view()
+                },
+                None,
+                Some(Failed),
+                "certificate",
+            ),
             (
                 "not loaded",
                 PodView {

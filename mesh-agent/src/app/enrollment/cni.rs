@@ -24,8 +24,8 @@ impl Enrollment {
         self.sandboxes = Sandboxes::load(state_dir);
     }
 
-    /// Takes a request up; it is answered after the next reconcile (the caller's loop runs
-    /// one next).
+    /// Takes a request up; it is answered (`answer_calls`) after the next reconcile, which
+    /// the caller's loop runs next.
     pub fn cni(&mut self, call: Call) {
         let req = &call.request;
         let key = key_of(req);
@@ -67,8 +67,9 @@ impl Enrollment {
     }
 
     /// Answers every request whose answer is known now; keeps the others waiting, with the
-    /// reason (unless their plugin gave up).
-    pub(super) fn answer_calls(&mut self, state: &State) {
+    /// reason (unless their plugin gave up). Called after the status is published, so that
+    /// what an answer says is what /config_dump shows.
+    pub fn answer_calls(&mut self, state: &State) {
         let calls = std::mem::take(&mut self.calls);
         for call in calls {
             let progress = self.progress(state, &call.request);
@@ -109,10 +110,12 @@ impl Enrollment {
             .filter(|uid| req.pod.uid.as_ref().is_some_and(|r| r != uid));
         let verdict = pod.map(|p| state.enrollment(&self.sandboxes.patched(p), &self.shared.node));
         let netns = req.netns.as_deref().and_then(|n| NetnsId::of_path(n).ok());
-        let hooked = self
-            .pods
-            .get(&key)
-            .map(|e| netns.is_none_or(|n| n == e.target.netns));
+        let enrolled = self.pods.get(&key);
+        let hooked = enrolled.map(|e| netns.is_none_or(|n| n == e.target.netns));
+        let certified = enrolled.and_then(|e| {
+            let mtls = self.shared.mtls.as_ref()?;
+            Some(mtls.certs.get(&e.target.identity).is_some())
+        });
         PodView {
             pod: key.to_string(),
             loaded: self.loaded,
@@ -120,6 +123,7 @@ impl Enrollment {
             verdict,
             other_uid,
             hooked,
+            certified,
             failure: self.retries.reason(&key).map(str::to_owned),
             refused: self
                 .refused
