@@ -114,7 +114,9 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
         let Some(loaded) = rx.borrow_and_update().clone() else {
             continue;
         };
-        shared.state.store(Arc::new(loaded.state));
+        shared
+            .state
+            .store(Arc::new(enrollment.complete(loaded.state)));
         let state = shared.state.load_full();
         enrollment.reconcile(&state);
         push_l7(l7_pool.as_deref(), &shared);

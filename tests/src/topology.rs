@@ -237,13 +237,31 @@ impl Topology {
     }
 
     /// A pod whose network the CNI plugins are yet to make (see `Pod::sandbox`); its `ip` is
-    /// unspecified until the caller learns it from the ADD result.
+    /// unspecified until the caller learns it from the ADD result. Annotated with its netns
+    /// and cgroup, as file mode's pods are.
     pub fn sandbox_pod(&mut self, node: &Node, namespace: &str, name: &str) -> Pod {
+        self.add_sandbox(node, namespace, name, false)
+    }
+
+    /// A sandbox as the kubelet makes it before CNI ADD: a UID, the pod-level cgroup named
+    /// after it (`kubepods/pod<uid>`, empty), no annotations and no address.
+    pub fn kubelet_sandbox_pod(&mut self, node: &Node, namespace: &str, name: &str) -> Pod {
+        self.add_sandbox(node, namespace, name, true)
+    }
+
+    fn add_sandbox(&mut self, node: &Node, namespace: &str, name: &str, kubelet: bool) -> Pod {
         if !self.namespaces.contains_key(namespace) {
             self.namespaces.insert(namespace.into(), false);
         }
         let ns = self.add_netns(name);
-        let cgroup = self.cgroup_dir.join(name);
+        let uid = kubelet.then(|| {
+            let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+            format!("{:08x}-0000-4000-9000-{:012x}", std::process::id(), n)
+        });
+        let cgroup = match &uid {
+            Some(uid) => self.cgroup_dir.join("kubepods").join(format!("pod{uid}")),
+            None => self.cgroup_dir.join(name),
+        };
         std::fs::create_dir_all(&cgroup).expect("create pod cgroup");
         let pod = Pod {
             name: name.into(),
@@ -253,7 +271,7 @@ impl Topology {
             netns: ns,
             cgroup,
             labels: BTreeMap::new(),
-            uid: None,
+            uid,
             sandbox: true,
         };
         self.pods.push(pod.clone());

@@ -24,7 +24,10 @@ fn sandbox(pod: &Pod) -> Sandbox {
         ifname: "eth0".into(),
         namespace: pod.namespace.clone(),
         name: pod.name.clone(),
-        uid: format!("00000000-0000-4000-8000-{:012x}", pod.name.len()),
+        uid: pod
+            .uid
+            .clone()
+            .unwrap_or_else(|| format!("00000000-0000-4000-8000-{:012x}", pod.name.len())),
     }
 }
 
@@ -184,6 +187,56 @@ fn a_pod_started_through_weft_cni_is_meshed_from_its_first_connection() {
     };
     rt.del(&only_weft(&net), &gone, None)
         .expect("DEL without a netns");
+}
+
+#[test]
+fn a_kubelet_style_sandbox_is_hooked_in_its_uid_cgroup_before_it_has_a_process() {
+    if !features::require(
+        "a_kubelet_style_sandbox_is_hooked_in_its_uid_cgroup_before_it_has_a_process",
+        features::CAPTURE,
+    ) {
+        return;
+    }
+    let mut topo = Topology::new();
+    let n1 = topo.node("n1");
+    topo.namespace("mesh", true);
+    topo.namespace("plain", false);
+    let server = topo.pod(&n1, "plain", "server");
+    probe::serve(&mut topo, &server, &[8080]);
+    // No annotations, no address, an empty kubepods/pod<uid> cgroup: only CNI ADD's netns
+    // and the UID say where the pod is.
+    let fresh = topo.kubelet_sandbox_pod(&n1, "mesh", "fresh");
+    let agent = Agent::start(&topo, &n1);
+    let mut rt = Runtime::new(&n1, &topo.dir);
+    let net = pod_network(&n1, &topo.dir, "1.0.0", &agent.cni_socket(), BOUND);
+    let result = start_pod(&mut rt, &net, &fresh)
+        .unwrap_or_else(|e| panic!("ADD failed: {e:?}\n{}", rt.weft_log()));
+    let pod = started(&fresh, &result);
+    let entry = agent.enrolled(&pod).expect("enrolled when ADD returned");
+    assert_eq!(entry["cgroup"], pod.cgroup.display().to_string(), "{entry}");
+    assert_eq!(
+        entry["netns"],
+        netns::path(&pod.netns).display().to_string()
+    );
+    // The pod's first process, and its first connection: through the agent.
+    let mut c = Client::start(&mut topo, &pod);
+    let first = c.connect(server.addr(8080), 1024);
+    assert!(first.ok() && first.intact(), "{:?}", first.raw);
+    let dst = server.addr(8080).to_string();
+    eventually(
+        "the agent's line for the first connection",
+        Duration::from_secs(5),
+        || {
+            agent.access_log().into_iter().find(|l| {
+                // The pod by name: the agent knows its address from CNI ADD, before
+                // any status.podIP.
+                l["reporter"] == "source"
+                    && l["original_dst"] == dst.as_str()
+                    && l["src"]["pod"]["name"] == "fresh"
+                    && l["src"]["ip"] == pod.ip.to_string().as_str()
+            })
+        },
+    );
 }
 
 #[test]

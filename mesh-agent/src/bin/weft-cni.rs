@@ -75,7 +75,7 @@ fn as_plugin() -> ExitCode {
         Ok(Some(v)) => (Some(v), ExitCode::SUCCESS),
         Ok(None) => (None, ExitCode::SUCCESS),
         Err(e) => {
-            eprintln!("weft-cni: {}", e.msg);
+            eprintln!("{}", e.msg);
             (
                 Some(serde_json::to_value(e).expect("serializes")),
                 ExitCode::FAILURE,

@@ -102,6 +102,9 @@ pub fn decide(command: Command, v: &PodView) -> Progress {
         ));
     }
     match (v.hooked, &v.failure) {
+        (Some(true), _) if v.certified == Some(false) => waiting(format!(
+            "pod {p} is hooked; its workload certificate has not come from the CA yet"
+        )),
         (Some(true), _) => done(
             Outcome::Enrolled,
             format!("pod {p} hooked; its listeners are open"),
@@ -140,7 +143,15 @@ mod tests {
     #[test]
     fn add_waits_for_what_may_still_come_and_check_reports_it() {
         use Outcome::*;
-        let cases: Vec<(&str, PodView, Option<Outcome>, Option<Outcome>, &str)> = vec![
+        // (case, view, ADD's outcome (None: waits), CHECK's, what both say)
+        type Case = (
+            &'static str,
+            PodView,
+            Option<Outcome>,
+            Option<Outcome>,
+            &'static str,
+        );
+        let cases: Vec<Case> = vec![
             ("hooked", view(), Some(Enrolled), Some(Enrolled), "hooked"),
             (
                 "hooked, no mTLS",

@@ -149,12 +149,16 @@ impl Sandboxes {
         let Some(sb) = self.of(pod) else {
             return Cow::Borrowed(pod);
         };
-        if pod.ip.is_some() || sb.ips.is_empty() {
+        let ip = pod.ip.is_none() && !sb.ips.is_empty();
+        let netns = pod.uid.is_none() && pod.netns.is_none();
+        if !ip && !netns {
             return Cow::Borrowed(pod);
         }
         let mut p = pod.clone();
-        p.ip = sb.ips.first().copied();
-        if p.uid.is_none() && p.netns.is_none() {
+        if ip {
+            p.ip = sb.ips.first().copied();
+        }
+        if netns {
             p.netns = Some(sb.netns.clone());
         }
         Cow::Owned(p)
@@ -281,7 +285,7 @@ mod tests {
             !s.is_released(&pod("web", Some("u-2"))),
             "a new pod of that name"
         );
-        s.prune(&state(&[p.clone()]), Instant::now());
+        s.prune(&state(std::slice::from_ref(&p)), Instant::now());
         assert!(s.is_released(&p), "the pod is still there");
         s.add(sandbox("web", Some("u-1")));
         assert!(!s.is_released(&p));

@@ -24,6 +24,25 @@ impl Enrollment {
         self.sandboxes = Sandboxes::load(state_dir);
     }
 
+    /// The configuration completed with the addresses weft-cni reported for this node's pods
+    /// whose `status.podIP` it does not carry yet, so that everything that knows pods by
+    /// address (plans, access logs, metrics, explain) knows them from their first packet.
+    pub fn complete(&self, mut state: State) -> State {
+        let mut changed = false;
+        for pod in state.pods.values_mut() {
+            if pod.ip.is_none() && !self.sandboxes.is_released(pod) {
+                if let Some(ip) = self.sandboxes.of(pod).and_then(|s| s.ips.first()) {
+                    pod.ip = Some(*ip);
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            state.reindex();
+        }
+        state
+    }
+
     /// Takes a request up; it is answered (`answer_calls`) after the next reconcile, which
     /// the caller's loop runs next.
     pub fn cni(&mut self, call: Call) {
