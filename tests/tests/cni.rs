@@ -240,6 +240,76 @@ fn a_kubelet_style_sandbox_is_hooked_in_its_uid_cgroup_before_it_has_a_process()
 }
 
 #[test]
+fn a_restarted_agent_keeps_a_cni_started_pod_it_has_no_address_for() {
+    if !features::require(
+        "a_restarted_agent_keeps_a_cni_started_pod_it_has_no_address_for",
+        features::CAPTURE,
+    ) {
+        return;
+    }
+    let mut topo = Topology::new();
+    let n1 = topo.node("n1");
+    topo.namespace("mesh", true);
+    let fresh = topo.sandbox_pod(&n1, "mesh", "fresh");
+    let mut agent = Agent::start(&topo, &n1);
+    let mut rt = Runtime::new(&n1, &topo.dir);
+    let net = pod_network(&n1, &topo.dir, "1.0.0", &agent.cni_socket(), BOUND);
+    let result = start_pod(&mut rt, &net, &fresh).unwrap_or_else(|e| panic!("ADD: {e:?}"));
+    let pod = started(&fresh, &result);
+    // The configuration still has no status.podIP; what ADD said is kept in the state dir.
+    agent.restart();
+    let entry = agent.wait_enrolled(&pod);
+    assert_eq!(
+        entry["adopted"], true,
+        "the pinned hooks taken over: {entry}"
+    );
+    assert_eq!(entry["ip"], pod.ip.to_string());
+    rt.check(&net, &sandbox(&pod), &result)
+        .unwrap_or_else(|e| panic!("CHECK after the restart: {e:?}"));
+}
+
+#[test]
+fn add_waits_for_the_pods_certificate() {
+    if !features::require("add_waits_for_the_pods_certificate", features::CAPTURE) {
+        return;
+    }
+    let mut topo = Topology::new();
+    let n1 = topo.node("n1");
+    topo.namespace("mesh", true);
+    let fresh = topo.sandbox_pod(&n1, "mesh", "fresh");
+    let mut ca = Ca::start(&topo, &n1, 15012, 3600, TRUST_DOMAIN);
+    let agent = Agent::start_meshed(&topo, &n1, &ca, &[]);
+    let mut rt = Runtime::new(&n1, &topo.dir);
+    let net = pod_network(&n1, &topo.dir, "1.0.0", &agent.cni_socket(), BOUND);
+    // Hooked, but its first connection could not be carried: no certificate for it.
+    ca.kill();
+    let e = start_pod(&mut rt, &net, &fresh).expect_err("ADD while the CA is down");
+    assert!(
+        e.msg()
+            .contains("hooked; its workload certificate has not come from the CA yet"),
+        "{}",
+        e.msg()
+    );
+    rt.del(&net, &sandbox(&fresh), None)
+        .expect("the runtime's DEL after a failed ADD");
+    // The kubelet's retry, once the CA is back.
+    ca.restart(&topo);
+    let patient = pod_network(
+        &n1,
+        &topo.dir,
+        "1.0.0",
+        &agent.cni_socket(),
+        Duration::from_secs(20),
+    );
+    start_pod(&mut rt, &patient, &fresh).unwrap_or_else(|e| panic!("ADD with the CA up: {e:?}"));
+    let certs = agent.config_dump()["certificates"].to_string();
+    assert!(
+        certs.contains("spiffe://cluster.local/ns/mesh/sa/fresh"),
+        "{certs}"
+    );
+}
+
+#[test]
 fn add_fails_within_the_bound_naming_the_agent_while_it_is_down() {
     if !features::require(
         "add_fails_within_the_bound_naming_the_agent_while_it_is_down",
