@@ -58,12 +58,18 @@ pub fn ask(socket: &Path, mut req: Request, bound: Duration) -> Result<Answer, A
     serde_json::from_slice(&line).map_err(|e| AskError::BadAnswer(e.to_string(), name.clone()))
 }
 
+/// Tries until `deadline`, the last try at the deadline itself.
 fn connect(socket: &Path, deadline: Instant) -> io::Result<UnixStream> {
     loop {
         match UnixStream::connect(socket) {
             Ok(s) => return Ok(s),
-            Err(e) if Instant::now() + CONNECT_RETRY >= deadline => return Err(e),
-            Err(_) => std::thread::sleep(CONNECT_RETRY),
+            Err(e) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(e);
+                }
+                std::thread::sleep(left.min(CONNECT_RETRY));
+            }
         }
     }
 }
