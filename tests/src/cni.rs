@@ -68,22 +68,28 @@ pub struct Runtime {
 impl Runtime {
     /// Links the reference plugins and weft-cni into `dir/cni-bin`.
     pub fn new(node: &Node, dir: &Path) -> Self {
+        let rt = Self::with_reference_plugins(node, &dir.join("cni-bin"));
+        let _ = std::os::unix::fs::symlink(weft_cni_bin(), rt.cni_path.join("weft-cni"));
+        rt
+    }
+
+    /// Links only the reference plugins into `cni_path` (weft-cni is for its installer to put
+    /// there).
+    pub fn with_reference_plugins(node: &Node, cni_path: &Path) -> Self {
         let bridge = Path::new(REFERENCE_PLUGINS).join("bridge");
         assert!(
             bridge.exists(),
             "{} missing: apt-get install containernetworking-plugins",
             bridge.display()
         );
-        let cni_path = dir.join("cni-bin");
-        std::fs::create_dir_all(&cni_path).expect("cni bin dir");
+        std::fs::create_dir_all(cni_path).expect("cni bin dir");
         for p in ["bridge", "host-local", "loopback"] {
             let _ =
                 std::os::unix::fs::symlink(Path::new(REFERENCE_PLUGINS).join(p), cni_path.join(p));
         }
-        let _ = std::os::unix::fs::symlink(weft_cni_bin(), cni_path.join("weft-cni"));
         Self {
             node: node.clone(),
-            cni_path,
+            cni_path: cni_path.to_owned(),
             log: Vec::new(),
             results: Vec::new(),
             timings: Vec::new(),

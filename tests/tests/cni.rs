@@ -309,6 +309,81 @@ fn add_waits_for_the_pods_certificate() {
     );
 }
 
+/// `weft-cni install` as the init container runs it, on a node whose CNI wrote a bridge
+/// conflist: the installed chain is what the runtime then runs, and it meshes a new pod.
+#[test]
+fn the_installed_chain_meshes_a_new_pod_and_install_is_idempotent() {
+    if !features::require(
+        "the_installed_chain_meshes_a_new_pod_and_install_is_idempotent",
+        features::CAPTURE,
+    ) {
+        return;
+    }
+    let mut topo = Topology::new();
+    let n1 = topo.node("n1");
+    topo.namespace("mesh", true);
+    let fresh = topo.sandbox_pod(&n1, "mesh", "fresh");
+    let agent = Agent::start(&topo, &n1);
+    let (bin_dir, conf_dir) = (topo.dir.join("opt-cni-bin"), topo.dir.join("etc-cni-net.d"));
+    std::fs::create_dir_all(&conf_dir).expect("conf dir");
+    let mut bridge_only = pod_network(&n1, &topo.dir, "1.0.0", &agent.cni_socket(), BOUND);
+    bridge_only["plugins"].as_array_mut().unwrap().pop();
+    let conflist = conf_dir.join("10-bridge.conflist");
+    std::fs::write(&conflist, serde_json::to_vec_pretty(&bridge_only).unwrap()).unwrap();
+    let mut rt = Runtime::with_reference_plugins(&n1, &bin_dir);
+    let weft_cni = |args: &[&str]| {
+        let out = std::process::Command::new(cni::weft_cni_bin())
+            .args(args)
+            .arg("--bin-dir")
+            .arg(&bin_dir)
+            .arg("--conf-dir")
+            .arg(&conf_dir)
+            .output()
+            .expect("run weft-cni");
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "weft-cni {args:?}: {said}{err}");
+        said
+    };
+    let socket = agent.cni_socket().display().to_string();
+    let install = [
+        "install",
+        "--agent-socket",
+        &socket,
+        "--timeout-seconds",
+        "3",
+    ];
+    let said = weft_cni(&install);
+    assert!(
+        said.contains("installed") && said.contains("10-bridge.conflist"),
+        "{said}"
+    );
+    let installed: Value = serde_json::from_slice(&std::fs::read(&conflist).unwrap()).unwrap();
+    let types: Vec<&str> = installed["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["bridge", "weft-cni"]);
+    assert_eq!(
+        installed["plugins"][0], bridge_only["plugins"][0],
+        "the bridge as it was"
+    );
+    let bytes = std::fs::read(&conflist).unwrap();
+    assert!(weft_cni(&install).contains("already up to date"));
+    assert_eq!(std::fs::read(&conflist).unwrap(), bytes, "idempotent");
+
+    let result = start_pod(&mut rt, &installed, &fresh)
+        .unwrap_or_else(|e| panic!("ADD through the installed chain: {e:?}"));
+    assert!(agent.enrolled(&started(&fresh, &result)).is_some());
+
+    weft_cni(&["uninstall"]);
+    let back: Value = serde_json::from_slice(&std::fs::read(&conflist).unwrap()).unwrap();
+    assert_eq!(back["plugins"], bridge_only["plugins"]);
+    assert!(!bin_dir.join("weft-cni").exists());
+}
+
 #[test]
 fn add_fails_within_the_bound_naming_the_agent_while_it_is_down() {
     if !features::require(
