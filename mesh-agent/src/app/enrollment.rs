@@ -30,8 +30,8 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::cni::{Call, Sandboxes};
 use crate::{
+    cni::{Call, Sandboxes},
     config::SourceKind,
     identity::Identity,
     netns::{discover::Locator, ports, sockdiag, Netns, NetnsId},
