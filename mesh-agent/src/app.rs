@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::{
     admin::{self, Status},
+    cni,
     config::AgentConfig,
     identity::{CaClient, CertManager},
     l7::{self, L7Pool},
@@ -96,6 +97,10 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
         registry.clone(),
         inherited,
     );
+    // weft-cni's requests (enroll a new pod before its first packet) join the loop below.
+    enrollment.restore_sandboxes(&cfg.state_dir);
+    let (cni_server, mut cni_calls) =
+        cni::serve(&cfg.state_dir).context("binding the weft-cni socket")?;
     let mut signals = Signals::new()?;
     let (drains_tx, mut drains) = tokio::sync::mpsc::channel(1);
     // Held until this agent has taken over and published its own hand-over socket.
@@ -117,15 +122,20 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
                 drain_request = req;
                 break;
             }
+            Some(call) = cni_calls.recv() => enrollment.cni(call),
             _ = changed(&mut cert_changes) => {
                 push_l7(l7_pool.as_deref(), &shared);
+                // A weft-cni ADD may be waiting for its pod's certificate.
+                enrollment.answer_calls(&shared.state.load());
                 continue;
             }
         }
         let Some(loaded) = rx.borrow_and_update().clone() else {
             continue;
         };
-        shared.state.store(Arc::new(loaded.state));
+        shared
+            .state
+            .store(Arc::new(enrollment.complete(loaded.state)));
         let state = shared.state.load_full();
         enrollment.reconcile(&state);
         push_l7(l7_pool.as_deref(), &shared);
@@ -157,6 +167,7 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
             s.state = shared.state.load_full();
             s.ready = true;
         }
+        enrollment.answer_calls(&state);
         if let Some((lock, predecessor)) = taking_over.take() {
             // Every pod is enrolled on its inherited sockets: the predecessor may drain.
             enrollment.release_inherited();
@@ -192,6 +203,8 @@ pub async fn run(cfg: AgentConfig, logging: Option<admin::LogControl>) -> anyhow
     registry.clear();
     admin.abort();
     metrics_server.abort();
+    // The successor answers weft-cni from now on (its socket replaced ours).
+    cni_server.task.abort();
     if let Some(h) = handover {
         h.abort();
     }

@@ -1,5 +1,5 @@
 //! Weft's node agent: captures enrolled pods' TCP traffic with eBPF and carries it onward.
-//! `main.rs` and `bin/meshctl.rs` are thin; wiring lives in `app`.
+//! `main.rs`, `bin/meshctl.rs` and `bin/weft-cni.rs` are thin; wiring lives in `app`.
 #![deny(unsafe_code)]
 
 pub mod accept;
@@ -7,6 +7,7 @@ pub mod admin;
 pub mod app;
 pub mod ca;
 pub mod cli;
+pub mod cni;
 pub mod config;
 pub mod crd;
 pub mod http_server;

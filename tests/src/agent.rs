@@ -209,6 +209,11 @@ impl Agent {
         Some(Retired(c))
     }
 
+    /// The agent's weft-cni socket (in its state directory).
+    pub fn cni_socket(&self) -> PathBuf {
+        self.state_dir.join(mesh_agent::cni::server::SOCKET_NAME)
+    }
+
     /// Starts an agent that gets its workload certificates from `ca`.
     pub fn start_meshed(topo: &Topology, node: &Node, ca: &crate::Ca, extra: &[&str]) -> Self {
         let mut args = ca.agent_args(&node.name);

@@ -169,6 +169,12 @@ impl Ca {
         }
     }
 
+    /// Starts the CA again after `kill` (same root, same flags).
+    pub fn restart(&mut self, topo: &Topology) {
+        self.kill();
+        self.spawn(topo);
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod ca;
+pub mod cni;
 pub mod features;
 pub mod fixture;
 pub mod gamma;

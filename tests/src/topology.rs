@@ -36,6 +36,9 @@ pub struct Pod {
     /// Kubernetes-style pod: a UID, a kubelet-named cgroup (`kubepods/pod<uid>`) and no
     /// weft.dev/netns|cgroup annotations, so the agent must find both itself.
     pub uid: Option<String>,
+    /// A sandbox for the CNI plugins to wire: an empty netns (no interface, no address yet)
+    /// and no `status.podIP` in the YAML, as a pod is when its CNI ADD runs.
+    pub sandbox: bool,
 }
 
 impl Pod {
@@ -53,6 +56,8 @@ pub struct Topology {
     /// Pods deleted from the YAML: their addresses and interface names stay taken.
     removed: Vec<Pod>,
     namespaces: BTreeMap<String, bool>,
+    /// Pods left out of the YAML for now (a watch that has not shown them yet).
+    hidden: std::collections::BTreeSet<String>,
     pub(crate) children: Vec<std::process::Child>,
 }
 
@@ -86,6 +91,7 @@ impl Topology {
             pods: Vec::new(),
             removed: Vec::new(),
             namespaces: BTreeMap::new(),
+            hidden: Default::default(),
             children: Vec::new(),
         }
     }
@@ -223,6 +229,50 @@ impl Topology {
             cgroup,
             labels: BTreeMap::new(),
             uid,
+            sandbox: false,
+        };
+        self.pods.push(pod.clone());
+        self.write_config();
+        pod
+    }
+
+    /// A pod whose network the CNI plugins are yet to make (see `Pod::sandbox`); its `ip` is
+    /// unspecified until the caller learns it from the ADD result. Annotated with its netns
+    /// and cgroup, as file mode's pods are.
+    pub fn sandbox_pod(&mut self, node: &Node, namespace: &str, name: &str) -> Pod {
+        self.add_sandbox(node, namespace, name, false)
+    }
+
+    /// A sandbox as the kubelet makes it before CNI ADD: a UID, the pod-level cgroup named
+    /// after it (`kubepods/pod<uid>`, empty), no annotations and no address.
+    pub fn kubelet_sandbox_pod(&mut self, node: &Node, namespace: &str, name: &str) -> Pod {
+        self.add_sandbox(node, namespace, name, true)
+    }
+
+    fn add_sandbox(&mut self, node: &Node, namespace: &str, name: &str, kubelet: bool) -> Pod {
+        if !self.namespaces.contains_key(namespace) {
+            self.namespaces.insert(namespace.into(), false);
+        }
+        let ns = self.add_netns(name);
+        let uid = kubelet.then(|| {
+            let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+            format!("{:08x}-0000-4000-9000-{:012x}", std::process::id(), n)
+        });
+        let cgroup = match &uid {
+            Some(uid) => self.cgroup_dir.join("kubepods").join(format!("pod{uid}")),
+            None => self.cgroup_dir.join(name),
+        };
+        std::fs::create_dir_all(&cgroup).expect("create pod cgroup");
+        let pod = Pod {
+            name: name.into(),
+            namespace: namespace.into(),
+            node: node.name.clone(),
+            ip: Ipv4Addr::UNSPECIFIED,
+            netns: ns,
+            cgroup,
+            labels: BTreeMap::new(),
+            uid,
+            sandbox: true,
         };
         self.pods.push(pod.clone());
         self.write_config();
@@ -237,6 +287,16 @@ impl Topology {
             .partition(|p| p.name == name);
         self.pods = kept;
         self.removed.extend::<Vec<Pod>>(gone);
+        self.write_config();
+    }
+
+    /// Leaves pod `name` out of the YAML (`false`) or puts it back (`true`).
+    pub fn set_pod_shown(&mut self, name: &str, shown: bool) {
+        if shown {
+            self.hidden.remove(name);
+        } else {
+            self.hidden.insert(name.into());
+        }
         self.write_config();
     }
 
@@ -294,7 +354,7 @@ impl Topology {
             };
             let _ = write!(y, "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {labels}}}\n---\n");
         }
-        for p in &self.pods {
+        for p in self.pods.iter().filter(|p| !self.hidden.contains(&p.name)) {
             let labels: Vec<String> = p.labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
             let located = match &p.uid {
                 Some(uid) => format!("  uid: {uid}\n"),
@@ -304,15 +364,19 @@ impl Topology {
                     p.cgroup.display()
                 ),
             };
+            let status = if p.sandbox {
+                String::new()
+            } else {
+                format!("status: {{podIP: {}}}\n", p.ip)
+            };
             let _ = write!(
                 y,
-                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels: {{{}}}\n{located}spec: {{nodeName: {}, serviceAccountName: {}}}\nstatus: {{podIP: {}}}\n---\n",
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels: {{{}}}\n{located}spec: {{nodeName: {}, serviceAccountName: {}}}\n{status}---\n",
                 p.name,
                 p.namespace,
                 labels.join(", "),
                 p.node,
                 p.name,
-                p.ip
             );
         }
         let tmp = self.dir.join("cluster.yaml.tmp");

@@ -17,6 +17,14 @@ pub fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR` when set (worktrees sharing one
+/// target directory), else the workspace's `target/`.
+pub fn cargo_target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
 /// Where the object ends up; mesh-agent's build.rs embeds it from here.
 pub fn object_path() -> PathBuf {
     workspace_root().join("target/bpf/weft.bpf.o")
@@ -50,7 +58,7 @@ pub fn build() -> Result<PathBuf> {
     if !status.success() {
         bail!("building mesh-ebpf failed");
     }
-    let built = root.join("target").join(TARGET).join("release/mesh-ebpf");
+    let built = cargo_target_dir().join(TARGET).join("release/mesh-ebpf");
     let out = object_path();
     std::fs::create_dir_all(out.parent().expect("has parent"))?;
     // Copy only when changed, so cargo does not rebuild the agent for nothing.

@@ -155,11 +155,19 @@ pub fn tools() -> Result<()> {
     {
         missing.push("prometheus");
     }
+    // The CNI reference plugins (bridge, host-local, loopback): the weft-cni chain test runs
+    // them as a runtime would.
+    if !Path::new(CNI_PLUGINS).join("bridge").exists() {
+        missing.push("containernetworking-plugins");
+    }
     if missing.is_empty() {
         return Ok(());
     }
     apt_install(&missing)
 }
+
+/// Where Debian's containernetworking-plugins puts the plugins.
+pub const CNI_PLUGINS: &str = "/usr/lib/cni";
 
 /// nginx (Debian's package) for the bench's HTTP phase: the reverse proxy it measures the L7
 /// pool against. Only the binary is used (the bench runs it with its own configuration); where

@@ -27,9 +27,7 @@ fn check(what: &str, status: std::io::Result<ExitStatus>) -> Result<()> {
 }
 
 fn target_dir(release: bool) -> PathBuf {
-    ebpf::workspace_root()
-        .join("target")
-        .join(if release { "release" } else { "debug" })
+    ebpf::cargo_target_dir().join(if release { "release" } else { "debug" })
 }
 
 pub fn build(release: bool) -> Result<()> {

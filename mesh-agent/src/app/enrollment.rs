@@ -9,7 +9,11 @@
 //! per-pod backoff.
 //! Un-enrolling runs the other way: hooks first, so new connects go direct at once; established
 //! connections are left to finish.
+//! What weft-cni reports of a sandbox (its netns and address, before the configuration has
+//! them) completes the pod it belongs to; its requests are answered after each reconcile
+//! (`cni.rs`).
 
+mod cni;
 mod retry;
 mod target;
 
@@ -27,6 +31,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::{
+    cni::{Call, Sandboxes},
     config::SourceKind,
     identity::Identity,
     netns::{discover::Locator, ports, sockdiag, Netns, NetnsId},
@@ -44,6 +49,8 @@ struct Desired {
     /// To enroll, but not found yet: why.
     unlocated: Vec<(PodKey, String)>,
     notices: BTreeMap<PodKey, String>,
+    /// Never enrollable as they stand (their notice says why).
+    refused: Vec<PodKey>,
 }
 
 struct Enrolled {
@@ -92,6 +99,12 @@ pub struct Enrollment {
     registry: Arc<Registry>,
     /// The predecessor's sockets not yet claimed by a pod (until the first reconcile is over).
     inherited: Inherited,
+    /// Sandboxes weft-cni reported, and its requests waiting for an answer.
+    sandboxes: Sandboxes,
+    calls: Vec<Call>,
+    refused: Vec<PodKey>,
+    /// A configuration has been reconciled.
+    loaded: bool,
 }
 
 impl Enrollment {
@@ -118,6 +131,10 @@ impl Enrollment {
             node_netns,
             registry,
             inherited,
+            sandboxes: Sandboxes::default(),
+            calls: Vec::new(),
+            refused: Vec::new(),
+            loaded: false,
         }
     }
 
@@ -135,12 +152,15 @@ impl Enrollment {
 
     pub fn reconcile(&mut self, state: &State) {
         let now = Instant::now();
+        self.sandboxes.prune(state, now);
         let Desired {
             targets: desired,
             unlocated,
             notices,
+            refused,
         } = self.desired(state);
         self.notify(notices);
+        self.refused = refused;
         if let Some(l) = &mut self.locator {
             let uids: Vec<&str> = state
                 .pods_on(&self.shared.node)
@@ -182,6 +202,7 @@ impl Enrollment {
         // An enrolled pod has nothing to retry (keeps the retry timer from firing for it).
         let enrolled = &self.pods;
         self.retries.retain(|k| !enrolled.contains_key(k));
+        self.loaded = true;
     }
 
     fn desired(&mut self, state: &State) -> Desired {
@@ -190,6 +211,7 @@ impl Enrollment {
         let mut desired = BTreeMap::new();
         let mut unlocated = Vec::new();
         let mut notices = BTreeMap::new();
+        let mut refused = Vec::new();
         for p in state.pods_on(&node) {
             if state.enrollment(p, &node) == state::Enrollment::MeshItself
                 && asks_for_mesh(state, p)
@@ -197,16 +219,38 @@ impl Enrollment {
                 notices.insert(p.key.clone(), target::mesh_itself());
             }
         }
-        for p in state.enrolled_pods(&node) {
+        // The configuration's pods, completed by what weft-cni reported of their sandboxes;
+        // a pod released by CNI DEL stays released.
+        let pods: Vec<_> = state
+            .pods_on(&node)
+            .filter(|p| !self.sandboxes.is_released(p))
+            .map(|p| {
+                (
+                    self.sandboxes.patched(p),
+                    self.sandboxes.of(p).map(|s| s.netns.clone()),
+                )
+            })
+            .filter(|(p, _)| state.enrollment(p, &node) == state::Enrollment::Enrolled)
+            .collect();
+        for (p, sandbox_netns) in &pods {
             if let Some(why) = target::ignored_annotations(p, self.mode) {
                 notices.insert(p.key.clone(), why);
             }
-            match Target::of(p, &td, self.mode, &mut self.locator, self.node_netns) {
+            let found = Target::of(
+                p,
+                &td,
+                self.mode,
+                &mut self.locator,
+                self.node_netns,
+                sandbox_netns.as_deref(),
+            );
+            match found {
                 Ok(t) => {
                     desired.insert(p.key.clone(), t);
                 }
                 Err(NotEnrollable::Refused(why)) => {
                     notices.insert(p.key.clone(), why);
+                    refused.push(p.key.clone());
                 }
                 Err(NotEnrollable::Retry(why)) => match self.pods.get(&p.key) {
                     // Enrolled, and no process to find it by for now (its first one exited, the
@@ -223,6 +267,7 @@ impl Enrollment {
             targets: desired,
             unlocated,
             notices,
+            refused,
         }
     }
 

@@ -57,20 +57,27 @@ impl Locator {
 
     /// The netns and cgroup of the pod with `uid`; errors say which step failed.
     pub fn locate(&mut self, uid: &str) -> Result<PodPaths, String> {
-        let cgroup = match self.cgroups.get(uid).filter(|c| c.is_dir()) {
-            Some(c) => c.clone(),
-            None => find_pod_cgroup(&self.cgroup_root, uid).ok_or_else(|| {
-                format!(
-                    "no cgroup named after pod UID {uid} under {} (kubelet with cgroup v2?)",
-                    self.cgroup_root.display()
-                )
-            })?,
-        };
-        self.cgroups.insert(uid.to_owned(), cgroup.clone());
+        let cgroup = self.cgroup_of(uid)?;
         let pid = first_pid(&cgroup)
             .ok_or_else(|| format!("no process in pod cgroup {} yet", cgroup.display()))?;
         let netns = self.proc_root.join(pid.to_string()).join("ns/net");
         Ok(PodPaths { netns, cgroup })
+    }
+
+    /// The pod-level cgroup directory of the pod with `uid`, by its name alone: the kubelet
+    /// makes it before the sandbox, so it is there at CNI ADD, when no process is in it yet.
+    pub fn cgroup_of(&mut self, uid: &str) -> Result<PathBuf, String> {
+        if let Some(c) = self.cgroups.get(uid).filter(|c| c.is_dir()) {
+            return Ok(c.clone());
+        }
+        let cgroup = find_pod_cgroup(&self.cgroup_root, uid).ok_or_else(|| {
+            format!(
+                "no cgroup named after pod UID {uid} under {} (kubelet with cgroup v2?)",
+                self.cgroup_root.display()
+            )
+        })?;
+        self.cgroups.insert(uid.to_owned(), cgroup.clone());
+        Ok(cgroup)
     }
 
     /// Forgets pods that are gone.
@@ -231,6 +238,11 @@ mod tests {
             .locate(UID)
             .unwrap_err()
             .contains("no process in pod cgroup"));
+        // What CNI ADD needs: the directory, with no process in it yet.
+        assert_eq!(
+            l.cgroup_of(UID).unwrap(),
+            no_procs.path().join(format!("kubepods/pod{UID}"))
+        );
     }
 
     #[test]

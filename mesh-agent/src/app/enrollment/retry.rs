@@ -88,6 +88,11 @@ impl Retries {
         self.pods.remove(key);
     }
 
+    /// Why the pod's last attempt failed.
+    pub fn reason(&self, key: &PodKey) -> Option<&str> {
+        self.pods.get(key).map(|f| f.why.as_str())
+    }
+
     /// Forgets pods that are no longer to be enrolled.
     pub fn retain(&mut self, keep: impl Fn(&PodKey) -> bool) {
         self.pods.retain(|k, _| keep(k));

@@ -5,6 +5,9 @@
 //! Kubernetes mode: whoever may create a pod could write those annotations, and so choose
 //! which netns and cgroup the root agent hooks. There the agent finds both itself, from the
 //! pod's UID (netns/discover.rs), and annotations are ignored, with a message.
+//! A sandbox weft-cni reported (CNI ADD: the runtime's own word, over the agent's root-only
+//! socket) names the netns in both modes, before the pod has a process; the cgroup then comes
+//! from the annotation (file mode) or the kubelet's directory named after the UID.
 
 use std::{
     net::IpAddr,
@@ -50,12 +53,41 @@ pub enum NotEnrollable {
 /// How a pod's netns and cgroup are found.
 #[derive(Debug, PartialEq)]
 pub enum Source<'a> {
-    Annotated { netns: &'a Path, cgroup: &'a Path },
+    Annotated {
+        netns: &'a Path,
+        cgroup: &'a Path,
+    },
+    ByUid(&'a str),
+    /// CNI ADD named the netns; the cgroup is the annotated one, else found by UID.
+    Sandbox {
+        netns: &'a Path,
+        cgroup: Cgroup<'a>,
+    },
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Cgroup<'a> {
+    Annotated(&'a Path),
     ByUid(&'a str),
 }
 
-/// The rule above, as a function of the pod and the mode.
-pub fn source_of(pod: &Pod, mode: SourceKind) -> Result<Source<'_>, String> {
+/// The rule above, as a function of the pod, the mode and the sandbox CNI reported.
+pub fn source_of<'a>(
+    pod: &'a Pod,
+    mode: SourceKind,
+    sandbox_netns: Option<&'a Path>,
+) -> Result<Source<'a>, String> {
+    if let Some(netns) = sandbox_netns {
+        let cgroup = match (mode, &pod.cgroup, &pod.uid) {
+            (SourceKind::File, Some(c), _) => Cgroup::Annotated(c),
+            (_, _, Some(uid)) => Cgroup::ByUid(uid),
+            (SourceKind::File, ..) => {
+                return Err(format!("neither {CGROUP_ANNOTATION} nor metadata.uid"))
+            }
+            (SourceKind::Kubernetes, ..) => return Err("no metadata.uid".into()),
+        };
+        return Ok(Source::Sandbox { netns, cgroup });
+    }
     match (mode, &pod.netns, &pod.cgroup, &pod.uid) {
         (SourceKind::File, Some(netns), Some(cgroup), _) => Ok(Source::Annotated { netns, cgroup }),
         (_, _, _, Some(uid)) => Ok(Source::ByUid(uid)),
@@ -92,21 +124,22 @@ impl Target {
         mode: SourceKind,
         locator: &mut Option<Locator>,
         node_netns: Option<NetnsId>,
+        sandbox_netns: Option<&Path>,
     ) -> Result<Self, NotEnrollable> {
         let retry = NotEnrollable::Retry;
         let ip = pod.ip.ok_or_else(|| retry("no status.podIP".into()))?;
-        let (netns_path, cgroup) = match source_of(pod, mode).map_err(retry)? {
+        let (netns_path, cgroup) = match source_of(pod, mode, sandbox_netns).map_err(retry)? {
             Source::Annotated { netns, cgroup } => (netns.to_owned(), cgroup.to_owned()),
             Source::ByUid(uid) => {
-                if locator.is_none() {
-                    *locator = Some(
-                        Locator::for_this_node()
-                            .map_err(|e| retry(format!("finding pod cgroups: {e}")))?,
-                    );
-                }
-                let found = locator.as_mut().expect("just set").locate(uid);
-                let found = found.map_err(retry)?;
+                let found = node_locator(locator)?.locate(uid).map_err(retry)?;
                 (found.netns, found.cgroup)
+            }
+            Source::Sandbox { netns, cgroup } => {
+                let cgroup = match cgroup {
+                    Cgroup::Annotated(c) => c.to_owned(),
+                    Cgroup::ByUid(uid) => node_locator(locator)?.cgroup_of(uid).map_err(retry)?,
+                };
+                (netns.to_owned(), cgroup)
             }
         };
         let netns = NetnsId::of_path(&netns_path)
@@ -126,6 +159,16 @@ impl Target {
             identity: Identity::new(trust_domain, &pod.key.namespace, &pod.service_account),
         })
     }
+}
+
+/// The node's locator, made on first use.
+fn node_locator(locator: &mut Option<Locator>) -> Result<&mut Locator, NotEnrollable> {
+    if locator.is_none() {
+        let l = Locator::for_this_node()
+            .map_err(|e| NotEnrollable::Retry(format!("finding pod cgroups: {e}")))?;
+        *locator = Some(l);
+    }
+    Ok(locator.as_mut().expect("just set"))
 }
 
 #[cfg(test)]
@@ -154,18 +197,18 @@ mod tests {
     fn kubernetes_mode_never_takes_the_pods_word_for_its_netns() {
         use SourceKind::{File, Kubernetes};
         let both = pod(Some("u-1"), true);
-        assert_eq!(source_of(&both, Kubernetes), Ok(Source::ByUid("u-1")));
+        assert_eq!(source_of(&both, Kubernetes, None), Ok(Source::ByUid("u-1")));
         assert!(ignored_annotations(&both, Kubernetes)
             .unwrap()
             .contains("ignored in Kubernetes mode"));
         let annotated_only = pod(None, true);
         assert_eq!(
-            source_of(&annotated_only, Kubernetes),
+            source_of(&annotated_only, Kubernetes, None),
             Err("no metadata.uid".into())
         );
         // File mode: the operator's annotations first, then the UID.
         assert_eq!(
-            source_of(&both, File),
+            source_of(&both, File, None),
             Ok(Source::Annotated {
                 netns: Path::new("/proc/1/ns/net"),
                 cgroup: Path::new("/sys/fs/cgroup"),
@@ -173,12 +216,37 @@ mod tests {
         );
         assert_eq!(ignored_annotations(&both, File), None);
         assert_eq!(
-            source_of(&pod(Some("u-1"), false), File),
+            source_of(&pod(Some("u-1"), false), File, None),
             Ok(Source::ByUid("u-1"))
         );
-        assert!(source_of(&pod(None, false), File)
+        assert!(source_of(&pod(None, false), File, None)
             .unwrap_err()
             .contains("neither weft.dev/netns"));
+    }
+
+    #[test]
+    fn a_sandbox_names_the_netns_and_the_cgroup_comes_as_the_mode_says() {
+        use SourceKind::{File, Kubernetes};
+        let sb = Path::new("/var/run/netns/cni-1");
+        let both = pod(Some("u-1"), true);
+        assert_eq!(
+            source_of(&both, File, Some(sb)),
+            Ok(Source::Sandbox {
+                netns: sb,
+                cgroup: Cgroup::Annotated(Path::new("/sys/fs/cgroup"))
+            })
+        );
+        assert_eq!(
+            source_of(&both, Kubernetes, Some(sb)),
+            Ok(Source::Sandbox {
+                netns: sb,
+                cgroup: Cgroup::ByUid("u-1")
+            }),
+            "Kubernetes mode never takes the pod's word for its cgroup either"
+        );
+        assert!(source_of(&pod(None, false), File, Some(sb))
+            .unwrap_err()
+            .contains("neither weft.dev/cgroup"));
     }
 
     #[test]
@@ -193,6 +261,7 @@ mod tests {
             SourceKind::File,
             &mut locator,
             Some(node),
+            None,
         );
         assert!(
             matches!(&got, Err(NotEnrollable::Refused(why)) if why.contains("hostNetwork")),
