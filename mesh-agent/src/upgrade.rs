@@ -10,7 +10,8 @@
 //!    accept queues: no SYN is refused and no queued connection is reset. Nobody listening
 //!    (first start, or the old agent crashed) means fresh sockets, as before;
 //! 3. it adopts the pinned programs and maps, loads the configuration and enrolls its pods on
-//!    the inherited sockets, accepting on them beside the old agent;
+//!    the inherited sockets; once its L7 workers have that configuration it accepts on them,
+//!    beside the old agent;
 //! 4. it tells the old agent to drain and waits for its answer, which comes once the old agent
 //!    no longer reads the pods' UDP sockets; only then does it start its own QUIC endpoints;
 //! 5. it publishes its own `handover.sock` (renamed over the old path) and releases the lock.
