@@ -170,9 +170,6 @@ impl Topology {
     }
 
     fn add_pod(&mut self, node: &Node, namespace: &str, name: &str, kubelet: bool) -> Pod {
-        if !self.namespaces.contains_key(namespace) {
-            self.namespaces.insert(namespace.into(), false);
-        }
         let all = || self.pods.iter().chain(&self.removed);
         let k = all().filter(|p| p.node == node.name).count() as u8 + 2;
         let host_if = format!("{}p{}", self.tag, all().count());
@@ -211,29 +208,7 @@ impl Topology {
             "via",
             &format!("10.{}.0.1", node.index),
         ]);
-        let uid = kubelet.then(|| {
-            let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-            format!("{:08x}-0000-4000-8000-{:012x}", std::process::id(), n)
-        });
-        let cgroup = match &uid {
-            Some(uid) => self.cgroup_dir.join("kubepods").join(format!("pod{uid}")),
-            None => self.cgroup_dir.join(name),
-        };
-        std::fs::create_dir_all(&cgroup).expect("create pod cgroup");
-        let pod = Pod {
-            name: name.into(),
-            namespace: namespace.into(),
-            node: node.name.clone(),
-            ip: addr,
-            netns: ns,
-            cgroup,
-            labels: BTreeMap::new(),
-            uid,
-            sandbox: false,
-        };
-        self.pods.push(pod.clone());
-        self.write_config();
-        pod
+        self.register_pod(node, namespace, name, ns, addr, kubelet, false)
     }
 
     /// A pod whose network the CNI plugins are yet to make (see `Pod::sandbox`); its `ip` is
@@ -250,13 +225,38 @@ impl Topology {
     }
 
     fn add_sandbox(&mut self, node: &Node, namespace: &str, name: &str, kubelet: bool) -> Pod {
+        let ns = self.add_netns(name);
+        self.register_pod(
+            node,
+            namespace,
+            name,
+            ns,
+            Ipv4Addr::UNSPECIFIED,
+            kubelet,
+            true,
+        )
+    }
+
+    /// The part of a new pod shared by plain pods and sandboxes: its UID (kubelet-style
+    /// pods), its cgroup, and its place in the cluster's YAML.
+    #[allow(clippy::too_many_arguments)]
+    fn register_pod(
+        &mut self,
+        node: &Node,
+        namespace: &str,
+        name: &str,
+        netns: String,
+        ip: Ipv4Addr,
+        kubelet: bool,
+        sandbox: bool,
+    ) -> Pod {
         if !self.namespaces.contains_key(namespace) {
             self.namespaces.insert(namespace.into(), false);
         }
-        let ns = self.add_netns(name);
         let uid = kubelet.then(|| {
             let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-            format!("{:08x}-0000-4000-9000-{:012x}", std::process::id(), n)
+            let kind = if sandbox { 9 } else { 8 };
+            format!("{:08x}-0000-4000-{kind}000-{:012x}", std::process::id(), n)
         });
         let cgroup = match &uid {
             Some(uid) => self.cgroup_dir.join("kubepods").join(format!("pod{uid}")),
@@ -267,12 +267,12 @@ impl Topology {
             name: name.into(),
             namespace: namespace.into(),
             node: node.name.clone(),
-            ip: Ipv4Addr::UNSPECIFIED,
-            netns: ns,
+            ip,
+            netns,
             cgroup,
             labels: BTreeMap::new(),
             uid,
-            sandbox: true,
+            sandbox,
         };
         self.pods.push(pod.clone());
         self.write_config();
