@@ -129,6 +129,18 @@ impl Registry {
         Ok(())
     }
 
+    /// Duplicates of every socket, with whose and what each is.
+    fn snapshot(&self) -> io::Result<Vec<(Owner, Kind, OwnedFd)>> {
+        let socks = self.lock();
+        let mut all = Vec::new();
+        for (owner, list) in socks.iter() {
+            for (kind, fd) in list {
+                all.push((owner.clone(), *kind, fd.try_clone()?));
+            }
+        }
+        Ok(all)
+    }
+
     /// Forgets every socket (a draining agent: its successor holds its own copies).
     pub fn clear(&self) {
         self.lock().clear();
@@ -405,25 +417,21 @@ fn session_with(
         }
         other => return Err(HandoverError::Unexpected(format!("{other:?}"))),
     };
-    // A consistent set: enrollment waits while the offer is sent.
-    let socks = registry.lock();
-    let count = socks.values().map(Vec::len).sum();
+    // A consistent set, copied under the lock (enrollment takes it too, on the runtime) and
+    // sent after it is released: the successor's pace never holds up enrollment.
+    let socks = registry
+        .snapshot()
+        .map_err(|e| HandoverError::Unexpected(format!("duplicating our sockets: {e}")))?;
+    let count = socks.len();
     let offer = ToNew::Offer {
         protocol: super::PROTOCOL,
         pid: std::process::id(),
         sockets: count,
     };
     wire::send(&fd, &offer, None)?;
-    for (owner, list) in socks.iter() {
-        for (kind, sock) in list {
-            let msg = ToNew::Socket {
-                owner: owner.clone(),
-                kind: *kind,
-            };
-            wire::send(&fd, &msg, Some(sock.as_fd()))?;
-        }
+    for (owner, kind, sock) in socks {
+        wire::send(&fd, &ToNew::Socket { owner, kind }, Some(sock.as_fd()))?;
     }
-    drop(socks);
     info!(
         new_pid = pid,
         sockets = count,
