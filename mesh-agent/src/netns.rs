@@ -25,6 +25,7 @@ pub mod discover;
 pub mod ports;
 pub mod sockdiag;
 pub mod socket;
+pub mod transparent;
 
 /// The agent's own (node) network namespace, captured before any thread switches.
 fn host_netns() -> &'static File {

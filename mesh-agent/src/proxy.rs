@@ -97,6 +97,9 @@ pub struct PodContext {
     /// The TLS settings of this pod's HBONE endpoint (h2 and QUIC), when the agent has a CA.
     /// Built once: certificates are resolved per handshake.
     pub hbone_tls: Option<Arc<rustls::ServerConfig>>,
+    /// How inbound connections reach the application: from the client's address, or from
+    /// 127.0.0.6 where the pod's kernel lacks something (`netns::transparent`).
+    pub delivery: crate::netns::transparent::Delivery,
 }
 
 impl PodContext {

@@ -11,6 +11,7 @@
 //! TCP connect (`config::CONNECT_TIMEOUT`), the TLS and HTTP/2 handshakes, the answer to a
 //! CONNECT, and liveness (PING / QUIC keep-alive), so a dead peer costs seconds, not minutes.
 
+pub mod forwarded;
 pub mod h2;
 pub mod incoming;
 pub mod keepalive;

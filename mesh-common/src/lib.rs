@@ -42,6 +42,30 @@ pub mod ports {
 /// agent's own onward connections even if the agent shares a cgroup with a pod.
 pub const AGENT_MARK: u32 = 0x5746_0001;
 
+/// The bit that tells a delivery socket (the agent's last hop to the application, bound to the
+/// client's address) from the agent's other sockets; its mark is [`DELIVERY_MARK`].
+pub const DELIVERY_BIT: u32 = 0x2;
+
+/// `SO_MARK` of the agent's delivery sockets. The application's accepted socket inherits it
+/// from the SYN (`net.ipv4.tcp_fwmark_accept` in the pod), and a policy rule in the pod routes
+/// what carries it to `lo` ([`delivery`]): the replies to a client address that is not on the
+/// wire come back to the agent instead of leaving the pod.
+pub const DELIVERY_MARK: u32 = AGENT_MARK | DELIVERY_BIT;
+
+/// Is `mark` one of the agent's own (a capture hook leaves such a socket alone)?
+#[inline(always)]
+pub const fn is_agent_mark(mark: u32) -> bool {
+    mark & !DELIVERY_BIT == AGENT_MARK
+}
+
+/// The policy routing a pod gets for delivery from the client's address.
+pub mod delivery {
+    /// The routing table holding `local default dev lo` (IPv4 and IPv6).
+    pub const TABLE: u32 = 0x5746;
+    /// The rule `fwmark DELIVERY_MARK lookup TABLE`, before the main table (32766).
+    pub const RULE_PRIORITY: u32 = 32_700;
+}
+
 /// Source address the agent uses to deliver inbound connections to the application
 /// (the same convention as Istio's inbound passthrough).
 pub const INBOUND_DELIVERY_SOURCE: [u8; 4] = [127, 0, 0, 6];
@@ -88,6 +112,9 @@ pub mod maps {
     pub const STATS: &str = "WEFT_STATS";
     /// Array of one u32: [`crate::CONFIG_SPLICE`] and future switches, set by the agent.
     pub const CONFIG: &str = "WEFT_CONFIG";
+    /// Delivery connects in flight (`PairKey` with netns 0: the pod's address and port, the
+    /// client's address and port it is bound to) that sk_lookup must leave to the application.
+    pub const DELIVERIES: &str = "WEFT_DELIVER";
 }
 
 /// Sizes of the maps. LRU maps bound memory even if a cleanup path is missed.
@@ -96,6 +123,9 @@ pub mod limits {
     pub const PODS: u32 = 1_024;
     pub const EXCLUDED_RANGES: u32 = 256;
     pub const EXCLUDED_PORTS: u32 = 256;
+    /// Delivery connects in flight on a node (not LRU: a full map makes the agent deliver from
+    /// 127.0.0.6 rather than evict an entry and let sk_lookup steer its own delivery).
+    pub const DELIVERIES: u32 = 16_384;
 }
 
 /// Indexes into the [`maps::STATS`] per-CPU array.

@@ -10,7 +10,7 @@ use aya_ebpf::{
     helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext,
     EbpfContext as _,
 };
-use mesh_common::{is_v4_mapped, ports, stats, SockAddr, AF_INET, AGENT_MARK, IPPROTO_TCP};
+use mesh_common::{is_agent_mark, is_v4_mapped, ports, stats, SockAddr, AF_INET, IPPROTO_TCP};
 
 use crate::maps::{count, excluded, ORIG_BY_COOKIE};
 
@@ -97,7 +97,7 @@ fn classify(ctx: &SockAddrContext, dst: SockAddr) -> Verdict {
         return Verdict::Skip;
     }
     // Safety: sk was checked non-null; mark is a readable field of bpf_sock.
-    if unsafe { (*sk).mark } == AGENT_MARK {
+    if is_agent_mark(unsafe { (*sk).mark }) {
         return Verdict::Skip;
     }
     if is_local(&dst) || excluded(&dst) {

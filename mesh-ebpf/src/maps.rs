@@ -22,6 +22,9 @@ pub static SLOW: LruHashMap<PairKey, u32> = LruHashMap::pinned(limits::CONNECTIO
 #[map(name = "WEFT_INBOUND")]
 pub static INBOUND_LISTENERS: SockHash<SockAddr> = SockHash::pinned(limits::PODS, 0);
 
+#[map(name = "WEFT_DELIVER")]
+pub static DELIVERIES: HashMap<PairKey, u32> = HashMap::pinned(limits::DELIVERIES, 0);
+
 #[map(name = "WEFT_PODS")]
 pub static PODS: HashMap<SockAddr, PodEntry> = HashMap::pinned(limits::PODS, 0);
 

@@ -2,7 +2,8 @@
 //! address to the agent's in-pod :15006 listener, which sees the original destination as its
 //! local address. Connections to the mesh's own ports (HBONE :15008 above all) and connections
 //! from inside the pod (a loopback source such as the agent's delivery address 127.0.0.6, or the
-//! pod's own address) are left to the normal lookup. The ingress ifindex cannot tell local
+//! pod's own address) are left to the normal lookup, and so are the agent's deliveries from a
+//! client's address (`DELIVERIES`: the agent enters each one for the time of its connect). The ingress ifindex cannot tell local
 //! traffic apart: for locally delivered packets the kernel reports the device that owns the
 //! destination address, not `lo`.
 //! An enrolled pod whose listener is gone (agent down) refuses the connection: fail closed.
@@ -12,9 +13,9 @@ use aya_ebpf::{
     macros::sk_lookup,
     programs::SkLookupContext,
 };
-use mesh_common::{ports, stats, SockAddr, AF_INET, AF_INET6, IPPROTO_TCP};
+use mesh_common::{ports, stats, PairKey, SockAddr, AF_INET, AF_INET6, IPPROTO_TCP};
 
-use crate::maps::{count, INBOUND_LISTENERS, PODS};
+use crate::maps::{count, DELIVERIES, INBOUND_LISTENERS, PODS};
 
 #[sk_lookup]
 pub fn weft_sk_lookup(ctx: SkLookupContext) -> u32 {
@@ -40,6 +41,9 @@ pub fn weft_sk_lookup(ctx: SkLookupContext) -> u32 {
     if PODS.get_ptr(pod).is_none() {
         return SK_PASS;
     }
+    if is_delivery(l, pod, remote) {
+        return SK_PASS;
+    }
     match INBOUND_LISTENERS.redirect_sk_lookup(&ctx, pod, 0) {
         Ok(()) => {
             count(stats::INBOUND_STEERED);
@@ -50,6 +54,19 @@ pub fn weft_sk_lookup(ctx: SkLookupContext) -> u32 {
             SK_DROP
         }
     }
+}
+
+/// Is this the agent's own delivery to the application, from the client's address?
+fn is_delivery(l: &aya_ebpf::bindings::bpf_sk_lookup, pod: SockAddr, remote: SockAddr) -> bool {
+    let mut key = PairKey {
+        netns: 0,
+        local: pod,
+        remote,
+    };
+    key.local.port = l.local_port as u16;
+    // remote_port is in network order (the kernel's own field); local_port is in host order.
+    key.remote.port = u16::from_be(l.remote_port as u16);
+    DELIVERIES.get_ptr(key).is_some()
 }
 
 fn is_loopback(a: &SockAddr) -> bool {

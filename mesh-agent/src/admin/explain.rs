@@ -223,6 +223,7 @@ pub async fn explain(
     let mut id_lines = Vec::new();
     let mut id_ok = true;
     let mut policy_lines = Vec::new();
+    let mut delivery_lines = Vec::new();
     let mut transport_lines = Vec::new();
     let mut allowed = 0;
     if captured && shared.mtls.is_some() {
@@ -363,6 +364,9 @@ pub async fn explain(
                 "{ep}: {} is not enrolled: no agent enforces policy for it",
                 dst_pod.key
             ));
+            delivery_lines.push(format!(
+                "{ep}: the application sees {src_ip} (not enrolled: the connection reaches it as sent)"
+            ));
             allowed += 1;
             continue;
         }
@@ -420,6 +424,14 @@ pub async fn explain(
         ));
         if v.allowed {
             allowed += 1;
+            delivery_lines.push(delivery_line(
+                status,
+                dst_pod,
+                *ep,
+                src_ip,
+                l7,
+                &shared.node,
+            ));
         }
     }
     if !id_lines.is_empty() {
@@ -433,6 +445,9 @@ pub async fn explain(
     }
     ex.step("policy", allowed == endpoints.len(), policy_lines);
     ex.step("transport", id_ok, transport_lines);
+    if !delivery_lines.is_empty() {
+        ex.step("delivery", true, delivery_lines);
+    }
     ex.verdict = match allowed {
         0 => "denied",
         n if n == endpoints.len() && id_ok => "allowed",
@@ -509,6 +524,39 @@ fn destination_step(
             .map(|c| (c.endpoint, Some(c.path.clone())))
             .collect(),
     )
+}
+
+/// Which address the application at `ep` sees the connection from (`netns::transparent`).
+fn delivery_line(
+    status: &Status,
+    dst_pod: &crate::state::Pod,
+    ep: SocketAddr,
+    src_ip: std::net::IpAddr,
+    l7: bool,
+    this_node: &str,
+) -> String {
+    if l7 {
+        return format!(
+            "{ep}: the application sees 127.0.0.6 (delivered by the L7 pool, which pools its \
+             connections to the application across clients)"
+        );
+    }
+    let node = dst_pod.node.as_deref().unwrap_or("?");
+    if node != this_node {
+        return format!(
+            "{ep}: the application sees {src_ip} unless the agent on node {node} reports \
+             otherwise for {} (its /config_dump: delivers_from)",
+            dst_pod.key
+        );
+    }
+    let key = dst_pod.key.to_string();
+    match status.pods.iter().find(|p| p.pod == key) {
+        Some(p) if p.delivers_from.starts_with("127.0.0.6") => {
+            format!("{ep}: the application sees {}", p.delivers_from)
+        }
+        Some(_) => format!("{ep}: the application sees {src_ip}, the client's own address"),
+        None => format!("{ep}: {key} is not enrolled yet on this node"),
+    }
 }
 
 fn refused_line(r: &Refusal) -> String {

@@ -34,7 +34,7 @@ use crate::{
     cni::{Call, Sandboxes},
     config::SourceKind,
     identity::Identity,
-    netns::{discover::Locator, ports, sockdiag, Netns, NetnsId},
+    netns::{discover::Locator, ports, sockdiag, transparent, Netns, NetnsId},
     proxy::{self, InpodListeners, PodContext, Shared},
     redirect::{PodHooks, Redirect},
     state::{self, Pod, PodKey, State},
@@ -80,6 +80,8 @@ pub struct PodStatus {
     pub adopted: bool,
     /// True when its listening sockets were handed over by the agent this one replaced.
     pub listeners_inherited: bool,
+    /// The address the application sees inbound connections from (`netns::transparent`).
+    pub delivers_from: String,
 }
 
 pub struct Enrollment {
@@ -328,7 +330,15 @@ impl Enrollment {
         if let Some(mtls) = &self.shared.mtls {
             mtls.certs.ensure(&target.identity);
         }
+        // Once per enrollment: a pod without what this needs is named here, then delivered
+        // from 127.0.0.6 without further noise.
+        let delivery = transparent::prepare(&netns, target.ip);
+        if let transparent::Delivery::Loopback { missing } = &delivery {
+            warn!(pod = %key, "inbound connections reach the application from 127.0.0.6, \
+                not the client's address: missing {missing}");
+        }
         let ctx = Arc::new(PodContext {
+            delivery,
             key: key.clone(),
             ip: target.ip,
             identity: target.identity.clone(),
@@ -374,6 +384,7 @@ impl Enrollment {
         };
         self.redirect.detach_pod(e.hooks);
         self.redirect.maps.unregister_pod(e.target.ip);
+        transparent::release(&e.ctx.netns);
         self.registry.remove_pod(key, e.target.netns.ino);
         for t in e.tasks {
             t.abort();
@@ -421,6 +432,7 @@ impl Enrollment {
                 pin_dir: e.hooks.dir.clone(),
                 adopted: e.hooks.adopted,
                 listeners_inherited: e.inherited,
+                delivers_from: e.ctx.delivery.describe(),
             })
             .collect()
     }

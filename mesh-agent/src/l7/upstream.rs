@@ -314,7 +314,7 @@ async fn stream(
             }
             let s = ctx
                 .pool
-                .connect(netns, source, destination, *hbone, key.endpoint, id)
+                .connect(netns, source, destination, *hbone, key.endpoint, id, None)
                 .await
                 .map_err(failed)?;
             Ok(Box::new(s))

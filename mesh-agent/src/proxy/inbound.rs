@@ -1,8 +1,8 @@
 //! Inbound plaintext: a connection sk_lookup steered to :15006. The accepted socket's local
 //! address is the original destination (pod IP and port); the agent delivers it to the
-//! application inside the pod's netns from 127.0.0.6, a loopback source that sk_lookup leaves
-//! alone, so it is not steered again. Tunneled connections (:15008, h2 and QUIC) are admitted
-//! and delivered by `hbone`.
+//! application inside the pod's netns from the client's address (`netns::transparent`; sk_lookup
+//! leaves such a delivery alone while it connects), or from 127.0.0.6 where the pod lacks what
+//! that needs. Tunneled connections (:15008, h2 and QUIC) are admitted and delivered by `hbone`.
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -15,7 +15,10 @@ use tracing::{info, info_span, warn, Instrument as _};
 
 use crate::{
     metrics::{flags, Reporter},
-    netns::socket::connect_from_pod,
+    netns::{
+        socket::connect_from_pod,
+        transparent::{self, Delivery},
+    },
     tunnel::traceparent::ConnectionId,
 };
 
@@ -27,10 +30,20 @@ use super::{
 pub mod hbone;
 pub mod l7;
 
-/// Connects to the application at `target` inside the pod, from 127.0.0.6 for IPv4 (Istio's
-/// inbound passthrough convention): the last hop of every inbound connection, plaintext or
-/// tunneled.
-async fn connect_to_app(ctx: &PodContext, target: SocketAddr) -> std::io::Result<TcpStream> {
+/// Connects to the application at `target` inside the pod: the last hop of every inbound
+/// connection, plaintext or tunneled. From `client` (the source workload's address; port 0 when
+/// the tunnel did not carry it) where the pod allows it, else from 127.0.0.6 for IPv4 (Istio's
+/// inbound passthrough convention). `avoid` is a port the delivery must not take.
+async fn connect_to_app(
+    ctx: &PodContext,
+    target: SocketAddr,
+    client: SocketAddr,
+    avoid: Option<u16>,
+) -> std::io::Result<TcpStream> {
+    // A client of the other family cannot be the source of a connect to `target`.
+    if ctx.delivery == Delivery::ClientAddress && client.is_ipv4() == target.is_ipv4() {
+        return transparent::connect(&ctx.netns, &ctx.maps, target, client, avoid).await;
+    }
     let bind = target
         .is_ipv4()
         .then(|| SocketAddr::new(Ipv4Addr::from(INBOUND_DELIVERY_SOURCE).into(), 0));
@@ -117,7 +130,10 @@ pub(super) async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAd
     drop(state);
     drop(entered);
     async move {
-        match connect_to_app(&ctx, orig).await {
+        // The client's own port stays with the agent's accepted socket, whose 4-tuple the
+        // application's socket would otherwise repeat.
+        let client = SocketAddr::new(peer.ip(), 0);
+        match connect_to_app(&ctx, orig, client, Some(peer.port())).await {
             Ok(up) => relay(&ctx.shared, down, up, record, Some(watch)).await,
             Err(e) => {
                 info!(error = %e, "delivery to the application failed; reset");

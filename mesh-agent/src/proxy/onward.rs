@@ -76,8 +76,13 @@ pub struct Failed {
     pub flags: &'static str,
 }
 
-/// Carries out `plan` for the connection `id`.
-pub async fn execute(ctx: &PodContext, plan: &Plan, id: ConnectionId) -> Result<Onward, Failed> {
+/// Carries out `plan` for the connection `id` of the application socket at `client`.
+pub async fn execute(
+    ctx: &PodContext,
+    plan: &Plan,
+    id: ConnectionId,
+    client: SocketAddr,
+) -> Result<Onward, Failed> {
     let (candidates, attempts) = match &plan.decision {
         Decision::Refuse(r) => {
             match &plan.service {
@@ -111,7 +116,7 @@ pub async fn execute(ctx: &PodContext, plan: &Plan, id: ConnectionId) -> Result<
     let balancer = &ctx.shared.balancer;
     let mut last = None;
     for c in candidates.iter().take(attempts) {
-        match leg(ctx, c, plan.dst, id).await {
+        match leg(ctx, c, plan.dst, id, client).await {
             Ok(up) => {
                 if let Some(service) = &plan.service {
                     balancer.succeeded(c.endpoint);
@@ -152,6 +157,7 @@ async fn leg(
     c: &Candidate,
     dst: SocketAddr,
     id: ConnectionId,
+    client: SocketAddr,
 ) -> Result<Upstream, (io::Error, &'static str)> {
     // The destination's agent saying 403 is its policy denying us: a denial, not a failure.
     let failed = |e: io::Error| {
@@ -192,7 +198,15 @@ async fn leg(
             }
             let stream = mtls
                 .pool
-                .connect(&ctx.netns, &ctx.identity, identity, *hbone, target, id)
+                .connect(
+                    &ctx.netns,
+                    &ctx.identity,
+                    identity,
+                    *hbone,
+                    target,
+                    id,
+                    Some(client),
+                )
                 .await
                 .map_err(failed)?;
             Ok(Upstream::Tunnel(stream, identity.clone()))

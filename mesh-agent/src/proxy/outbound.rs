@@ -43,7 +43,10 @@ pub(super) async fn handle(ctx: Arc<PodContext>, down: TcpStream, peer: SocketAd
         if let Decision::HandToL7(to) = &plan.decision {
             return hand_to_l7(&ctx, down, peer, orig, &plan, to, id);
         }
-        match onward::execute(&ctx, &plan, id).await {
+        // The application socket's address as the destination should deliver from: the pod's
+        // IP (the accepted socket shows loopback, where the connect hook sent it) and its port.
+        let client = SocketAddr::new(ctx.ip, peer.port());
+        match onward::execute(&ctx, &plan, id, client).await {
             Ok(o) => {
                 let record = {
                     let state = shared.state.load();

@@ -29,6 +29,7 @@ pub struct Maps {
     slow: Mutex<HashMap<MapData, PairKey, u32>>,
     inbound: Mutex<SockHash<MapData, SockAddr>>,
     pods: Mutex<HashMap<MapData, SockAddr, PodEntry>>,
+    deliveries: Mutex<HashMap<MapData, PairKey, u32>>,
     excluded_v4: Mutex<LpmTrie<MapData, u32, u32>>,
     excluded_v6: Mutex<LpmTrie<MapData, [u32; 4], u32>>,
     excluded_ports: Mutex<HashMap<MapData, u16, u32>>,
@@ -58,6 +59,7 @@ impl Maps {
             slow: Mutex::new(take(ebpf, names::SLOW)?),
             inbound: Mutex::new(take(ebpf, names::INBOUND_LISTENERS)?),
             pods: Mutex::new(take(ebpf, names::PODS)?),
+            deliveries: Mutex::new(take(ebpf, names::DELIVERIES)?),
             excluded_v4: Mutex::new(take(ebpf, names::EXCLUDED_V4)?),
             excluded_v6: Mutex::new(take(ebpf, names::EXCLUDED_V6)?),
             excluded_ports: Mutex::new(take(ebpf, names::EXCLUDED_PORTS)?),
@@ -77,6 +79,22 @@ impl Maps {
             .map_err(map_err(names::CONFIG))?;
         self.splice.store(on, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Enters a delivery connect from `client` (the agent's socket, bound to the client's
+    /// address) to `app` (the application in its pod), so that sk_lookup leaves its SYN to the
+    /// application. Fails when the map is full: the caller then delivers from 127.0.0.6.
+    pub fn add_delivery(&self, app: SocketAddr, client: SocketAddr) -> Result<(), Error> {
+        let mut map = self.deliveries.lock().expect("map lock");
+        map.insert(delivery_key(app, client), 0, 0)
+            .map_err(map_err(names::DELIVERIES))
+    }
+
+    /// Forgets a delivery connect once it is answered (or failed): later packets of the
+    /// connection find its socket before sk_lookup runs.
+    pub fn remove_delivery(&self, app: SocketAddr, client: SocketAddr) {
+        let mut map = self.deliveries.lock().expect("map lock");
+        let _ = map.remove(&delivery_key(app, client));
     }
 
     /// The original destination of a captured connection, by the application socket's address
@@ -245,6 +263,15 @@ fn parse_cidr(s: &str) -> Option<(IpAddr, u32)> {
 }
 
 /// A socket address as the eBPF maps key it (see mesh_common::SockAddr).
+/// sk_lookup knows no netns cookie: pod addresses are unique on a node, so netns is 0.
+fn delivery_key(app: SocketAddr, client: SocketAddr) -> PairKey {
+    PairKey {
+        netns: 0,
+        local: to_key(app),
+        remote: to_key(client),
+    }
+}
+
 pub fn to_key(addr: SocketAddr) -> SockAddr {
     match addr.ip() {
         IpAddr::V4(ip) => SockAddr::v4(u32::from_ne_bytes(ip.octets()), addr.port()),

@@ -25,6 +25,9 @@ pub struct Connect {
     pub source: Identity,
     /// The peer's address (the source pod's IP: tunnels are opened from inside its netns).
     pub peer: SocketAddr,
+    /// The client's address as the application should see it: the peer's IP, with the port
+    /// its source agent sent (`forwarded`), or port 0 when none came (QUIC, ztunnel).
+    pub client: SocketAddr,
     /// What the CONNECT asked for: `IP:port` of the original destination (unparsed).
     pub authority: String,
     /// `hbone` (h2) or `quic`: the access log's transport.
@@ -49,6 +52,7 @@ impl Connect {
     pub(super) fn h2(
         source: Identity,
         peer: SocketAddr,
+        client: SocketAddr,
         authority: String,
         id: Option<ConnectionId>,
         respond: h2::server::SendResponse<Bytes>,
@@ -57,6 +61,7 @@ impl Connect {
         Self {
             source,
             peer,
+            client,
             authority,
             transport: "hbone",
             id,
@@ -74,6 +79,7 @@ impl Connect {
     ) -> Self {
         Self {
             source,
+            client: SocketAddr::new(peer.ip(), 0),
             peer,
             authority,
             transport: "quic",

@@ -91,7 +91,9 @@ impl Pool {
 
     /// Opens a CONNECT stream to `target` through the HBONE endpoint `hbone`, which must present
     /// `destination`; this side presents `source`. The request carries the connection's `id`
-    /// (as a `traceparent`, see `traceparent`).
+    /// (as a `traceparent`, see `traceparent`) and, for a captured application socket, its
+    /// address `client` (as `Forwarded`, see `forwarded`), which the destination delivers from.
+    #[allow(clippy::too_many_arguments)]
     pub async fn connect(
         &self,
         netns: &Netns,
@@ -100,6 +102,7 @@ impl Pool {
         hbone: SocketAddr,
         target: SocketAddr,
         id: ConnectionId,
+        client: Option<SocketAddr>,
     ) -> io::Result<H2Stream> {
         let key = Key {
             source: source.clone(),
@@ -112,10 +115,14 @@ impl Pool {
         let mut retried = false;
         loop {
             let (mut sender, slot, conn) = self.sender(netns, key.clone()).await?;
-            let req = http::Request::builder()
+            let mut req = http::Request::builder()
                 .method(http::Method::CONNECT)
                 .uri(target.to_string())
-                .header(TRACEPARENT, id.traceparent())
+                .header(TRACEPARENT, id.traceparent());
+            if let Some(client) = client {
+                req = req.header(super::forwarded::FORWARDED, super::forwarded::value(client));
+            }
+            let req = req
                 .body(())
                 .map_err(|e| io_err(io::ErrorKind::InvalidInput, e))?;
             let answer = match sender.send_request(req, false) {

@@ -151,9 +151,12 @@ async fn stream<H, Fut>(
         .get(TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(ConnectionId::from_traceparent);
+    let client =
+        super::forwarded::client(req.headers().get(super::forwarded::FORWARDED), peer.ip());
     handler(Connect::h2(
         source,
         peer,
+        client,
         authority,
         id,
         respond,

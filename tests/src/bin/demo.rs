@@ -108,7 +108,7 @@ fn run(topo: &mut Topology) {
         &client.connect(dst, 64 * 1024),
     );
     println!(
-        "   (plaintext: PERMISSIVE lets it in, and node-b's agent delivers it from 127.0.0.6)"
+        "   (plaintext: PERMISSIVE lets it in, and node-b's agent delivers it from the client's own address)"
     );
 
     step(

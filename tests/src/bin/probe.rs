@@ -300,6 +300,9 @@ fn client() {
 
 // ---- load shapes ----
 
+/// Each connection reports whether it matched, and the address the server saw it from with
+/// its own local port: the summary says which source IPs the servers saw, how many saw the
+/// client's own port, and how many distinct addresses there were.
 fn parallel(targets: &[SocketAddr], n: usize) -> Value {
     let start = Arc::new(Barrier::new(n));
     let done = Arc::new(Barrier::new(n));
@@ -318,31 +321,56 @@ fn parallel(targets: &[SocketAddr], n: usize) -> Value {
                             .unwrap_or("")
                             .to_owned();
                         let seen_peer = report["peer"].as_str().unwrap_or("").to_owned();
+                        let server_saw: Option<SocketAddr> = report["greeting"]["peer"]
+                            .as_str()
+                            .and_then(|p| p.parse().ok());
+                        let local: Option<SocketAddr> =
+                            report["local"].as_str().and_then(|p| p.parse().ok());
                         (
                             seen_local == target.to_string()
                                 && seen_peer == target.to_string()
                                 && x["intact"] == true,
+                            server_saw,
+                            local.map(|l| l.port()),
                             c,
                         )
                     });
                     // Hold every connection until all are through: they are truly concurrent.
                     done.wait();
-                    r.map(|(matched, _c)| matched)
+                    r.map(|(matched, saw, port, _c)| (matched, saw, port))
                 })
                 .expect("spawn")
         })
         .collect();
     let (mut ok, mut mismatched, mut errors) = (0, 0, Vec::new());
+    let (mut ips, mut seen, mut own_port) = (
+        std::collections::BTreeSet::new(),
+        std::collections::BTreeSet::new(),
+        0,
+    );
     for h in handles {
         match h.join().expect("thread") {
-            Ok(true) => ok += 1,
-            Ok(false) => mismatched += 1,
+            Ok((matched, saw, port)) => {
+                if matched {
+                    ok += 1;
+                } else {
+                    mismatched += 1;
+                }
+                if let Some(saw) = saw {
+                    ips.insert(saw.ip().to_string());
+                    seen.insert(saw);
+                    if Some(saw.port()) == port {
+                        own_port += 1;
+                    }
+                }
+            }
             Err(e) => errors.push(e),
         }
     }
     let failed = errors.len();
     errors.truncate(5);
-    json!({"total": n, "ok": ok, "mismatched": mismatched, "failed": failed, "errors": errors})
+    json!({"total": n, "ok": ok, "mismatched": mismatched, "failed": failed, "errors": errors,
+        "server_saw_ips": ips, "server_saw_distinct": seen.len(), "server_saw_own_port": own_port})
 }
 
 /// Waits for the far end to end a kept connection: how it ended (a clean end of stream, or

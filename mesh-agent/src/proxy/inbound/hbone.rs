@@ -2,7 +2,8 @@
 //! `tunnel`) accepted. For each: the requested target must be a port of this pod and not one
 //! of the agent's own (a CONNECT to :15008 would tunnel into the agent again), authorization
 //! policy must allow the verified source, and the application is connected to from inside the
-//! pod's netns, from 127.0.0.6. A refusal answers the status the tunnel carries (HTTP
+//! pod's netns, from the client's address (the tunnel's verified source IP, and the port its
+//! source agent sent, `tunnel::forwarded`) or, where the pod lacks what that needs, 127.0.0.6. A refusal answers the status the tunnel carries (HTTP
 //! semantics, shared by h2 and QUIC), is counted and access-logged; then bytes are relayed.
 
 use std::{
@@ -57,7 +58,7 @@ async fn handle(ctx: Arc<PodContext>, c: Connect) {
     let id = c.id.unwrap_or_else(ConnectionId::new);
     let span = info_span!("inbound", %id, src = %c.peer, src_identity = %c.source, transport = c.transport);
     async move {
-        let d = match admit(&ctx, &c.authority, &c.source, c.peer.ip(), c.transport, id).await {
+        let d = match admit(&ctx, &c.authority, &c.source, c.client, c.transport, id).await {
             Ok(d) => d,
             Err(r) => return c.refuse(r.status, &r.reason).await,
         };
@@ -111,16 +112,18 @@ fn unroutable(target: SocketAddr, pod_ip: IpAddr) -> Option<String> {
 }
 
 /// Connects to `authority` (`IP:port`, the original destination) inside the pod, for a tunnel
-/// from `source` (its verified identity) at `source_ip`, carried by `transport`, with the
-/// connection's `id`. A refusal is counted and access-logged here.
+/// from `source` (its verified identity) at `client` (its address; port 0 when not carried),
+/// carried by `transport`, with the connection's `id`. A refusal is counted and access-logged
+/// here.
 async fn admit(
     ctx: &PodContext,
     authority: &str,
     source: &Identity,
-    source_ip: IpAddr,
+    client: SocketAddr,
     transport: &'static str,
     id: ConnectionId,
 ) -> Result<Delivery, Refusal> {
+    let source_ip = client.ip();
     let target: SocketAddr = authority.parse().map_err(|_| {
         Refusal::new(
             StatusCode::BAD_REQUEST,
@@ -181,7 +184,7 @@ async fn admit(
     record.policy = verdict.policy;
     let watch = shared.live.register(ctx.key.clone(), conn);
     drop(state); // not held across the connect
-    match super::connect_to_app(ctx, target).await {
+    match super::connect_to_app(ctx, target, client, None).await {
         Ok(up) => Ok(Delivery {
             target,
             up: AppLeg::Left(up),
