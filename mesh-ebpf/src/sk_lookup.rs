@@ -3,9 +3,9 @@
 //! local address. Connections to the mesh's own ports (HBONE :15008 above all) and connections
 //! from inside the pod (a loopback source such as the agent's delivery address 127.0.0.6, or the
 //! pod's own address) are left to the normal lookup, and so are the agent's deliveries from a
-//! client's address (`DELIVERIES`: the agent enters each one for the time of its connect). The ingress ifindex cannot tell local
-//! traffic apart: for locally delivered packets the kernel reports the device that owns the
-//! destination address, not `lo`.
+//! client's address (`DELIVERIES`: the agent enters each one for the time of its connect). The
+//! ingress ifindex cannot tell local traffic apart: for locally delivered packets the kernel
+//! reports the device that owns the destination address, not `lo`.
 //! An enrolled pod whose listener is gone (agent down) refuses the connection: fail closed.
 
 use aya_ebpf::{
@@ -65,7 +65,7 @@ fn is_delivery(l: &aya_ebpf::bindings::bpf_sk_lookup, pod: SockAddr, remote: Soc
     };
     key.local.port = l.local_port as u16;
     // remote_port is in network order (the kernel's own field); local_port is in host order.
-    key.remote.port = u16::from_be(l.remote_port as u16);
+    key.remote.port = u16::from_be(l.remote_port);
     DELIVERIES.get_ptr(key).is_some()
 }
 
