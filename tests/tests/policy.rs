@@ -178,7 +178,14 @@ fn explain_names_the_deciding_policy_for_denied_and_allowed_paths() {
         .collect();
     assert_eq!(
         steps,
-        ["source", "destination", "identities", "policy", "transport"]
+        [
+            "source",
+            "destination",
+            "identities",
+            "policy",
+            "transport",
+            "delivery"
+        ]
     );
 }
 
